@@ -1,0 +1,33 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "QARep",
+    platforms: [.macOS(.v13)],
+    products: [
+        .library(name: "QARep", targets: ["QARep"]),
+        .executable(name: "qarep", targets: ["qarep"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // MARK: Public API
+        .target(name: "QARep", dependencies: ["QARepKernels", "CZlib"]),
+        .executableTarget(
+            name: "qarep",
+            dependencies: ["QARep", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+
+        // MARK: Implementation details
+        // Hot loops (im2col, GEMM calls, reductions) live apart from the model code.
+        .target(name: "QARepKernels", dependencies: ["COpenBLAS"]),
+        .systemLibrary(name: "COpenBLAS", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
+
+        // MARK: Recipes
+        .executableTarget(name: "train-fashion-mnist", dependencies: ["QARep"], path: "recipes/train-fashion-mnist"),
+
+        // MARK: Tests
+        .testTarget(name: "QARepTests", dependencies: ["QARep", "QARepKernels"]),
+    ]
+)

@@ -1,0 +1,4 @@
+#include <cblas.h>
+// OpenBLAS extension: the thread count the library uses (deterministic runs pin it).
+void openblas_set_num_threads(int num_threads);
+int openblas_get_num_threads(void);
