@@ -28,6 +28,6 @@ let package = Package(
         .executableTarget(name: "train-fashion-mnist", dependencies: ["QARep"], path: "recipes/train-fashion-mnist"),
 
         // MARK: Tests
-        .testTarget(name: "QARepTests", dependencies: ["QARep", "QARepKernels"]),
+        .testTarget(name: "QARepTests", dependencies: ["QARep", "QARepKernels", "CZlib"]),
     ]
 )

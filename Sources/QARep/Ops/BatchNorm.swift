@@ -1,0 +1,108 @@
+/// Batch normalization over `x[N, C, H, W]` (or `[N, C]`), per channel.
+///
+/// Training: normalizes with the batch mean and biased variance, and updates
+/// the running statistics in place with PyTorch's rule,
+/// `running = (1 - momentum) * running + momentum * batchStat`, where the
+/// variance stored is the unbiased one (`* M / (M - 1)`, M = N*H*W).
+/// Evaluation: normalizes with the running statistics.
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias`.
+public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
+                      runningMean: Tensor, runningVar: Tensor,
+                      training: Bool, momentum: Float = 0.1, eps: Float = 1e-5) -> Tensor {
+    precondition(x.rank == 4 || x.rank == 2, "batchNorm input must be [N, C, H, W] or [N, C], got \(x.shape)")
+    let (N, C) = (x.shape[0], x.shape[1])
+    let P = x.rank == 4 ? x.shape[2] * x.shape[3] : 1
+    precondition(weight.shape == [C] && bias.shape == [C] && runningMean.shape == [C] && runningVar.shape == [C],
+                 "batchNorm parameters must be [\(C)]")
+    let M = N * P
+    precondition(!training || M > 1, "batchNorm in training needs more than one value per channel, input is \(x.shape)")
+
+    var mean = [Float](repeating: 0, count: C)
+    var invStd = [Float](repeating: 0, count: C)
+    let xd = x.data
+    if training {
+        xd.withUnsafeBufferPointer { xp in
+            for c in 0..<C {
+                var s: Double = 0, ss: Double = 0
+                for n in 0..<N {
+                    let p = xp.baseAddress! + (n * C + c) * P
+                    var ps: Float = 0, pss: Float = 0
+                    for i in 0..<P { let v = p[i]; ps += v; pss += v * v }
+                    s += Double(ps); ss += Double(pss)
+                }
+                let m = s / Double(M)
+                let v = max(ss / Double(M) - m * m, 0)
+                mean[c] = Float(m)
+                invStd[c] = Float(1 / (v + Double(eps)).squareRoot())
+                let unbiased = Float(v * Double(M) / Double(M - 1))
+                runningMean.data[c] = (1 - momentum) * runningMean.data[c] + momentum * Float(m)
+                runningVar.data[c] = (1 - momentum) * runningVar.data[c] + momentum * unbiased
+            }
+        }
+    } else {
+        for c in 0..<C {
+            mean[c] = runningMean.data[c]
+            invStd[c] = 1 / (runningVar.data[c] + eps).squareRoot()
+        }
+    }
+
+    let gamma = weight.data, beta = bias.data
+    var xhat = [Float](repeating: 0, count: xd.count)
+    var y = [Float](repeating: 0, count: xd.count)
+    xd.withUnsafeBufferPointer { xp in
+        xhat.withUnsafeMutableBufferPointer { hp in
+            y.withUnsafeMutableBufferPointer { yp in
+                for n in 0..<N {
+                    for c in 0..<C {
+                        let base = (n * C + c) * P
+                        let (m, s, gm, bt) = (mean[c], invStd[c], gamma[c], beta[c])
+                        for i in base..<(base + P) {
+                            let h = (xp[i] - m) * s
+                            hp[i] = h
+                            yp[i] = h * gm + bt
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    return Tensor.result(y, shape: x.shape, inputs: [x, weight, bias]) { g in
+        // Per-channel sums of g and g * xhat.
+        var sumG = [Double](repeating: 0, count: C), sumGH = [Double](repeating: 0, count: C)
+        g.withUnsafeBufferPointer { gp in
+            xhat.withUnsafeBufferPointer { hp in
+                for n in 0..<N {
+                    for c in 0..<C {
+                        let base = (n * C + c) * P
+                        var a: Float = 0, b: Float = 0
+                        for i in base..<(base + P) { a += gp[i]; b += gp[i] * hp[i] }
+                        sumG[c] += Double(a); sumGH[c] += Double(b)
+                    }
+                }
+            }
+        }
+        if weight.requiresGrad { weight.accumulateGrad { dw in for c in 0..<C { dw[c] += Float(sumGH[c]) } } }
+        if bias.requiresGrad { bias.accumulateGrad { db in for c in 0..<C { db[c] += Float(sumG[c]) } } }
+        guard x.requiresGrad else { return }
+        x.accumulateGrad { dx in
+            g.withUnsafeBufferPointer { gp in
+                xhat.withUnsafeBufferPointer { hp in
+                    for n in 0..<N {
+                        for c in 0..<C {
+                            let base = (n * C + c) * P
+                            let scale = gamma[c] * invStd[c]
+                            if training {
+                                // dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat))
+                                let mg = Float(sumG[c] / Double(M)), mgh = Float(sumGH[c] / Double(M))
+                                for i in base..<(base + P) { dx[i] += scale * (gp[i] - mg - hp[i] * mgh) }
+                            } else {
+                                for i in base..<(base + P) { dx[i] += scale * gp[i] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

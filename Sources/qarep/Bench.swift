@@ -1,0 +1,131 @@
+import ArgumentParser
+import Foundation
+import QARep
+import QARepKernels
+
+/// `qarep bench`: convolution GFLOP/s beside sgemm on the same GEMM shapes,
+/// and training throughput, measured side by side in one run.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure convolution and training throughput against OpenBLAS sgemm.")
+
+    @Option(help: "Batch size of the convolution shapes.") var batch = 128
+    @Option(help: "Timed repetitions per measurement (the median is reported).") var repeats = 5
+    @Option(help: "Training steps timed for images/s.") var trainSteps = 10
+    @Flag(help: "Print one JSON object on stdout instead of tables.") var json = false
+
+    func run() throws {
+        var rows: [[String: Double]] = []
+        var names: [String] = []
+        if !json {
+            print("conv shapes of a0 at 28x28 input, batch \(batch) (GFLOP/s, median of \(repeats))")
+            print(pad("layer", 26) + pad("fwd", 8) + pad("sgemm", 8) + pad("ratio", 7) + pad("fwd+bwd", 9) + pad("3xsgemm", 9) + pad("ratio", 7))
+        }
+        for shape in a0ConvShapes {
+            let r = measureConv(shape)
+            rows.append(r); names.append(shape.name)
+            if !json {
+                print(pad(shape.name, 26) + pad(f1(r["fwd"]!), 8) + pad(f1(r["sgemm"]!), 8) + pad(pct(r["fwd"]! / r["sgemm"]!), 7)
+                      + pad(f1(r["fwdbwd"]!), 9) + pad(f1(r["sgemm3"]!), 9) + pad(pct(r["fwdbwd"]! / r["sgemm3"]!), 7))
+            }
+        }
+        let totalFlops = a0ConvShapes.map { $0.geometry(batch).flops }
+        func weighted(_ key: String) -> Double {
+            // Total flops over total time: the ratio a whole network would see.
+            let time = zip(rows, totalFlops).map { $1 / ($0[key]! * 1e9) }.reduce(0, +)
+            return totalFlops.reduce(0, +) / time / 1e9
+        }
+        let fwdRatio = weighted("fwd") / weighted("sgemm")
+        let bwdRatio = weighted("fwdbwd") / weighted("sgemm3")
+        let train = measureTraining()
+        if json {
+            var obj: [String: Any] = ["batch": batch, "conv_forward_vs_sgemm": fwdRatio, "conv_forward_backward_vs_sgemm": bwdRatio,
+                                      "train_images_per_second": train]
+            obj["layers"] = zip(names, rows).map { name, r -> [String: Any] in
+                var d: [String: Any] = r
+                d["name"] = name
+                return d
+            }
+            let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print(String(format: "all layers: forward %.0f%% of sgemm, forward+backward %.0f%% of sgemm", 100 * fwdRatio, 100 * bwdRatio))
+            print(String(format: "training (PlainConvNet 16-32-64, batch %d): %.0f images/s", batch, train))
+        }
+    }
+
+    struct ConvShape {
+        let name: String, cin: Int, cout: Int, size: Int, stride: Int
+        func geometry(_ n: Int) -> ConvGeometry {
+            ConvGeometry(batch: n, inChannels: cin, height: size, width: size, outChannels: cout,
+                         kernelH: 3, kernelW: 3, stride: stride, padding: 1)
+        }
+    }
+
+    /// Distinct 3x3 convolutions of RepVGG-A0 (widths 48-48-96-192-1280) on 28x28 images.
+    var a0ConvShapes: [ConvShape] {
+        [(1, 48, 28, 1), (48, 48, 28, 2), (48, 48, 14, 1), (48, 96, 14, 2), (96, 96, 7, 1),
+         (96, 192, 7, 2), (192, 192, 4, 1), (192, 1280, 4, 2)].map { cin, cout, size, s in
+            ConvShape(name: "\(cin)->\(cout) \(size)x\(size) s\(s)", cin: cin, cout: cout, size: size, stride: s)
+        }
+    }
+
+    func measureConv(_ shape: ConvShape) -> [String: Double] {
+        let g = shape.geometry(batch)
+        var rng = SplitMix64(seed: 1)
+        let x = Tensor.uniform([batch, shape.cin, shape.size, shape.size], bound: 1, rng: &rng)
+        let w = Tensor.uniform([shape.cout, shape.cin, 3, 3], bound: 0.1, rng: &rng)
+        let flops = g.flops
+        let fwd = median { _ = noGrad { conv2d(x, weight: w, stride: shape.stride, padding: 1) } }
+        let fwdbwd = median {
+            let y = conv2d(x, weight: w, stride: shape.stride, padding: 1)
+            y.backward(gradient: y.data)
+            x.grad = nil; w.grad = nil
+        }
+        // The same GEMM shapes on plain buffers: forward, dW and dcol.
+        let (M, N, K) = (g.outChannels, g.columns, g.patchSize)
+        let a = [Float](repeating: 0.5, count: M * K), b = [Float](repeating: 0.25, count: K * N)
+        var c = [Float](repeating: 0, count: M * N), dw = [Float](repeating: 0, count: M * K), dcol = [Float](repeating: 0, count: K * N)
+        let gemm = median {
+            sgemm(m: M, n: N, k: K, a: a, lda: K, b: b, ldb: N, c: &c, ldc: N)
+        }
+        let gemm3 = median {
+            sgemm(m: M, n: N, k: K, a: a, lda: K, b: b, ldb: N, c: &c, ldc: N)
+            sgemm(transB: true, m: M, n: K, k: N, a: c, lda: N, b: b, ldb: N, c: &dw, ldc: K)
+            sgemm(transA: true, m: K, n: N, k: M, a: a, lda: K, b: c, ldb: N, c: &dcol, ldc: N)
+        }
+        return ["fwd": flops / fwd / 1e9, "sgemm": flops / gemm / 1e9,
+                "fwdbwd": 3 * flops / fwdbwd / 1e9, "sgemm3": 3 * flops / gemm3 / 1e9]
+    }
+
+    func measureTraining() -> Double {
+        let model = PlainConvNet(widths: [16, 32, 64], blocks: [1, 1, 1])
+        let opt = SGD(groups: ParameterGroup.standard(model, weightDecay: 1e-4), learningRate: 0.05)
+        var rng = SplitMix64(seed: 2)
+        let x = Tensor.uniform([batch, 1, 28, 28], bound: 1, rng: &rng, requiresGrad: false)
+        let labels = (0..<batch).map { Int32($0 % 10) }
+        let step = {
+            let loss = crossEntropy(model(x), labels: labels)
+            opt.zeroGrad(); loss.backward(); opt.step()
+        }
+        step()
+        let start = Date()
+        for _ in 0..<trainSteps { step() }
+        return Double(trainSteps * batch) / Date().timeIntervalSince(start)
+    }
+
+    func median(_ body: () -> Void) -> Double {
+        body()  // warm-up
+        var times: [Double] = []
+        for _ in 0..<max(repeats, 1) {
+            let t = Date()
+            body()
+            times.append(Date().timeIntervalSince(t))
+        }
+        return times.sorted()[times.count / 2]
+    }
+}
+
+func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+func f1(_ v: Double) -> String { String(format: "%.1f", v) }
+func pct(_ v: Double) -> String { String(format: "%.0f%%", 100 * v) }

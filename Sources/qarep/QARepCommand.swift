@@ -1,0 +1,10 @@
+import ArgumentParser
+import QARep
+
+@main
+struct QARepCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "qarep",
+        abstract: "Quantization-aware training for QARepVGG on Linux CPUs.",
+        subcommands: [Bench.self])
+}
