@@ -1,0 +1,39 @@
+import ArgumentParser
+import Foundation
+import QARep
+
+/// `qarep eval`: test top-1 of a checkpoint, multi-branch or deployed.
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Evaluate a checkpoint (multi-branch or deployed) on the Fashion-MNIST test set.")
+
+    @Option(help: "A safetensors checkpoint.") var checkpoint: String
+    @Flag(help: "Also fold the model into its deploy form and evaluate that.") var deploy = false
+    @OptionGroup var model: ModelOptions
+    @OptionGroup var data: DataOptions
+    @OptionGroup var runtime: RuntimeOptions
+
+    func run() throws {
+        runtime.apply()
+        let net = try Checkpoint.loadModel(checkpoint, fallback: model.fallback())
+        let test = try data.test()
+        let result = evaluate(net, on: test)
+        var json: [String: Any] = ["top1": result.top1, "loss": result.loss, "images": result.count,
+                                   "config": net.config.name, "block": net.config.block.rawValue,
+                                   "form": net.isDeployed ? "deployed" : "multi-branch"]
+        var rows = [(net.isDeployed ? "deployed FP32" : "multi-branch FP32", result)]
+        if deploy && !net.isDeployed {
+            let folded = net.deployed()
+            let d = evaluate(folded, on: test)
+            rows.append(("deployed FP32", d))
+            json["deployed_top1"] = d.top1
+            json["deployed_agreement"] = zip(d.predictions, result.predictions).filter { $0 == $1 }.count
+        }
+        if runtime.json {
+            try printJSON(json)
+        } else {
+            print("\(checkpoint): \(net.config.name) \(net.config.block.rawValue), \(result.count) test images")
+            for (name, e) in rows { print(String(format: "%-20@ top-1 %@  loss %.4f", name, percent(e.top1), e.loss)) }
+        }
+    }
+}

@@ -1,0 +1,60 @@
+import ArgumentParser
+import Foundation
+import QARep
+import QARepKernels
+
+/// Where the data is and how much of it to use.
+struct DataOptions: ParsableArguments {
+    @Option(help: "Directory with the Fashion-MNIST IDX files (gzipped or not).")
+    var dataRoot = FashionMNIST.defaultRoot
+    @Option(help: "Use only the first N training images.") var trainLimit: Int?
+    @Option(help: "Use only the first N test images.") var testLimit: Int?
+
+    func validate() throws {
+        if let n = trainLimit, n <= 0 { throw ValidationError("--train-limit must be positive, got \(n)") }
+        if let n = testLimit, n <= 0 { throw ValidationError("--test-limit must be positive, got \(n)") }
+    }
+
+    func train() throws -> FashionMNIST { try FashionMNIST.load(split: .train, root: dataRoot, limit: trainLimit) }
+    func test() throws -> FashionMNIST { try FashionMNIST.load(split: .test, root: dataRoot, limit: testLimit) }
+}
+
+/// Threads and output format shared by every command.
+struct RuntimeOptions: ParsableArguments {
+    @Option(help: "OpenBLAS threads (results are reproducible for a fixed count).") var threads = 2
+    @Flag(help: "Print one JSON object on stdout.") var json = false
+    @Flag(help: "No progress lines on stderr.") var quiet = false
+
+    func validate() throws {
+        if threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+    }
+
+    func apply() { BLASThreads.set(threads) }
+    var progress: ProgressReporter { ProgressReporter(enabled: !quiet) }
+}
+
+/// Model selection for files that carry no QARep metadata.
+struct ModelOptions: ParsableArguments {
+    @Option(help: "Model config: tiny, a0-half or a0.") var config: String?
+    @Option(help: "Block kind: repvgg, s2, s3 or qarepvgg.") var block: String?
+
+    func fallback() throws -> ModelConfig? {
+        guard config != nil || block != nil else { return nil }
+        return try ModelConfig.named(config ?? "tiny", block: parseBlock(block ?? "qarepvgg"))
+    }
+}
+
+func parseBlock(_ s: String) throws -> BlockKind {
+    guard let b = BlockKind(rawValue: s) else {
+        throw ValidationError("unknown block kind '\(s)'; expected one of \(BlockKind.allCases.map(\.rawValue).joined(separator: ", "))")
+    }
+    return b
+}
+
+/// One JSON object on stdout, keys sorted.
+func printJSON(_ object: [String: Any]) throws {
+    let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+    print(String(decoding: data, as: UTF8.self))
+}
+
+func percent(_ v: Double) -> String { String(format: "%.2f%%", 100 * v) }
