@@ -47,11 +47,11 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
     }
 
     let gamma = weight.data, beta = bias.data
-    var xhat = [Float](repeating: 0, count: xd.count)
-    var y = [Float](repeating: 0, count: xd.count)
-    xd.withUnsafeBufferPointer { xp in
-        xhat.withUnsafeMutableBufferPointer { hp in
-            y.withUnsafeMutableBufferPointer { yp in
+    let total = xd.count
+    var xhat = [Float](unsafeUninitializedCapacity: total) { _, n in n = total }
+    let y = [Float](unsafeUninitializedCapacity: total) { yp, count in
+        xd.withUnsafeBufferPointer { xp in
+            xhat.withUnsafeMutableBufferPointer { hp in
                 for n in 0..<N {
                     for c in 0..<C {
                         let base = (n * C + c) * P
@@ -65,6 +65,7 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
                 }
             }
         }
+        count = total
     }
 
     return Tensor.result(y, shape: x.shape, inputs: [x, weight, bias]) { g in

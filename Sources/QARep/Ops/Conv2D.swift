@@ -19,20 +19,21 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
 
     let (K, NP, O) = (g.patchSize, g.columns, g.outChannels)
     let col = patchMatrix(x.data, g)
-    var yCM = [Float](repeating: 0, count: O * NP)
     let w = weight.data
-    col.withUnsafeBufferPointer { c in
-        w.withUnsafeBufferPointer { wp in
-            yCM.withUnsafeMutableBufferPointer { yp in
+    // beta = 0: the GEMM writes every element, so the buffer needs no zeroing.
+    let yCM = [Float](unsafeUninitializedCapacity: O * NP) { yp, count in
+        col.withUnsafeBufferPointer { c in
+            w.withUnsafeBufferPointer { wp in
                 sgemm(m: O, n: NP, k: K, a: wp.baseAddress!, lda: K, b: c.baseAddress!, ldb: NP, c: yp.baseAddress!, ldc: NP)
-                if let b = bias?.data {
-                    for o in 0..<O {
-                        let row = yp.baseAddress! + o * NP, bo = b[o]
-                        for i in 0..<NP { row[i] += bo }
-                    }
-                }
             }
         }
+        if let b = bias?.data {
+            for o in 0..<O {
+                let row = yp.baseAddress! + o * NP, bo = b[o]
+                for i in 0..<NP { row[i] += bo }
+            }
+        }
+        count = O * NP
     }
     let y = channelMajorToBatchMajor(yCM, batch: g.batch, channels: O, plane: g.outPlane)
 
@@ -59,12 +60,12 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
                 }
             }
             if x.requiresGrad {
-                var dcol = [Float](repeating: 0, count: K * NP)
-                w.withUnsafeBufferPointer { wp in
-                    dcol.withUnsafeMutableBufferPointer { dc in
+                let dcol = [Float](unsafeUninitializedCapacity: K * NP) { dc, count in
+                    w.withUnsafeBufferPointer { wp in
                         sgemm(transA: true, m: K, n: NP, k: O, a: wp.baseAddress!, lda: K,
                               b: gp.baseAddress!, ldb: NP, c: dc.baseAddress!, ldc: NP)
                     }
+                    count = K * NP
                 }
                 if g.isPointwise {
                     x.accumulateGrad(channelMajorToBatchMajor(dcol, batch: g.batch, channels: g.inChannels, plane: g.outPlane))

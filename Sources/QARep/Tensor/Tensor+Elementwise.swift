@@ -6,7 +6,17 @@ import Foundation
 extension Tensor {
     /// `a + b`.
     public static func + (a: Tensor, b: Tensor) -> Tensor {
-        binary(a, b, { $0 + $1 }, da: { g, _, _ in g }, db: { g, _, _ in g })
+        guard a.shape == b.shape else { return binary(a, b, { $0 + $1 }, da: { g, _, _ in g }, db: { g, _, _ in g }) }
+        // The residual sums of every block: a plain loop, and the gradient passes through unchanged.
+        let x = a.data, y = b.data, n = x.count
+        let out = [Float](unsafeUninitializedCapacity: n) { buf, count in
+            for i in 0..<n { buf[i] = x[i] + y[i] }
+            count = n
+        }
+        return Tensor.result(out, shape: a.shape, inputs: [a, b]) { g in
+            if a.requiresGrad { a.accumulateGrad(g) }
+            if b.requiresGrad { b.accumulateGrad(g) }
+        }
     }
 
     /// `a - b`.
@@ -44,7 +54,16 @@ extension Tensor {
     }
 
     /// `max(x, 0)`; the gradient at 0 is 0, as in PyTorch.
-    public func relu() -> Tensor { map({ max($0, 0) }, derivative: { $0 > 0 ? 1 : 0 }) }
+    public func relu() -> Tensor {
+        let x = data, n = x.count
+        let out = [Float](unsafeUninitializedCapacity: n) { buf, count in
+            for i in 0..<n { buf[i] = max(x[i], 0) }
+            count = n
+        }
+        return Tensor.result(out, shape: shape, inputs: [self]) { [self] g in
+            accumulateGrad { acc in for i in 0..<n where out[i] > 0 { acc[i] += g[i] } }
+        }
+    }
 
     /// Applies `f` elementwise; `derivative(x)` is `f'(x)` at the input value.
     func map(_ f: (Float) -> Float, derivative: @escaping (Float) -> Float) -> Tensor {

@@ -114,12 +114,12 @@ public final class Trainer<Model: Layer> {
         return summary
     }
 
-    /// Trains from the current epoch to `config.epochs`, calling `onEpochEnd`
-    /// after each (to save checkpoints).
-    public func fit(train: FashionMNIST, test: FashionMNIST? = nil,
+    /// Trains from the current epoch to `config.epochs` (or to `until`, to
+    /// stop early and resume later), calling `onEpochEnd` after each epoch.
+    public func fit(train: FashionMNIST, test: FashionMNIST? = nil, until: Int? = nil,
                     onEpochEnd: (EpochSummary) throws -> Void = { _ in }) throws -> [EpochSummary] {
         var out: [EpochSummary] = []
-        while epoch < config.epochs {
+        while epoch < min(until ?? config.epochs, config.epochs) {
             let s = try trainEpoch(on: train, test: test)
             out.append(s)
             try onEpochEnd(s)

@@ -127,11 +127,12 @@ public final class TrainingRun {
         trainer.step = state.step
     }
 
-    /// Trains the remaining epochs, saving checkpoints after each.
+    /// Trains the remaining epochs (or up to epoch `until`), saving
+    /// checkpoints after each.
     @discardableResult
-    public func run(train: FashionMNIST, test: FashionMNIST?,
+    public func run(train: FashionMNIST, test: FashionMNIST?, until: Int? = nil,
                     onEpochEnd: (EpochSummary) -> Void = { _ in }) throws -> [EpochSummary] {
-        try trainer.fit(train: train, test: test) { summary in
+        try trainer.fit(train: train, test: test, until: until) { summary in
             state.epoch = trainer.epoch
             state.step = trainer.step
             state.lastTop1 = summary.test?.top1
