@@ -1,0 +1,87 @@
+/// Fake quantization: `y = (clamp(roundHalfEven(x / s) + z, qmin, qmax) - z) * s`,
+/// per tensor (one scale) or per channel along axis 0 (one scale per
+/// outermost index, for `[O, I, kh, kw]` weights).
+///
+/// Backward is the straight-through estimator: the gradient passes unchanged
+/// where `roundHalfEven(x / s) + z` lies in `[qmin, qmax]` and is zero where
+/// the value was clipped, as PyTorch's `fake_quantize_per_*_affine`.
+public func fakeQuantize(_ x: Tensor, scales: [Float], zeroPoints: [Int32], qmin: Int32, qmax: Int32) -> Tensor {
+    precondition(scales.count == zeroPoints.count && (scales.count == 1 || (x.rank >= 1 && x.shape[0] == scales.count)),
+                 "fakeQuantize: \(scales.count) scales for a tensor of shape \(x.shape)")
+    let xd = x.data, n = xd.count
+    let per = scales.count == 1 ? n : n / scales.count
+    var inRange = [Bool](repeating: true, count: x.requiresGrad ? n : 0)
+    let lo = Float(qmin), hi = Float(qmax)
+    let y = [Float](unsafeUninitializedCapacity: n) { out, count in
+        for c in 0..<scales.count {
+            let s = scales[c], z = Float(zeroPoints[c])
+            for i in (c * per)..<((c + 1) * per) {
+                // Divide rather than multiply by 1/s: the same operation as quantize() in the engine.
+                let q = (xd[i] / s).rounded(.toNearestOrEven) + z
+                if !inRange.isEmpty { inRange[i] = q >= lo && q <= hi }
+                out[i] = (min(max(q, lo), hi) - z) * s
+            }
+        }
+        count = n
+    }
+    return Tensor.result(y, shape: x.shape, inputs: [x]) { g in
+        x.accumulateGrad { dx in for i in 0..<n where inRange[i] { dx[i] += g[i] } }
+    }
+}
+
+/// `w[o, ...] * s[o]`: scales each slice along axis 0 by a per-channel factor.
+/// Gradients flow to both.
+public func scaleChannels(_ w: Tensor, by s: Tensor) -> Tensor {
+    precondition(s.rank == 1 && w.rank >= 1 && w.shape[0] == s.count, "scaleChannels: \(s.shape) does not match \(w.shape)")
+    let C = s.count, per = w.count / C, wd = w.data, sd = s.data
+    var y = wd
+    for c in 0..<C { for i in (c * per)..<((c + 1) * per) { y[i] *= sd[c] } }
+    return Tensor.result(y, shape: w.shape, inputs: [w, s]) { g in
+        if w.requiresGrad {
+            w.accumulateGrad { dw in for c in 0..<C { for i in (c * per)..<((c + 1) * per) { dw[i] += g[i] * sd[c] } } }
+        }
+        if s.requiresGrad {
+            s.accumulateGrad { ds in
+                for c in 0..<C {
+                    var acc: Float = 0
+                    for i in (c * per)..<((c + 1) * per) { acc += g[i] * wd[i] }
+                    ds[c] += acc
+                }
+            }
+        }
+    }
+}
+
+/// `x[n, c, ...] * scale[c] + shift[c]` over an `[N, C, ...]` tensor.
+/// Gradients flow to all three.
+public func channelAffine(_ x: Tensor, scale: Tensor, shift: Tensor?) -> Tensor {
+    precondition(x.rank >= 2 && scale.shape == [x.shape[1]] && (shift == nil || shift!.shape == [x.shape[1]]),
+                 "channelAffine: scale \(scale.shape) does not match \(x.shape)")
+    let (N, C) = (x.shape[0], x.shape[1])
+    let P = x.count / (N * C)
+    let xd = x.data, sd = scale.data, bd = shift?.data
+    var y = [Float](repeating: 0, count: xd.count)
+    for n in 0..<N {
+        for c in 0..<C {
+            let base = (n * C + c) * P, s = sd[c], b = bd?[c] ?? 0
+            for i in base..<(base + P) { y[i] = xd[i] * s + b }
+        }
+    }
+    let inputs = shift.map { [x, scale, $0] } ?? [x, scale]
+    return Tensor.result(y, shape: x.shape, inputs: inputs) { g in
+        if x.requiresGrad {
+            x.accumulateGrad { dx in
+                for n in 0..<N { for c in 0..<C { let base = (n * C + c) * P; for i in base..<(base + P) { dx[i] += g[i] * sd[c] } } }
+            }
+        }
+        var gs = [Float](repeating: 0, count: C), gb = [Float](repeating: 0, count: C)
+        for n in 0..<N {
+            for c in 0..<C {
+                let base = (n * C + c) * P
+                for i in base..<(base + P) { gs[c] += g[i] * xd[i]; gb[c] += g[i] }
+            }
+        }
+        if scale.requiresGrad { scale.accumulateGrad { ds in for c in 0..<C { ds[c] += gs[c] } } }
+        if let shift, shift.requiresGrad { shift.accumulateGrad { db in for c in 0..<C { db[c] += gb[c] } } }
+    }
+}

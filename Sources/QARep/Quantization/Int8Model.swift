@@ -1,0 +1,172 @@
+import Foundation
+
+/// One deployed INT8 convolution with fused bias, requantization and ReLU:
+///
+///     acc[o, p] = sum_k (x_q[k, p] - z_in) * w_q[o, k] + bias_q[o]      (int32)
+///     y_q[o, p] = clamp(roundHalfEven(acc * M[o]) + z_out, z_out, qmax),  M[o] = s_in * s_w[o] / s_out
+///
+/// `bias_q = roundHalfEven(b / (s_in * s_w[o]))`; ReLU is the clamp's lower bound.
+public struct Int8Conv: Sendable, Equatable {
+    public var name: String
+    public var inChannels: Int, outChannels: Int, kernelSize: Int, stride: Int, padding: Int
+    /// `[O, I, k, k]`, in `[-127, 127]`.
+    public var weight: [Int8]
+    /// Per output channel.
+    public var weightScales: [Float]
+    /// Per output channel, in units of `s_in * s_w[o]`.
+    public var bias: [Int32]
+    public var inputScale: Float, inputZeroPoint: Int32
+    public var outputScale: Float, outputZeroPoint: Int32
+
+    /// `M[o] = s_in * s_w[o] / s_out`.
+    public var multipliers: [Float] { weightScales.map { inputScale * $0 / outputScale } }
+}
+
+/// The integer head: average pooling of the last activation, requantized to
+/// the linear layer's input scale, then an int8 linear layer whose int32
+/// accumulators are dequantized into float logits:
+///
+///     pooled_q[n, c] = clamp(roundHalfEven(sum_p (y_q - z_feat) * s_feat / (HW * s_in)) + z_in)
+///     logits[n, k]   = (sum_c (pooled_q - z_in) * w_q[k, c] + bias_q[k]) * s_in * s_w[k]
+public struct Int8Head: Sendable, Equatable {
+    public var featureScale: Float, featureZeroPoint: Int32
+    public var inputScale: Float, inputZeroPoint: Int32
+    public var inFeatures: Int, classes: Int
+    /// `[classes, inFeatures]`, in `[-127, 127]`.
+    public var weight: [Int8]
+    public var weightScales: [Float]
+    public var bias: [Int32]
+}
+
+/// A deployable INT8 RepVGG-family classifier: the input quantization, the
+/// folded 3x3 convolutions, and the integer head. Produced by
+/// `QuantizedNet.convertToInt8()`, run by `Int8Engine`, stored as a native
+/// safetensors file (`write(to:)` / `read(from:)`).
+public struct Int8Model: Sendable, Equatable {
+    public var config: ModelConfig
+    /// The activation scheme (signed symmetric or unsigned asymmetric, 8 bits).
+    public var activation: QuantScheme
+    public var convs: [Int8Conv]
+    public var head: Int8Head
+
+    /// Checks every invariant the engine relies on; the message names the layer.
+    public func validate() throws {
+        guard activation.bits == 8 else { throw QuantizationError("INT8 model: activations must be 8-bit, got \(activation.bits)") }
+        guard !convs.isEmpty else { throw QuantizationError("INT8 model has no convolutions") }
+        func checkScale(_ s: Float, _ what: String) throws {
+            guard s.isFinite && s > 0 else { throw QuantizationError("INT8 model: \(what) is \(s), must be a positive finite number") }
+        }
+        func checkZero(_ z: Int32, _ what: String) throws {
+            guard z >= activation.qmin && z <= activation.qmax else {
+                throw QuantizationError("INT8 model: \(what) \(z) is outside [\(activation.qmin), \(activation.qmax)]")
+            }
+            if activation.symmetric && z != 0 { throw QuantizationError("INT8 model: \(what) is \(z), must be 0 for symmetric activations") }
+        }
+        for (i, c) in convs.enumerated() {
+            let k = c.inChannels * c.kernelSize * c.kernelSize
+            guard c.weight.count == c.outChannels * k, c.weightScales.count == c.outChannels, c.bias.count == c.outChannels else {
+                throw QuantizationError("INT8 model: layer \(c.name): weight, scale or bias sizes do not match \(c.outChannels) output channels")
+            }
+            guard c.weight.allSatisfy({ $0 != -128 }) else { throw QuantizationError("INT8 model: layer \(c.name): weights must be in [-127, 127]") }
+            guard c.stride >= 1, c.padding >= 0, c.kernelSize >= 1 else { throw QuantizationError("INT8 model: layer \(c.name): bad geometry") }
+            try checkScale(c.inputScale, "layer \(c.name) input scale")
+            try checkScale(c.outputScale, "layer \(c.name) output scale")
+            for s in c.weightScales { try checkScale(s, "layer \(c.name) weight scale") }
+            try checkZero(c.inputZeroPoint, "layer \(c.name) input zero point")
+            try checkZero(c.outputZeroPoint, "layer \(c.name) output zero point")
+            if i > 0 {
+                let p = convs[i - 1]
+                guard p.outChannels == c.inChannels else {
+                    throw QuantizationError("INT8 model: layer \(c.name) takes \(c.inChannels) channels but \(p.name) gives \(p.outChannels)")
+                }
+                guard p.outputScale == c.inputScale, p.outputZeroPoint == c.inputZeroPoint else {
+                    throw QuantizationError("INT8 model: inconsistent scales: \(p.name) writes scale \(p.outputScale) zero point \(p.outputZeroPoint), \(c.name) reads scale \(c.inputScale) zero point \(c.inputZeroPoint)")
+                }
+            }
+        }
+        let last = convs.last!, h = head
+        guard h.inFeatures == last.outChannels, h.weight.count == h.classes * h.inFeatures,
+              h.weightScales.count == h.classes, h.bias.count == h.classes else {
+            throw QuantizationError("INT8 model: head sizes do not match \(last.outChannels) features and \(h.classes) classes")
+        }
+        guard h.featureScale == last.outputScale, h.featureZeroPoint == last.outputZeroPoint else {
+            throw QuantizationError("INT8 model: inconsistent scales: \(last.name) writes scale \(last.outputScale), the head reads \(h.featureScale)")
+        }
+        try checkScale(h.inputScale, "head input scale")
+        try checkZero(h.inputZeroPoint, "head input zero point")
+        for s in h.weightScales { try checkScale(s, "head weight scale") }
+    }
+}
+
+/// Per-channel symmetric int8 quantization of a weight, `[-127, 127]`.
+func quantizeWeights(_ w: [Float], channels: Int, scheme: QuantScheme) -> (values: [Int8], scales: [Float]) {
+    let per = w.count / channels
+    var q = [Int8](repeating: 0, count: w.count)
+    var scales = [Float](repeating: 1, count: channels)
+    for c in 0..<channels {
+        let slice = w[(c * per)..<((c + 1) * per)]
+        let o = Observer(.minmax, scheme: scheme)
+        o.observe(Array(slice))
+        let s = o.qparams().scale
+        scales[c] = s
+        for i in (c * per)..<((c + 1) * per) {
+            q[i] = Int8(min(max((w[i] / s).rounded(.toNearestOrEven), Float(scheme.qmin)), Float(scheme.qmax)))
+        }
+    }
+    return (q, scales)
+}
+
+/// `roundHalfEven(b / (s_in * s_w))`, saturated to int32.
+func quantizeBias(_ b: [Float], inputScale: Float, weightScales: [Float]) -> [Int32] {
+    zip(b, weightScales).map { v, sw in
+        let q = (Double(v) / (Double(inputScale) * Double(sw))).rounded(.toNearestOrEven)
+        return Int32(min(max(q, Double(Int32.min)), Double(Int32.max)))
+    }
+}
+
+extension QuantizedNet {
+    /// Folds any remaining post-BN into its convolution and quantizes weights
+    /// (per channel, int8), biases (int32) and requantization parameters,
+    /// using the observers' current scales. The integer weights are exactly
+    /// those the fake-quantized model evaluates in evaluation mode.
+    /// - Throws: `QuantizationError` if the model was never calibrated, or
+    ///   for a bit width other than 8.
+    public func convertToInt8() throws -> Int8Model {
+        guard qconfig.weight.bits == 8, qconfig.activation.bits == 8 else {
+            throw QuantizationError("the integer engine runs 8-bit models; this one is \(qconfig.weight.bits)-bit")
+        }
+        let activationQuants = units.map(\.inputQuant) + [linear.featureQuant, linear.inputQuant]
+        guard activationQuants.allSatisfy({ $0.observers.allSatisfy(\.hasObserved) }) else {
+            throw QuantizationError("the model has not been calibrated: run calibration (PTQ) or QAT first")
+        }
+        var convs: [Int8Conv] = []
+        let list = units
+        for (i, unit) in list.enumerated() {
+            let (w, b) = unit.foldedWeights()
+            let O = unit.conv.outChannels
+            let (wq, ws) = quantizeWeights(w, channels: O, scheme: qconfig.weight)
+            let inQ = unit.inputQuant
+            let outQ = i + 1 < list.count ? list[i + 1].inputQuant : linear.featureQuant
+            convs.append(Int8Conv(
+                name: unitNames[i], inChannels: unit.conv.inChannels, outChannels: O, kernelSize: unit.conv.kernelSize,
+                stride: unit.conv.stride, padding: unit.conv.padding, weight: wq, weightScales: ws,
+                bias: quantizeBias(b, inputScale: inQ.scales[0], weightScales: ws),
+                inputScale: inQ.scales[0], inputZeroPoint: inQ.zeroPoints[0],
+                outputScale: outQ.scales[0], outputZeroPoint: outQ.zeroPoints[0]))
+        }
+        let classes = linear.weight.shape[0], features = linear.weight.shape[1]
+        let (hw, hs) = quantizeWeights(linear.weight.data, channels: classes, scheme: qconfig.weight)
+        let head = Int8Head(featureScale: linear.featureQuant.scales[0], featureZeroPoint: linear.featureQuant.zeroPoints[0],
+                            inputScale: linear.inputQuant.scales[0], inputZeroPoint: linear.inputQuant.zeroPoints[0],
+                            inFeatures: features, classes: classes, weight: hw, weightScales: hs,
+                            bias: quantizeBias(linear.bias.data, inputScale: linear.inputQuant.scales[0], weightScales: hs))
+        let model = Int8Model(config: config, activation: qconfig.activation, convs: convs, head: head)
+        try model.validate()
+        return model
+    }
+
+    /// `stage0`, `stage1.0`, ...: the state-dict paths of the units.
+    var unitNames: [String] {
+        ["stage0"] + (1...4).flatMap { s in (0..<[stage1, stage2, stage3, stage4][s - 1].count).map { "stage\(s).\($0)" } }
+    }
+}

@@ -1,0 +1,103 @@
+/// A deployable convolution unit under fake quantization:
+///
+///     y = ReLU( conv3x3( FQ_in(x); FQ_w(W) ) + b )                   (PTQ, RepVGG QAT)
+///     y = ReLU( BN( conv3x3( FQ_in(x); FQ_w(W * t) ) / t + b ) )       (QARepVGG QAT)
+///
+/// where `t = gamma / sqrt(running_var + eps)` of the kept post-BN. The
+/// second form simulates folding that BN into the convolution (Jacob et al.
+/// 2018, PyTorch's fused ConvBn QAT modules): in evaluation mode it equals the
+/// folded convolution `W * t`, `(b - mean) * t + beta`, whose weight is
+/// fake-quantized exactly as the deployed INT8 convolution will be.
+///
+/// Keys: `rbr_reparam.{weight,bias}`, `bn.*`, `input_fake_quant.*`, `weight_fake_quant.*`.
+public final class QuantConvUnit: Module, Layer {
+    @Key("input_fake_quant") public var inputQuant: FakeQuantize
+    @Key("rbr_reparam") public var conv: Conv2d
+    @Key("weight_fake_quant") public var weightQuant: FakeQuantize
+    @Key("bn") public var postBN: BatchNorm2d?
+
+    public init(conv: Conv2d, postBN: BatchNorm2d?, qconfig: QConfig, calibrator: Calibrator) {
+        precondition(conv.bias != nil, "QuantConvUnit needs a convolution with bias")
+        _conv.wrappedValue = conv
+        _postBN.wrappedValue = postBN
+        _inputQuant.wrappedValue = FakeQuantize(scheme: qconfig.activation, calibrator: calibrator)
+        _weightQuant.wrappedValue = FakeQuantize(scheme: qconfig.weight, calibrator: .minmax,
+                                                 channels: conv.outChannels, tracksCurrentValues: true)
+    }
+
+    /// Per-channel `gamma / sqrt(running_var + eps)` of the post-BN as a
+    /// tensor with a gradient to gamma (running_var is a constant).
+    func postBNScale(_ bn: BatchNorm2d) -> Tensor {
+        let std = Tensor(bn.runningVar.data.map { ($0 + bn.eps).squareRoot() }, shape: [bn.channels])
+        return bn.weight / std
+    }
+
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        let xq = inputQuant(x)
+        if let bn = postBN, bn.training && !bn.freezeStatistics {
+            // Batch statistics: fold with the running scale, undo it after the
+            // convolution, and let the BN normalize with the batch's own.
+            let t = postBNScale(bn)
+            let y = conv2d(xq, weight: weightQuant(scaleChannels(conv.weight, by: t)), stride: conv.stride, padding: conv.padding)
+            let invT = Tensor(repeating: 1, shape: [bn.channels]) / t
+            return bn(channelAffine(y, scale: invT, shift: conv.bias)).relu()
+        }
+        // Running statistics (or no BN): exactly the deployed convolution,
+        // bias quantized to int32 units of s_in * s_w as the engine has it.
+        let (w, b) = foldedTensors()
+        let wq = weightQuant(w)
+        let bq = inputQuant.fakeQuantEnabled ? fakeQuantizeBias(b, inputScale: inputQuant.scales[0], weightScales: weightQuant.scales) : b
+        return conv2d(xq, weight: wq, bias: bq, stride: conv.stride, padding: conv.padding).relu()
+    }
+
+    /// Weight and bias with the post-BN (running statistics) folded in, as
+    /// differentiable tensors: `W * t`, `(b - mean) * t + beta`.
+    func foldedTensors() -> (weight: Tensor, bias: Tensor) {
+        guard let bn = postBN else { return (conv.weight, conv.bias!) }
+        let t = postBNScale(bn)
+        return (scaleChannels(conv.weight, by: t), (conv.bias! - bn.runningMean.detached()) * t + bn.bias)
+    }
+
+    /// The deployable weight and bias: the post-BN folded in (if any).
+    public func foldedWeights() -> (weight: [Float], bias: [Float]) {
+        guard let bn = postBN else { return (conv.weight.data, conv.bias!.data) }
+        return foldBatchNorm(weight: conv.weight.data, bias: conv.bias!.data, outChannels: conv.outChannels, bn: bn)
+    }
+}
+
+/// The head under fake quantization, as the integer engine computes it:
+/// the last block's output quantized (`FQ_feat`), averaged per channel,
+/// quantized again (`FQ_in`), then `linear(FQ_in(pooled); FQ_w(W)) + b`.
+/// Keys: `weight`, `bias`, `feature_fake_quant.*`, `input_fake_quant.*`,
+/// `weight_fake_quant.*` (under `linear.`).
+public final class QuantLinearHead: Module, Layer {
+    public let weight: Tensor
+    public let bias: Tensor
+    @Key("feature_fake_quant") public var featureQuant: FakeQuantize
+    @Key("input_fake_quant") public var inputQuant: FakeQuantize
+    @Key("weight_fake_quant") public var weightQuant: FakeQuantize
+
+    public init(linear: Linear, qconfig: QConfig, calibrator: Calibrator) {
+        weight = linear.weight.detachedParameter()
+        bias = linear.bias?.detachedParameter() ?? Tensor(repeating: 0, shape: [linear.weight.shape[0]], requiresGrad: true)
+        _featureQuant.wrappedValue = FakeQuantize(scheme: qconfig.activation, calibrator: calibrator)
+        _inputQuant.wrappedValue = FakeQuantize(scheme: qconfig.activation, calibrator: calibrator)
+        _weightQuant.wrappedValue = FakeQuantize(scheme: qconfig.weight, calibrator: .minmax,
+                                                 channels: weight.shape[0], tracksCurrentValues: true)
+    }
+
+    /// `[N, C, H, W]` features to `[N, classes]` logits.
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        let xq = inputQuant(globalAveragePool(featureQuant(x)))
+        let wq = weightQuant(weight)
+        let bq = inputQuant.fakeQuantEnabled ? fakeQuantizeBias(bias, inputScale: inputQuant.scales[0], weightScales: weightQuant.scales) : bias
+        return linear(xq, weight: wq, bias: bq)
+    }
+}
+
+/// The bias as the integer engine sees it: `roundHalfEven(b / (s_in * s_w[o])) * s_in * s_w[o]`,
+/// with a straight-through gradient.
+func fakeQuantizeBias(_ b: Tensor, inputScale: Float, weightScales: [Float]) -> Tensor {
+    let scales = weightScales.map { inputScale * $0 }
+    return fakeQuantize(b, scales: scales, zeroPoints: [Int32](repeating: 0, count: scales.count), qmin: Int32.min, qmax: Int32.max)
+}

@@ -1,0 +1,105 @@
+/// A RepVGG-family network prepared for quantization: every block a
+/// `QuantConvUnit` (fake quantization on each convolution's input and
+/// weight), then a `QuantLinearHead`. Built for PTQ from the fully folded
+/// model, or for QAT with QARepVGG's post-BN kept as a trainable BN.
+public final class QuantizedNet: Module, Layer {
+    public let config: ModelConfig
+    public let qconfig: QConfig
+    @Key("stage0") public var stage0: QuantConvUnit
+    @Key("stage1") public var stage1: [QuantConvUnit]
+    @Key("stage2") public var stage2: [QuantConvUnit]
+    @Key("stage3") public var stage3: [QuantConvUnit]
+    @Key("stage4") public var stage4: [QuantConvUnit]
+    public let linear: QuantLinearHead
+
+    public enum Form: String, Codable, Sendable {
+        /// Every block folded completely: what PTQ quantizes.
+        case folded
+        /// Branches merged, QARepVGG's post-BN kept as a BN: what QAT trains.
+        case postBN = "post-bn"
+    }
+
+    /// Prepares `model` (multi-branch or deployed) for quantization.
+    /// - Parameters:
+    ///   - form: `.postBN` keeps QARepVGG's post-BN (ignored for kinds without one).
+    ///   - calibrator: the activation observers' method.
+    public init(from model: RepVGGNet, form: Form, qconfig: QConfig = .tensorRT, calibrator: Calibrator = .minmax) throws {
+        try qconfig.validate()
+        config = model.config
+        self.qconfig = qconfig
+        let units: [[QuantConvUnit]] = model.stages.map { stage in
+            stage.map { layer in
+                if let block = layer as? RepVGGBlock {
+                    let keepBN = form == .postBN && block.postBN != nil
+                    let (w, b) = keepBN ? block.mergedBranches() : block.reparameterized()
+                    let conv = Conv2d(weight: Tensor(w, shape: [block.outChannels, block.inChannels, 3, 3], requiresGrad: true),
+                                      bias: Tensor(b, shape: [block.outChannels], requiresGrad: true), stride: block.stride, padding: 1)
+                    return QuantConvUnit(conv: conv, postBN: keepBN ? block.postBN!.copy() : nil, qconfig: qconfig, calibrator: calibrator)
+                }
+                let reparam = (layer as! ReparamBlock).conv
+                let conv = Conv2d(weight: reparam.weight.detachedParameter(), bias: reparam.bias!.detachedParameter(),
+                                  stride: reparam.stride, padding: reparam.padding)
+                return QuantConvUnit(conv: conv, postBN: nil, qconfig: qconfig, calibrator: calibrator)
+            }
+        }
+        _stage0.wrappedValue = units[0][0]
+        _stage1.wrappedValue = units[1]
+        _stage2.wrappedValue = units[2]
+        _stage3.wrappedValue = units[3]
+        _stage4.wrappedValue = units[4]
+        linear = QuantLinearHead(linear: model.linear, qconfig: qconfig, calibrator: calibrator)
+    }
+
+    /// Units in order, stage 0 first.
+    public var units: [QuantConvUnit] { [stage0] + stage1 + stage2 + stage3 + stage4 }
+
+    /// Every fake-quantizer, inputs and weights.
+    public var fakeQuantizers: [FakeQuantize] {
+        units.flatMap { [$0.inputQuant, $0.weightQuant] } + [linear.featureQuant, linear.inputQuant, linear.weightQuant]
+    }
+
+    /// Whether any unit still has a BN to fold.
+    public var hasPostBN: Bool { units.contains { $0.postBN != nil } }
+
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        linear(units.reduce(x) { $1($0) })
+    }
+
+    /// Sets both switches on every fake-quantizer.
+    public func setQuantization(observe: Bool, fakeQuantize: Bool) {
+        for fq in fakeQuantizers { fq.observerEnabled = observe; fq.fakeQuantEnabled = fakeQuantize }
+    }
+
+    /// Runs `images` through the model in evaluation mode with observers on
+    /// and fake quantization off, then turns fake quantization on and
+    /// observers off: post-training calibration.
+    /// - Throws: `QuantizationError` for an empty calibration set.
+    public func calibrate(on images: FashionMNIST, batchSize: Int = 128) throws {
+        guard images.count > 0 else { throw QuantizationError("calibration needs at least one image, got 0") }
+        let wasTraining = training
+        eval()
+        setQuantization(observe: true, fakeQuantize: false)
+        let loader = DataLoader(dataset: images, batchSize: batchSize, shuffle: false, augment: false, seed: 0)
+        noGrad {
+            for batch in loader.batches(epoch: 0) {
+                _ = self(Tensor(batch.images, shape: [batch.count, batch.channels, batch.height, batch.width]))
+            }
+        }
+        setQuantization(observe: false, fakeQuantize: true)
+        // Weight ranges track the weights; keep them current when weights change (QAT).
+        for u in units { u.weightQuant.observerEnabled = true }
+        linear.weightQuant.observerEnabled = true
+        train(wasTraining)
+    }
+}
+
+extension BatchNorm2d {
+    /// An independent copy with the same parameters and statistics.
+    public func copy() -> BatchNorm2d {
+        let bn = BatchNorm2d(channels, momentum: momentum, eps: eps)
+        bn.weight.assign(weight.data); bn.bias.assign(bias.data)
+        bn.runningMean.assign(runningMean.data); bn.runningVar.assign(runningVar.data)
+        bn.numBatchesTracked = numBatchesTracked
+        return bn
+    }
+}
