@@ -20,7 +20,9 @@ let package = Package(
 
         // MARK: Implementation details
         // Hot loops (im2col, GEMM calls, reductions) live apart from the model code.
-        .target(name: "QARepKernels", dependencies: ["COpenBLAS"]),
+        .target(name: "QARepKernels", dependencies: ["COpenBLAS", "CQARepInt8"]),
+        // AVX2 int16 GEMM for the INT8 engine (vpmaddwd, which Swift SIMD does not emit).
+        .target(name: "CQARepInt8", linkerSettings: [.linkedLibrary("m")]),
         .systemLibrary(name: "COpenBLAS", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
 
@@ -28,6 +30,7 @@ let package = Package(
         .executableTarget(name: "train-fashion-mnist", dependencies: ["QARep"], path: "recipes/train-fashion-mnist"),
 
         // MARK: Tests
-        .testTarget(name: "QARepTests", dependencies: ["QARep", "QARepKernels", "CZlib"]),
+        .testTarget(name: "QARepTests", dependencies: ["QARep", "QARepKernels", "CZlib"],
+                    resources: [.copy("Fixtures")]),
     ]
 )

@@ -7,14 +7,21 @@ struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Evaluate a checkpoint (multi-branch or deployed) on the Fashion-MNIST test set.")
 
-    @Option(help: "A safetensors checkpoint.") var checkpoint: String
+    @Option(help: "A safetensors FP32 checkpoint.") var checkpoint: String?
+    @Option(help: "A native INT8 model (from qarep ptq --out or qarep qat), run on the integer engine.") var int8: String?
     @Flag(help: "Also fold the model into its deploy form and evaluate that.") var deploy = false
     @OptionGroup var model: ModelOptions
     @OptionGroup var data: DataOptions
     @OptionGroup var runtime: RuntimeOptions
 
+    func validate() throws {
+        if (checkpoint == nil) == (int8 == nil) { throw ValidationError("give either --checkpoint FILE or --int8 FILE") }
+    }
+
     func run() throws {
         runtime.apply()
+        if let int8 { return try runInt8(int8) }
+        let checkpoint = self.checkpoint!
         let net = try Checkpoint.loadModel(checkpoint, fallback: model.fallback())
         let test = try data.test()
         let result = evaluate(net, on: test)
@@ -34,6 +41,19 @@ struct Eval: ParsableCommand {
         } else {
             print("\(checkpoint): \(net.config.name) \(net.config.block.rawValue), \(result.count) test images")
             for (name, e) in rows { print(String(format: "%-20@ top-1 %@  loss %.4f", name, percent(e.top1), e.loss)) }
+        }
+    }
+
+    func runInt8(_ path: String) throws {
+        let model = try Int8Model.read(from: path)
+        let test = try data.test()
+        let result = evaluate(model, on: test)
+        if runtime.json {
+            try printJSON(["int8_top1": result.top1, "images": result.count, "config": model.config.name,
+                           "block": model.config.block.rawValue])
+        } else {
+            print("\(path): INT8 \(model.config.name) \(model.config.block.rawValue), \(result.count) test images")
+            print(String(format: "INT8 engine  top-1 %@", percent(result.top1)))
         }
     }
 }

@@ -140,12 +140,13 @@ public enum Checkpoint {
     /// key must be present with the same shape, and every file key must be
     /// used (optimizer state and `num_batches_tracked` aside).
     /// - Throws: `CheckpointError` naming the first offending key.
-    public static func load(_ file: SafeTensorsFile, into model: Module, source: String) throws {
+    public static func load(_ file: SafeTensorsFile, into model: Module, source: String, extraSuffixes: [String] = []) throws {
         let state = model.stateDict()
         let modelKeys = Set(state.map(\.key))
         var batchNorms: [String: BatchNorm2d] = [:]
         for (path, m) in model.namedModules() { if let bn = m as? BatchNorm2d { batchNorms[path] = bn } }
         for key in file.tensors.keys.sorted() where !modelKeys.contains(key) && !key.hasPrefix(optimizerPrefix) {
+            if extraSuffixes.contains(where: { key.hasSuffix($0) }) { continue }
             if key.hasSuffix("num_batches_tracked"), batchNorms[String(key.dropLast("num_batches_tracked".count + 1))] != nil
                 || (key == "num_batches_tracked" && batchNorms[""] != nil) { continue }
             throw CheckpointError.unexpectedKey(key, file: source)

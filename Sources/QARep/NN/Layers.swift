@@ -44,6 +44,9 @@ public final class BatchNorm2d: Module, Layer {
     public let eps: Float
     /// Training-mode forward passes so far (PyTorch's `num_batches_tracked`).
     public var numBatchesTracked: Int64 = 0
+    /// Use (and keep) the running statistics even in training mode: QAT's
+    /// "freeze BN statistics" after some epochs.
+    public var freezeStatistics = false
 
     public init(_ channels: Int, momentum: Float = 0.1, eps: Float = 1e-5) {
         weight = Tensor(repeating: 1, shape: [channels], requiresGrad: true)
@@ -62,9 +65,10 @@ public final class BatchNorm2d: Module, Layer {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        if training { numBatchesTracked += 1 }
+        let batchStatistics = training && !freezeStatistics
+        if batchStatistics { numBatchesTracked += 1 }
         return batchNorm(x, weight: weight, bias: bias, runningMean: runningMean, runningVar: runningVar,
-                  training: training, momentum: momentum, eps: eps)
+                         training: batchStatistics, momentum: momentum, eps: eps)
     }
 }
 

@@ -173,8 +173,12 @@ struct AbsHistogram {
     /// the candidate Q merges the first `i` bins (without the outliers) into
     /// `quantizedBins` levels and spreads each level evenly over its non-empty
     /// bins. The cut with the smallest KL(P || Q) wins; the threshold is its
-    /// upper edge.
+    /// upper edge. As in NVIDIA's implementation, the first bin's count is
+    /// replaced by the second's first: after a ReLU it holds every exact zero,
+    /// a spike that would otherwise decide the divergence.
     func entropyThreshold(quantizedBins: Int) -> Float {
+        var counts = self.counts
+        counts[0] = counts[1]
         var best = (kl: Double.infinity, i: Self.binCount)
         var suffix = [Double](repeating: 0, count: Self.binCount + 1)
         for i in stride(from: Self.binCount - 1, through: 0, by: -1) { suffix[i] = suffix[i + 1] + counts[i] }

@@ -1,0 +1,359 @@
+// Integer GEMM kernels; include/CQARepInt8.h describes the operands.
+//
+// The AVX2 code is compiled per function with target("avx2"), so the rest of
+// the file, the portable fallback included, stays baseline x86-64 and runs on
+// any CPU; qarep_i8_avx2_available() decides at run time.
+
+#include "CQARepInt8.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define QAREP_X86 1
+#define AVX2 __attribute__((target("avx2")))
+#else
+#define QAREP_X86 0
+#endif
+
+#define MR QAREP_I8_MR
+#define NR QAREP_I8_NR
+
+int qarep_i8_avx2_available(void) {
+#if QAREP_X86
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") ? 1 : 0;
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+// MARK: - Requantization. The same IEEE operations in the same order as
+// QARepKernels.requantize: the Double product, roundeven, + zero point, clamp.
+
+static inline int32_t wrapping_add(int32_t a, int32_t b) {
+    return (int32_t)((uint32_t)a + (uint32_t)b);
+}
+
+static inline int32_t requantize1(int32_t acc, double m, double z, double lo, double hi) {
+    double d = __builtin_roundeven((double)acc * m) + z;
+    d = d < lo ? lo : d;
+    d = d > hi ? hi : d;
+    return (int32_t)d;
+}
+
+static inline void store_code(void *out, int64_t index, int32_t q, int out_signed) {
+    if (out_signed) ((int8_t *)out)[index] = (int8_t)q;
+    else ((uint8_t *)out)[index] = (uint8_t)q;
+}
+
+static void requantize_scalar(const int32_t *acc, int64_t count, int32_t bias, float multiplier,
+                              int32_t zero_point, int32_t min, int32_t max, void *out, int out_signed) {
+    const double m = multiplier, z = zero_point, lo = min, hi = max;
+    for (int64_t i = 0; i < count; i++)
+        store_code(out, i, requantize1(wrapping_add(acc[i], bias), m, z, lo, hi), out_signed);
+}
+
+#if QAREP_X86
+// Four lanes, each with its own multiplier; the result is integral and inside
+// [min, max], so the conversion back to int32 is exact.
+AVX2 static inline __m128i requantize4(__m128i v, __m256d m, __m256d z, __m256d lo, __m256d hi) {
+    __m256d d = _mm256_mul_pd(_mm256_cvtepi32_pd(v), m);
+    d = _mm256_round_pd(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    d = _mm256_add_pd(d, z);
+    d = _mm256_min_pd(_mm256_max_pd(d, lo), hi);
+    return _mm256_cvtpd_epi32(d);
+}
+
+// 16 biased accumulators to 16 codes. The values already lie in the 8-bit
+// range, so the saturating packs only narrow.
+AVX2 static inline __m128i requantize16(__m256i a, __m256i b, const __m256d m[4], __m256d z,
+                                        __m256d lo, __m256d hi, int out_signed) {
+    __m128i r0 = requantize4(_mm256_castsi256_si128(a), m[0], z, lo, hi);
+    __m128i r1 = requantize4(_mm256_extracti128_si256(a, 1), m[1], z, lo, hi);
+    __m128i r2 = requantize4(_mm256_castsi256_si128(b), m[2], z, lo, hi);
+    __m128i r3 = requantize4(_mm256_extracti128_si256(b, 1), m[3], z, lo, hi);
+    __m128i w0 = _mm_packs_epi32(r0, r1), w1 = _mm_packs_epi32(r2, r3);
+    return out_signed ? _mm_packs_epi16(w0, w1) : _mm_packus_epi16(w0, w1);
+}
+
+AVX2 static void requantize_avx2(const int32_t *acc, int64_t count, int32_t bias, float multiplier,
+                                 int32_t zero_point, int32_t min, int32_t max, void *out, int out_signed) {
+    const __m256d m1 = _mm256_set1_pd(multiplier), m[4] = {m1, m1, m1, m1};
+    const __m256d z = _mm256_set1_pd(zero_point), lo = _mm256_set1_pd(min), hi = _mm256_set1_pd(max);
+    const __m256i b = _mm256_set1_epi32(bias);
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+        __m256i a0 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(acc + i)), b);
+        __m256i a1 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(acc + i + 8)), b);
+        _mm_storeu_si128((__m128i *)((uint8_t *)out + i), requantize16(a0, a1, m, z, lo, hi, out_signed));
+    }
+    requantize_scalar(acc + i, count - i, bias, multiplier, zero_point, min, max, (uint8_t *)out + i, out_signed);
+}
+#endif
+
+void qarep_i8_requantize(const int32_t *acc, int64_t count, int32_t bias, float multiplier,
+                         int32_t zero_point, int32_t min, int32_t max,
+                         void *output, int output_signed, int use_avx2) {
+#if QAREP_X86
+    if (use_avx2) {
+        requantize_avx2(acc, count, bias, multiplier, zero_point, min, max, output, output_signed);
+        return;
+    }
+#endif
+    requantize_scalar(acc, count, bias, multiplier, zero_point, min, max, output, output_signed);
+}
+
+// MARK: - Micro-kernels: t[p][r] = sum_k w[o0 + r, k] * x[pixel p, k]
+
+static void tile_scalar(const int16_t *w, const int16_t *const a[NR], const qarep_i8_source *s,
+                        int32_t t[NR][MR]) {
+    memset(t, 0, sizeof(int32_t) * NR * MR);
+    const int64_t pairs = s->segment / 2;
+    for (int64_t tap = 0; tap < s->taps; tap++) {
+        const int64_t off = s->tap_offsets[tap];
+        const int16_t *wt = w + tap * s->segment * MR;
+        for (int64_t cc = 0; cc < pairs; cc++) {
+            const int16_t *wk = wt + cc * 2 * MR;
+            for (int p = 0; p < NR; p++) {
+                const int32_t x0 = a[p][off + 2 * cc], x1 = a[p][off + 2 * cc + 1];
+                for (int r = 0; r < MR; r++) t[p][r] += wk[2 * r] * x0 + wk[2 * r + 1] * x1;
+            }
+        }
+    }
+}
+
+#if QAREP_X86
+AVX2 static void tile_avx2(const int16_t *w, const int16_t *const a[NR], const qarep_i8_source *s,
+                           int32_t t[NR][MR]) {
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const int64_t pairs = s->segment / 2;
+    for (int64_t tap = 0; tap < s->taps; tap++) {
+        const int64_t off = s->tap_offsets[tap];
+        const int16_t *a0 = a[0] + off, *a1 = a[1] + off, *a2 = a[2] + off;
+        const int16_t *a3 = a[3] + off, *a4 = a[4] + off, *a5 = a[5] + off;
+        const int16_t *wt = w + tap * s->segment * MR;
+        for (int64_t cc = 0; cc < pairs; cc++) {
+            // Channels 0-7 and 8-15, each lane the (k, k+1) weight pair.
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wt + cc * 2 * MR));
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wt + cc * 2 * MR + 16));
+            int32_t x;
+#define QAREP_STEP(ap, lo, hi)                                          \
+            memcpy(&x, ap + 2 * cc, sizeof x);                          \
+            {                                                           \
+                const __m256i b = _mm256_set1_epi32(x);                 \
+                lo = _mm256_add_epi32(lo, _mm256_madd_epi16(w0, b));    \
+                hi = _mm256_add_epi32(hi, _mm256_madd_epi16(w1, b));    \
+            }
+            QAREP_STEP(a0, c00, c01)
+            QAREP_STEP(a1, c10, c11)
+            QAREP_STEP(a2, c20, c21)
+            QAREP_STEP(a3, c30, c31)
+            QAREP_STEP(a4, c40, c41)
+            QAREP_STEP(a5, c50, c51)
+#undef QAREP_STEP
+        }
+    }
+    _mm256_storeu_si256((__m256i *)t[0], c00); _mm256_storeu_si256((__m256i *)(t[0] + 8), c01);
+    _mm256_storeu_si256((__m256i *)t[1], c10); _mm256_storeu_si256((__m256i *)(t[1] + 8), c11);
+    _mm256_storeu_si256((__m256i *)t[2], c20); _mm256_storeu_si256((__m256i *)(t[2] + 8), c21);
+    _mm256_storeu_si256((__m256i *)t[3], c30); _mm256_storeu_si256((__m256i *)(t[3] + 8), c31);
+    _mm256_storeu_si256((__m256i *)t[4], c40); _mm256_storeu_si256((__m256i *)(t[4] + 8), c41);
+    _mm256_storeu_si256((__m256i *)t[5], c50); _mm256_storeu_si256((__m256i *)(t[5] + 8), c51);
+}
+#endif
+
+// MARK: - Epilogue
+
+// Per-block copies of the channel parameters, zero-padded to 16 lanes, made
+// once per call.
+typedef struct {
+    int64_t o0;
+    int rows;
+    int32_t bias[MR];
+    double multiplier[MR];
+} block_params;
+
+static void prepare_block(block_params *b, int64_t o0, int64_t out_channels, const qarep_i8_epilogue *e) {
+    b->o0 = o0;
+    b->rows = out_channels - o0 < MR ? (int)(out_channels - o0) : MR;
+    for (int r = 0; r < MR; r++) {
+        b->bias[r] = r < b->rows && e->bias ? e->bias[o0 + r] : 0;
+        b->multiplier[r] = r < b->rows && e->multiplier ? (double)e->multiplier[o0 + r] : 0;
+    }
+}
+
+// Output element of channel 0 for each pixel of a tile, found with one
+// division per tile; `contiguous` when the pixels are consecutive in one image.
+typedef struct {
+    int64_t base[NR];
+    int count, contiguous;
+} tile_pixels;
+
+static void locate_pixels(const qarep_i8_epilogue *e, int64_t first, int count, tile_pixels *tp) {
+    int64_t n = first / e->plane, p = first - n * e->plane;
+    tp->count = count;
+    tp->contiguous = p + count <= e->plane;
+    for (int q = 0; q < count; q++) {
+        tp->base[q] = n * e->image_stride + p;
+        if (++p == e->plane) { p = 0; n++; }
+    }
+}
+
+static void store_raw(const int32_t t[NR][MR], const block_params *b, const tile_pixels *tp,
+                      const qarep_i8_epilogue *e) {
+    int32_t *out = (int32_t *)e->output + b->o0 * e->channel_stride;
+    for (int q = 0; q < tp->count; q++)
+        for (int r = 0; r < b->rows; r++)
+            out[tp->base[q] + r * e->channel_stride] = wrapping_add(t[q][r], b->bias[r]);
+}
+
+static void store_tile_scalar(const int32_t t[NR][MR], const block_params *b, const tile_pixels *tp,
+                              const qarep_i8_epilogue *e) {
+    if (!e->multiplier) { store_raw(t, b, tp, e); return; }
+    const double z = e->zero_point, lo = e->min, hi = e->max;
+    const int64_t o = b->o0 * e->channel_stride;
+    for (int q = 0; q < tp->count; q++)
+        for (int r = 0; r < b->rows; r++) {
+            int32_t code = requantize1(wrapping_add(t[q][r], b->bias[r]), b->multiplier[r], z, lo, hi);
+            store_code(e->output, o + tp->base[q] + r * e->channel_stride, code, e->output_signed);
+        }
+}
+
+#if QAREP_X86
+// Six consecutive pixels' codes (16 channels each) transposed to one 8-byte
+// row per channel, pixels in the low six bytes.
+AVX2 static inline void transpose6x16(const __m128i v[NR], uint64_t rows[MR]) {
+    const __m128i z = _mm_setzero_si128();
+    const __m128i a01l = _mm_unpacklo_epi8(v[0], v[1]), a01h = _mm_unpackhi_epi8(v[0], v[1]);
+    const __m128i a23l = _mm_unpacklo_epi8(v[2], v[3]), a23h = _mm_unpackhi_epi8(v[2], v[3]);
+    const __m128i a45l = _mm_unpacklo_epi8(v[4], v[5]), a45h = _mm_unpackhi_epi8(v[4], v[5]);
+    const __m128i half[2][3] = {{a01l, a23l, a45l}, {a01h, a23h, a45h}};
+    for (int h = 0; h < 2; h++) {  // channels 0-7, then 8-15
+        const __m128i b03l = _mm_unpacklo_epi16(half[h][0], half[h][1]);  // 4 channels x pixels 0-3
+        const __m128i b03h = _mm_unpackhi_epi16(half[h][0], half[h][1]);
+        const __m128i b47l = _mm_unpacklo_epi16(half[h][2], z);           // 4 channels x pixels 4-7
+        const __m128i b47h = _mm_unpackhi_epi16(half[h][2], z);
+        const __m128i c[4] = {_mm_unpacklo_epi32(b03l, b47l), _mm_unpackhi_epi32(b03l, b47l),
+                              _mm_unpacklo_epi32(b03h, b47h), _mm_unpackhi_epi32(b03h, b47h)};
+        for (int i = 0; i < 4; i++) {
+            rows[8 * h + 2 * i] = (uint64_t)_mm_cvtsi128_si64(c[i]);
+            rows[8 * h + 2 * i + 1] = (uint64_t)_mm_extract_epi64(c[i], 1);
+        }
+    }
+}
+
+AVX2 static void store_tile_avx2(const int32_t t[NR][MR], const block_params *b, const tile_pixels *tp,
+                                 const qarep_i8_epilogue *e) {
+    if (!e->multiplier) { store_raw(t, b, tp, e); return; }
+    const __m256d z = _mm256_set1_pd(e->zero_point), lo = _mm256_set1_pd(e->min), hi = _mm256_set1_pd(e->max);
+    __m256d m[4];
+    for (int i = 0; i < 4; i++) m[i] = _mm256_loadu_pd(b->multiplier + 4 * i);
+    const __m256i b0 = _mm256_loadu_si256((const __m256i *)b->bias);
+    const __m256i b1 = _mm256_loadu_si256((const __m256i *)(b->bias + 8));
+    __m128i codes[NR];
+    for (int q = 0; q < tp->count; q++) {
+        __m256i a0 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)t[q]), b0);
+        __m256i a1 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(t[q] + 8)), b1);
+        codes[q] = requantize16(a0, a1, m, z, lo, hi, e->output_signed);
+    }
+    uint8_t *out = (uint8_t *)e->output + b->o0 * e->channel_stride;
+    if (tp->count == NR && tp->contiguous) {
+        // The common case: six bytes per channel plane instead of 96 byte stores.
+        uint64_t rows[MR];
+        transpose6x16(codes, rows);
+        uint8_t *dst = out + tp->base[0];
+        for (int r = 0; r < b->rows; r++, dst += e->channel_stride) {
+            const uint32_t lo4 = (uint32_t)rows[r];
+            const uint16_t hi2 = (uint16_t)(rows[r] >> 32);
+            memcpy(dst, &lo4, 4);
+            memcpy(dst + 4, &hi2, 2);
+        }
+        return;
+    }
+    for (int q = 0; q < tp->count; q++) {
+        uint8_t bytes[MR];
+        _mm_storeu_si128((__m128i *)bytes, codes[q]);
+        for (int r = 0; r < b->rows; r++) out[tp->base[q] + r * e->channel_stride] = bytes[r];
+    }
+}
+#endif
+
+// MARK: - Driver
+
+void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_source *source,
+                   const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
+                   const qarep_i8_epilogue *epilogue, int use_avx2) {
+    int32_t t[NR][MR] __attribute__((aligned(32)));
+    const int64_t kp = source->taps * source->segment, block_size = kp * MR;
+    const int64_t blocks = (out_channels + MR - 1) / MR;
+    block_params *params = malloc(sizeof(block_params) * (size_t)blocks);
+    if (!params) abort();
+    for (int64_t blk = 0; blk < blocks; blk++) prepare_block(&params[blk], blk * MR, out_channels, epilogue);
+    // Channel blocks in groups of about 128 KiB of weights, so a group stays
+    // in L2 while the pixels pass; each tile's activations stay in L1 while
+    // the group's blocks pass over them.
+    int64_t group = (128 * 1024) / (block_size * 2);
+    if (group < 1) group = 1;
+    for (int64_t g0 = 0; g0 < blocks; g0 += group) {
+        const int64_t g1 = g0 + group < blocks ? g0 + group : blocks;
+        for (int64_t p0 = 0; p0 < pixel_count; p0 += NR) {
+            const int count = pixel_count - p0 < NR ? (int)(pixel_count - p0) : NR;
+            // A partial tile repeats its last pixel; the copies are not stored.
+            const int16_t *a[NR];
+            for (int p = 0; p < NR; p++) a[p] = source->source + pixel_offsets[p0 + (p < count ? p : count - 1)];
+            tile_pixels tp;
+            locate_pixels(epilogue, first_pixel + p0, count, &tp);
+            for (int64_t blk = g0; blk < g1; blk++) {
+#if QAREP_X86
+                if (use_avx2) {
+                    tile_avx2(weights + blk * block_size, a, source, t);
+                    store_tile_avx2(t, &params[blk], &tp, epilogue);
+                    continue;
+                }
+#endif
+                tile_scalar(weights + blk * block_size, a, source, t);
+                store_tile_scalar(t, &params[blk], &tp, epilogue);
+            }
+        }
+    }
+    free(params);
+}
+// MARK: - Layout conversion
+
+// One image row of channel c: dst[x * cp] = src[x] - z for x < width.
+#define QAREP_COPY_ROW(T, src, dst)                                               \
+    do {                                                                          \
+        const T *s_ = (const T *)(src);                                           \
+        for (int64_t x = 0; x < width; x++) (dst)[x * cp] = (int16_t)(s_[x] - z); \
+    } while (0)
+
+void qarep_i8_to_padded_nhwc(const void *input, int input_signed, int32_t zero_point,
+                             int64_t first_image, int64_t images, int64_t channels, int64_t height,
+                             int64_t width, int64_t pad, int64_t padded_channels, int16_t *output) {
+    const int64_t hp = height + 2 * pad, wp = width + 2 * pad, cp = padded_channels, plane = height * width;
+    const int16_t z = (int16_t)zero_point;
+    for (int64_t n = first_image; n < first_image + images; n++) {
+        int16_t *img = output + n * hp * wp * cp;
+        // Border rows, border columns and padding channels are real zero.
+        memset(img, 0, sizeof(int16_t) * pad * wp * cp);
+        memset(img + (pad + height) * wp * cp, 0, sizeof(int16_t) * pad * wp * cp);
+        for (int64_t y = 0; y < height; y++) {
+            int16_t *row = img + (y + pad) * wp * cp;
+            if (channels < cp || pad > 0) memset(row, 0, sizeof(int16_t) * wp * cp);
+            const int64_t src = (n * channels * height + y) * width;  // channel 0 of row y
+            int16_t *dst = row + pad * cp;
+            for (int64_t c = 0; c < channels; c++) {
+                if (input_signed) QAREP_COPY_ROW(int8_t, (const int8_t *)input + src + c * plane, dst + c);
+                else QAREP_COPY_ROW(uint8_t, (const uint8_t *)input + src + c * plane, dst + c);
+            }
+        }
+    }
+}
+#undef QAREP_COPY_ROW

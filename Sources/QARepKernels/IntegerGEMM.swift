@@ -1,0 +1,260 @@
+import CQARepInt8
+import Dispatch
+
+// Exact integer GEMM of the INT8 engine: int8 weights times activation codes
+// minus their zero point, accumulated in int32.
+//
+// Activations enter as int16 `x_q - z_x` in [-255, 255] and weights as int16
+// in [-128, 127], so AVX2's vpmaddwd (16 int16 products, adjacent pairs summed
+// into 8 int32 lanes) never saturates: a pair sum is at most 2 * 255 * 128 and
+// the whole dot product at most 255 * 128 * K < 2^31 for K <= 65,793. (PyTorch's
+// fbgemm instead multiplies uint8 by int8 with vpmaddubsw, whose int16 pair
+// sums saturate, hence its `reduce_range`.)
+//
+// Measured on this project's 2-core AMD EPYC (Zen 3), one thread: the C AVX2
+// kernel runs 120-150 GOPS on the a0 layer shapes; the same micro-kernel in
+// Swift SIMD runs 7-15 GOPS (LLVM does not form vpmaddwd from it, and Swift
+// code builds for baseline x86-64), hence the C target.
+
+/// Which integer kernel runs.
+public enum IntegerKernelPath: Sendable, Equatable {
+    /// AVX2 (`vpmaddwd`); only where the CPU has it.
+    case avx2
+    /// Plain C loops any CPU runs; the same results bit for bit, slower.
+    case portable
+
+    /// `.avx2` where the CPU has it, otherwise `.portable`.
+    public static var best: IntegerKernelPath { avx2Available ? .avx2 : .portable }
+
+    /// Whether this CPU runs AVX2.
+    public static var avx2Available: Bool { qarep_i8_avx2_available() != 0 }
+
+    var flag: Int32 {
+        if self == .avx2 { precondition(Self.avx2Available, "the AVX2 integer kernel needs a CPU with AVX2") }
+        return self == .avx2 ? 1 : 0
+    }
+}
+
+/// Largest reduction length whose int32 accumulator cannot overflow:
+/// `255 * 128 * K <= Int32.max`.
+public let maxIntegerGEMMInputSize = 65_793
+
+/// Int8 weights widened to int16 and packed once for `int16GEMM` and
+/// `quantizedConv2d`: blocks of 16 output channels, each `[K' / 2][16][2]`
+/// (for each pair (k, k+1), the 16 channels' weight pairs: one vector load).
+///
+/// The packed reduction order is (i, j, c): kernel tap outer, input channel
+/// inner, channels padded to even (`Cp`), so `K' = kh * kw * Cp`. That is what
+/// lets the convolution read each tap's channels straight out of an NHWC
+/// buffer. A plain `[O, K]` matrix is the 1x1 case (`Cp` = K rounded up to
+/// even). Padding channels and padding k are zero.
+///
+/// QARep quantizes weights to the narrow range [-127, 127]; the kernel is
+/// exact for -128 too, so any int8 is accepted.
+public struct PackedInt8Weights: Sendable {
+    /// O, rows of the weight matrix.
+    public let outChannels: Int
+    /// C of an OIHW weight (K for a matrix).
+    public let inChannels: Int
+    /// Kernel height (1 for a matrix).
+    public let kernelH: Int
+    /// Kernel width (1 for a matrix).
+    public let kernelW: Int
+    /// The packed values, `ceil(O / 16) * 16 * paddedInputSize` of them.
+    public let storage: [Int16]
+
+    /// K, the reduction length: `inChannels * kernelH * kernelW`.
+    public var inputSize: Int { inChannels * kernelH * kernelW }
+    /// `inChannels` rounded up to even: the values of one tap.
+    public var paddedInChannels: Int { (inChannels + 1) & ~1 }
+    /// K' = `kernelH * kernelW * paddedInChannels`: the packed reduction length,
+    /// and the row length of `int16GEMM`'s pixel-major columns.
+    public var paddedInputSize: Int { kernelH * kernelW * paddedInChannels }
+
+    /// Packs OIHW convolution weights `[outChannels, inChannels, kernelH, kernelW]`.
+    public init(convolution weights: UnsafeBufferPointer<Int8>, outChannels: Int, inChannels: Int,
+                kernelH: Int, kernelW: Int) {
+        precondition(outChannels >= 1 && inChannels >= 1 && kernelH >= 1 && kernelW >= 1,
+                     "weights need at least one output channel, input channel and tap")
+        precondition(weights.count == outChannels * inChannels * kernelH * kernelW,
+                     "\(weights.count) weights for [\(outChannels), \(inChannels), \(kernelH), \(kernelW)]")
+        self.outChannels = outChannels
+        self.inChannels = inChannels
+        self.kernelH = kernelH
+        self.kernelW = kernelW
+        // The bound is on K: padding meets zero weights.
+        precondition(inChannels * kernelH * kernelW <= maxIntegerGEMMInputSize,
+                     "K = \(inChannels * kernelH * kernelW) could overflow the int32 accumulator (at most \(maxIntegerGEMMInputSize))")
+        let taps = kernelH * kernelW, cp = (inChannels + 1) & ~1, kp = taps * cp
+        let mr = Int(QAREP_I8_MR), blocks = (outChannels + mr - 1) / mr
+        var packed = [Int16](repeating: 0, count: blocks * mr * kp)
+        for o in 0..<outChannels {
+            for c in 0..<inChannels {
+                for t in 0..<taps {
+                    packed[Self.slot(o: o, k: t * cp + c, paddedInputSize: kp)] = Int16(weights[(o * inChannels + c) * taps + t])
+                }
+            }
+        }
+        storage = packed
+    }
+
+    /// Packs OIHW convolution weights `[outChannels, inChannels, kernelH, kernelW]`.
+    public init(convolution weights: [Int8], outChannels: Int, inChannels: Int, kernelH: Int, kernelW: Int) {
+        self = weights.withUnsafeBufferPointer {
+            PackedInt8Weights(convolution: $0, outChannels: outChannels, inChannels: inChannels,
+                              kernelH: kernelH, kernelW: kernelW)
+        }
+    }
+
+    /// Packs a row-major `[outChannels, inputSize]` matrix (the 1x1 case).
+    public init(_ weights: [Int8], outChannels: Int, inputSize: Int) {
+        self.init(convolution: weights, outChannels: outChannels, inChannels: inputSize, kernelH: 1, kernelW: 1)
+    }
+
+    /// The weight of channel `o` at OIHW reduction index `k = (c * kh + i) * kw + j`,
+    /// read back from the packing.
+    public subscript(o: Int, k: Int) -> Int8 {
+        precondition(o >= 0 && o < outChannels && k >= 0 && k < inputSize, "weight index (\(o), \(k)) out of range")
+        let taps = kernelH * kernelW
+        return Int8(storage[Self.slot(o: o, k: (k % taps) * paddedInChannels + k / taps, paddedInputSize: paddedInputSize)])
+    }
+
+    /// Position of (channel o, packed reduction index k) in `storage`.
+    @inline(__always)
+    static func slot(o: Int, k: Int, paddedInputSize kp: Int) -> Int {
+        let mr = Int(QAREP_I8_MR)
+        return (o / mr) * mr * kp + (k >> 1) * 2 * mr + (o % mr) * 2 + (k & 1)
+    }
+}
+
+/// `output[O, N] = weights[O, K'] * columns[N, K']^T` in int32, exactly.
+///
+/// - Parameters:
+///   - weights: packed int8 weights; `O = weights.outChannels`.
+///   - columns: pixel-major `[n, K']` int16, `K' = weights.paddedInputSize`:
+///     row j is the patch of pixel j in the packed (i, j, c) order
+///     (`quantizedIm2col` writes it for a convolution; for a matrix packing it
+///     is the K values, then one padding slot if K is odd, which meets a zero
+///     weight). Values in [-255, 255] keep the int32 accumulator exact.
+///   - n: the pixels (rows of `columns`).
+///   - output: row-major `[O, n]` int32.
+///   - threads: worker threads over pixel chunks (the results do not depend on it).
+///   - path: the kernel; `.best` unless testing the fallback.
+public func int16GEMM(weights: PackedInt8Weights, columns: UnsafePointer<Int16>, n: Int,
+                      output: UnsafeMutablePointer<Int32>, threads: Int = 1,
+                      path: IntegerKernelPath = .best) {
+    precondition(n >= 0, "negative pixel count")
+    guard n > 0 else { return }
+    let flag = path.flag, kp = weights.paddedInputSize
+    let epilogue = qarep_i8_epilogue(bias: nil, multiplier: nil, zero_point: 0, min: 0, max: 0, output_signed: 0,
+                                     output: UnsafeMutableRawPointer(output),
+                                     plane: Int64(n), channel_stride: Int64(n), image_stride: 0)
+    let pixelOffsets = (0..<n).map { Int64($0 * kp) }
+    let tapOffsets: [Int64] = [0]
+    weights.storage.withUnsafeBufferPointer { w in
+        pixelOffsets.withUnsafeBufferPointer { po in
+            tapOffsets.withUnsafeBufferPointer { to in
+                let source = qarep_i8_source(source: columns, tap_offsets: to.baseAddress, taps: 1, segment: Int64(kp))
+                withUnsafePointer(to: source) { s in
+                    withUnsafePointer(to: epilogue) { e in
+                        PixelChunks(pixels: n, paddedInputSize: kp, threads: threads).forEach { _, first, count in
+                            qarep_i8_gemm(w.baseAddress, Int64(weights.outChannels), s, po.baseAddress! + first,
+                                          Int64(first), Int64(count), e, flag)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reference for `int16GEMM`: three loops over a dense pixel-major `[n, K]`
+/// matrix (no padding), accumulated in `Int64`, with a check that every result
+/// fits `Int32`. `weights` is row-major `[outChannels, inputSize]`.
+public func naiveInt16GEMM(weights: UnsafePointer<Int8>, outChannels: Int, inputSize: Int,
+                           columns: UnsafePointer<Int16>, n: Int, output: UnsafeMutablePointer<Int32>) {
+    for o in 0..<outChannels {
+        for j in 0..<n {
+            var acc: Int64 = 0
+            for k in 0..<inputSize { acc += Int64(weights[o * inputSize + k]) * Int64(columns[j * inputSize + k]) }
+            precondition(acc >= Int64(Int32.min) && acc <= Int64(Int32.max), "accumulator \(acc) overflows Int32")
+            output[o * n + j] = Int32(acc)
+        }
+    }
+}
+
+/// Requantizes `count` accumulators of one channel to 8-bit codes:
+/// `output[i] = requantize(acc[i] + bias, multiplier:, zeroPoint:, min:, max:)`
+/// (the sum wraps like the int32 accumulator it extends). `[min, max]` must lie
+/// inside `Output.codeRange`.
+public func requantize<Output: QuantizedActivation>(
+    _ acc: UnsafePointer<Int32>, count: Int, bias: Int32 = 0, multiplier: Float,
+    zeroPoint: Int32, min: Int32, max: Int32, output: UnsafeMutablePointer<Output>,
+    path: IntegerKernelPath = .best
+) {
+    precondition(multiplier.isFinite, "requantization multiplier must be finite, got \(multiplier)")
+    precondition(min <= max && Output.codeRange.contains(min) && Output.codeRange.contains(max),
+                 "output range [\(min), \(max)] outside \(Output.self)'s \(Output.codeRange)")
+    qarep_i8_requantize(acc, Int64(count), bias, multiplier, zeroPoint, min, max,
+                        UnsafeMutableRawPointer(output), Output.isSigned ? 1 : 0, path.flag)
+}
+
+// MARK: - Work splitting
+
+/// Pixels per chunk: a multiple of the 6-pixel tile whose patches (K' int16
+/// each) fill about 128 KiB, so that they stay in L2 while every group of
+/// channel blocks passes over them.
+func pixelChunk(paddedInputSize kp: Int) -> Int {
+    let nr = Int(QAREP_I8_NR)
+    return Swift.max(1, (128 * 1024) / (kp * 2 * nr)) * nr
+}
+
+/// How a run over `pixels` output pixels is cut: chunks of `chunk` pixels (a
+/// multiple of 6, see `pixelChunk`), shared out in contiguous runs among
+/// `workers` threads.
+struct PixelChunks {
+    let pixels: Int, chunk: Int, chunks: Int, workers: Int
+
+    init(pixels: Int, paddedInputSize kp: Int, threads: Int) {
+        precondition(threads >= 1, "threads must be at least 1, got \(threads)")
+        self.pixels = pixels
+        chunk = pixelChunk(paddedInputSize: kp)
+        chunks = (pixels + chunk - 1) / chunk
+        workers = Swift.max(1, Swift.min(threads, chunks))
+    }
+
+    /// Calls `body(worker, first, count)` for every chunk; a worker's chunks
+    /// run one after another on one thread, workers run concurrently.
+    func forEach(_ body: (_ worker: Int, _ first: Int, _ count: Int) -> Void) {
+        parallelFor(chunks, threads: workers) { worker, range in
+            for c in range {
+                let first = c * chunk
+                body(worker, first, Swift.min(chunk, pixels - first))
+            }
+        }
+    }
+}
+
+/// Splits `0..<count` into `min(threads, count)` contiguous ranges and calls
+/// `body(worker, range)` for each, concurrently over
+/// `DispatchQueue.concurrentPerform` when there is more than one.
+func parallelFor(_ count: Int, threads: Int, _ body: (_ worker: Int, _ range: Range<Int>) -> Void) {
+    guard count > 0 else { return }
+    let workers = Swift.max(1, Swift.min(threads, count))
+    func run(_ worker: Int) { body(worker, (count * worker / workers)..<(count * (worker + 1) / workers)) }
+    if workers == 1 {
+        run(0)
+    } else {
+        // Workers write disjoint parts of the output and their own scratch,
+        // which the type system cannot see through raw pointers.
+        withoutActuallyEscaping(run) { run in
+            let work = UncheckedSendable(run)
+            DispatchQueue.concurrentPerform(iterations: workers) { work.value($0) }
+        }
+    }
+}
+
+private struct UncheckedSendable<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}
