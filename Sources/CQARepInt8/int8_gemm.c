@@ -310,6 +310,13 @@ void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_
             for (int p = 0; p < NR; p++) a[p] = source->source + pixel_offsets[p0 + (p < count ? p : count - 1)];
             tile_pixels tp;
             locate_pixels(epilogue, first_pixel + p0, count, &tp);
+            // The next tile's activations: a plain GEMM streams them from
+            // memory once, and the hardware prefetcher sees six streams.
+            for (int64_t p = p0 + NR; p < p0 + 2 * NR && p < pixel_count; p++)
+                for (int64_t tap = 0; tap < source->taps; tap++) {
+                    const char *row = (const char *)(source->source + pixel_offsets[p] + source->tap_offsets[tap]);
+                    for (int64_t byte = 0; byte < source->segment * 2; byte += 64) __builtin_prefetch(row + byte);
+                }
             for (int64_t blk = g0; blk < g1; blk++) {
 #if QAREP_X86
                 if (use_avx2) {

@@ -91,34 +91,30 @@ struct TrainingTests {
         #expect(model.training)
     }
 
-    /// One epoch over the first 2,000 training images (62 steps of 32) scores
-    /// about 0.60-0.65 top-1 on the first 1,000 test images (0.641 for seed 0;
-    /// 0.597-0.654 over seeds 0-4). An independent NumPy re-implementation of
-    /// the same network and PyTorch's update rules lands in the same place
-    /// (train loss 1.59, train accuracy 0.44 over the epoch at lr 0.05), so this
-    /// is what the shallow global-pooling net learns in 62 steps, not a bug; it
-    /// needs about 6,000 images or 3 epochs to pass 0.70. A decaying rate lets
-    /// the running statistics settle: with a constant rate the eval-mode score
-    /// swings between 0.2 and 0.6. The bound is far above chance (0.10) and
-    /// clear of the seed-to-seed spread.
-    @Test("Fashion-MNIST: PlainConvNet learns in one epoch on 2,000 images",
+    /// The bar: one epoch on the first 2,000 training images beats 70%
+    /// top-1 on the first 1,000 test images. The small conv net is tiny
+    /// QARepVGG (164k parameters) with AdamW, batch 16 (125 steps, 12 of
+    /// warm-up, then cosine), no augmentation; seed 0 scores 0.79. A plain
+    /// three-layer conv net tops out near 0.65 in the same budget (it needs
+    /// about 6,000 images or 3 epochs to pass 0.70), so it is not used here.
+    @Test("Fashion-MNIST: tiny QARepVGG beats 70% after one epoch on 2,000 images",
           .enabled(if: fashionPresent, "Fashion-MNIST is not installed at \(FashionMNIST.defaultRoot)"))
     func realFashionMNIST() throws {
         let train = try FashionMNIST.load(split: .train, limit: 2000)
         let test = try FashionMNIST.load(split: .test, limit: 1000)
         #expect(train.count == 2000 && test.count == 1000)
-        let model = PlainConvNet(widths: [16, 32, 64], blocks: [1, 1, 1], seed: 0)
+        let model = try RepVGGNet(config: ModelConfig.named("tiny", block: .qarepvgg), seed: 0)
         let before = evaluate(model, on: test)
-        // 62 steps: 6 of linear warm-up from 0.02, cosine from 0.2 down to 0.
-        let config = TrainingConfig(epochs: 1, batchSize: 32,
-                                    schedule: .warmupCosine(base: 0.2, warmup: 6, total: 62, warmupStartFactor: 0.1),
+        let config = TrainingConfig(epochs: 1, batchSize: 16,
+                                    schedule: .warmupCosine(base: 3e-3, warmup: 12, total: 125),
                                     augment: false, seed: 0)
-        let trainer = Trainer(model: model, optimizer: sgd(model, lr: 0.2), config: config, progress: quiet())
+        let optimizer = AdamW(groups: ParameterGroup.standard(model, weightDecay: 1e-4), learningRate: 3e-3)
+        let trainer = Trainer(model: model, optimizer: optimizer, config: config, progress: quiet())
         let summary = try trainer.trainEpoch(on: train, test: test)
         let result = try #require(summary.test)
-        #expect(trainer.step == 62)
+        #expect(trainer.step == 125)
         #expect(result.count == 1000)
-        #expect(result.top1 > 0.55, "top-1 \(result.top1) (before training \(before.top1)), train loss \(summary.trainLoss)")
+        #expect(result.top1 > 0.70, "top-1 \(result.top1) (before training \(before.top1)), train loss \(summary.trainLoss)")
         #expect(result.loss < 0.75 * before.loss, "test loss \(result.loss), before training \(before.loss)")
     }
 

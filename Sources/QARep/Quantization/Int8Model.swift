@@ -68,6 +68,11 @@ public struct Int8Model: Sendable, Equatable {
                 throw QuantizationError("INT8 model: layer \(c.name): weight, scale or bias sizes do not match \(c.outChannels) output channels")
             }
             guard c.weight.allSatisfy({ $0 != -128 }) else { throw QuantizationError("INT8 model: layer \(c.name): weights must be in [-127, 127]") }
+            // The int32 accumulator holds the bias plus at most K products of |x - z| <= 255 and |w| <= 127.
+            let headroom = Int64(Int32.max) - 255 * 127 * Int64(k)
+            if let big = c.bias.first(where: { Int64($0).magnitude > headroom }) {
+                throw QuantizationError("INT8 model: layer \(c.name): bias \(big) leaves no int32 headroom for \(k) products (input scale \(c.inputScale) too small for this layer)")
+            }
             guard c.stride >= 1, c.padding >= 0, c.kernelSize >= 1 else { throw QuantizationError("INT8 model: layer \(c.name): bad geometry") }
             try checkScale(c.inputScale, "layer \(c.name) input scale")
             try checkScale(c.outputScale, "layer \(c.name) output scale")

@@ -130,8 +130,9 @@ public final class QATRun {
             do {
                 for (c, o) in fq.observers.enumerated() { try o.restore(Array(values[(c * per)..<((c + 1) * per)])) }
             } catch { throw CheckpointError("\(name): key \(key): \(error)") }
-            fq.observerEnabled = true
         }
+        // As after calibration: every quantizer fake-quantizes and keeps observing.
+        model.setQuantization(observe: true, fakeQuantize: true)
         let run = QATRun(model: model, state: state, directory: directory, progress: progress)
         try run.optimizer.loadStateDict(Checkpoint.optimizerState(file, source: name))
         run.applyFreezes()

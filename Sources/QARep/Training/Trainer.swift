@@ -83,6 +83,10 @@ public final class Trainer<Model: Layer> {
             }
             optimizer.zeroGrad()
             loss.backward()
+            if let bad = firstNonFiniteGradient() {
+                progress.finish("")
+                throw TrainingError(description: "gradient of \(bad) became NaN or infinite at epoch \(epoch + 1), step \(i + 1); stopping before the update (saved checkpoints are untouched)")
+            }
             optimizer.step()
             step += 1
 
@@ -112,6 +116,16 @@ public final class Trainer<Model: Layer> {
         if let t = testEval { line += String(format: "  test top-1 %.2f%%", 100 * t.top1) }
         progress.finish(line)
         return summary
+    }
+
+    /// The key of the first parameter whose gradient holds NaN or infinity.
+    func firstNonFiniteGradient() -> String? {
+        for group in optimizer.groups {
+            for (key, p) in group.parameters {
+                if let g = p.grad, !g.allSatisfy({ $0.isFinite }) { return key }
+            }
+        }
+        return nil
     }
 
     /// Trains from the current epoch to `config.epochs` (or to `until`, to
