@@ -6,17 +6,23 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .library(name: "QARep", targets: ["QARep"]),
+        .library(name: "QARepONNX", targets: ["QARepONNX"]),
         .executable(name: "qarep", targets: ["qarep"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.28.0"),
     ],
     targets: [
         // MARK: Public API
         .target(name: "QARep", dependencies: ["QARepKernels", "CZlib"]),
+        .target(
+            name: "QARepONNX",
+            dependencies: ["QARep", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            exclude: ["Generated/onnx.proto"]),
         .executableTarget(
             name: "qarep",
-            dependencies: ["QARep", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["QARep", "QARepONNX", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         // MARK: Implementation details
         // Hot loops (im2col, GEMM calls, reductions) live apart from the model code.
@@ -30,7 +36,7 @@ let package = Package(
         .executableTarget(name: "train-fashion-mnist", dependencies: ["QARep"], path: "recipes/train-fashion-mnist"),
 
         // MARK: Tests
-        .testTarget(name: "QARepTests", dependencies: ["QARep", "QARepKernels", "CZlib"],
+        .testTarget(name: "QARepTests", dependencies: ["QARep", "QARepKernels", "QARepONNX", "CZlib"],
                     resources: [.copy("Fixtures")]),
     ]
 )

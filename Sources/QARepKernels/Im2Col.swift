@@ -32,9 +32,16 @@ public struct ConvGeometry: Equatable, Sendable {
 /// `K = C*kh*kw` rows ordered (c, i, j) like an OIHW weight's columns and
 /// columns ordered (n, oy, ox). Out-of-image taps are zero.
 public func im2col(_ x: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>, _ g: ConvGeometry) {
+    // Input channels write disjoint row blocks: split them over the cores.
+    parallelChunks(g.inChannels, work: g.patchSize * g.columns) { channels in
+        im2col(x, col, g, channels: channels)
+    }
+}
+
+private func im2col(_ x: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>, _ g: ConvGeometry, channels: Range<Int>) {
     let (H, W, OH, OW, s, p) = (g.height, g.width, g.outHeight, g.outWidth, g.stride, g.padding)
     let np = g.columns, plane = g.outPlane
-    for c in 0..<g.inChannels {
+    for c in channels {
         for i in 0..<g.kernelH {
             for j in 0..<g.kernelW {
                 let row = col + ((c * g.kernelH + i) * g.kernelW + j) * np
@@ -69,9 +76,16 @@ public func im2col(_ x: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>
 /// Adjoint of `im2col`: scatters-and-adds `col[K, N*P]` back into
 /// `dx[N, C, H, W]`, which must be zeroed by the caller.
 public func col2im(_ col: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ g: ConvGeometry) {
+    // Each input channel's plane only receives its own rows: channels split over the cores.
+    parallelChunks(g.inChannels, work: g.patchSize * g.columns) { channels in
+        col2im(col, dx, g, channels: channels)
+    }
+}
+
+private func col2im(_ col: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, _ g: ConvGeometry, channels: Range<Int>) {
     let (H, W, OH, OW, s, p) = (g.height, g.width, g.outHeight, g.outWidth, g.stride, g.padding)
     let np = g.columns, plane = g.outPlane
-    for c in 0..<g.inChannels {
+    for c in channels {
         for i in 0..<g.kernelH {
             for j in 0..<g.kernelW {
                 let row = col + ((c * g.kernelH + i) * g.kernelW + j) * np

@@ -3,9 +3,11 @@
 /// channel-major GEMM output of a batched convolution.
 public func batchToChannelMajor(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>,
                                 batch: Int, channels: Int, plane: Int) {
-    for n in 0..<batch {
-        for c in 0..<channels {
-            (dst + (c * batch + n) * plane).update(from: src + (n * channels + c) * plane, count: plane)
+    parallelChunks(batch, work: batch * channels * plane) { images in
+        for n in images {
+            for c in 0..<channels {
+                (dst + (c * batch + n) * plane).update(from: src + (n * channels + c) * plane, count: plane)
+            }
         }
     }
 }
@@ -14,9 +16,11 @@ public func batchToChannelMajor(_ src: UnsafePointer<Float>, _ dst: UnsafeMutabl
 /// `batchToChannelMajor`.
 public func channelToBatchMajor(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>,
                                 batch: Int, channels: Int, plane: Int) {
-    for c in 0..<channels {
-        for n in 0..<batch {
-            (dst + (n * channels + c) * plane).update(from: src + (c * batch + n) * plane, count: plane)
+    parallelChunks(channels, work: batch * channels * plane) { range in
+        for c in range {
+            for n in 0..<batch {
+                (dst + (n * channels + c) * plane).update(from: src + (c * batch + n) * plane, count: plane)
+            }
         }
     }
 }

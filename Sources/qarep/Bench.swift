@@ -11,7 +11,8 @@ struct Bench: ParsableCommand {
 
     @Option(help: "Batch size of the convolution shapes.") var batch = 128
     @Option(help: "Timed repetitions per measurement (the median is reported).") var repeats = 5
-    @Option(help: "Training steps timed for images/s.") var trainSteps = 10
+    @Option(help: "Training steps timed for images/s.") var trainSteps = 5
+    @Option(help: "Models for the training and inference measurements (tiny, a0-half, a0).") var models = ["tiny", "a0-half"]
     @Flag(help: "Print one JSON object on stdout instead of tables.") var json = false
 
     func run() throws {
@@ -37,10 +38,15 @@ struct Bench: ParsableCommand {
         }
         let fwdRatio = weighted("fwd") / weighted("sgemm")
         let bwdRatio = weighted("fwdbwd") / weighted("sgemm3")
-        let train = measureTraining()
+        var training: [String: Double] = [:], inference: [String: [String: Double]] = [:]
+        for name in models {
+            let config = try ModelConfig.named(name, block: .qarepvgg)
+            training[name] = try measureTraining(config)
+            inference[name] = try measureInference(config)
+        }
         if json {
             var obj: [String: Any] = ["batch": batch, "conv_forward_vs_sgemm": fwdRatio, "conv_forward_backward_vs_sgemm": bwdRatio,
-                                      "train_images_per_second": train]
+                                      "train_images_per_second": training, "inference_images_per_second": inference]
             obj["layers"] = zip(names, rows).map { name, r -> [String: Any] in
                 var d: [String: Any] = r
                 d["name"] = name
@@ -50,7 +56,18 @@ struct Bench: ParsableCommand {
             print(String(decoding: data, as: UTF8.self))
         } else {
             print(String(format: "all layers: forward %.0f%% of sgemm, forward+backward %.0f%% of sgemm", 100 * fwdRatio, 100 * bwdRatio))
-            print(String(format: "training (PlainConvNet 16-32-64, batch %d): %.0f images/s", batch, train))
+            print("")
+            print("QARepVGG, images/s (training: batch \(batch), multi-branch, SGD step included)")
+            print(pad("model", 10) + pad("train", 8) + pad("FP32 deploy b\(batch)", 18) + pad("INT8 b\(batch)", 12) + pad("ratio", 7)
+                  + pad("FP32 deploy b1", 16) + pad("INT8 b1", 9) + pad("ratio", 7))
+            for name in models {
+                let i = inference[name]!
+                print(pad(name, 10) + pad(String(format: "%.0f", training[name]!), 8)
+                      + pad(String(format: "%.0f", i["fp32_batch"]!), 18) + pad(String(format: "%.0f", i["int8_batch"]!), 12)
+                      + pad(String(format: "%.2fx", i["int8_batch"]! / i["fp32_batch"]!), 7)
+                      + pad(String(format: "%.0f", i["fp32_1"]!), 16) + pad(String(format: "%.0f", i["int8_1"]!), 9)
+                      + pad(String(format: "%.2fx", i["int8_1"]! / i["fp32_1"]!), 7))
+            }
         }
     }
 
@@ -98,9 +115,10 @@ struct Bench: ParsableCommand {
                 "fwdbwd": 3 * flops / fwdbwd / 1e9, "sgemm3": 3 * flops / gemm3 / 1e9]
     }
 
-    func measureTraining() -> Double {
-        let model = PlainConvNet(widths: [16, 32, 64], blocks: [1, 1, 1])
-        let opt = SGD(groups: ParameterGroup.standard(model, weightDecay: 1e-4), learningRate: 0.05)
+    /// Training images/s of the multi-branch model on synthetic images.
+    func measureTraining(_ config: ModelConfig) throws -> Double {
+        let model = try RepVGGNet(config: config, seed: 1)
+        let opt = SGD(groups: ParameterGroup.standard(model, weightDecay: 1e-4), learningRate: 0.01)
         var rng = SplitMix64(seed: 2)
         let x = Tensor.uniform([batch, 1, 28, 28], bound: 1, rng: &rng, requiresGrad: false)
         let labels = (0..<batch).map { Int32($0 % 10) }
@@ -112,6 +130,27 @@ struct Bench: ParsableCommand {
         let start = Date()
         for _ in 0..<trainSteps { step() }
         return Double(trainSteps * batch) / Date().timeIntervalSince(start)
+    }
+
+    /// Inference images/s of the FP32 deploy model and the INT8 engine, side
+    /// by side, at batch `batch` and batch 1 (calibrated on synthetic images).
+    func measureInference(_ config: ModelConfig) throws -> [String: Double] {
+        let model = try RepVGGNet(config: config, seed: 1)
+        model.eval()
+        let deployed = model.deployed()
+        var rng = SplitMix64(seed: 3)
+        let pixels = (0..<(64 * 784)).map { _ in UInt8(rng.next() % 256) }
+        let calibration = FashionMNIST(images: pixels, labels: [UInt8](repeating: 0, count: 64))
+        let engine = try Int8Engine(postTrainingQuantize(deployed, calibration: calibration).convertToInt8())
+        let big = Tensor.uniform([batch, 1, 28, 28], bound: 1, rng: &rng, requiresGrad: false)
+        let one = Tensor.uniform([1, 1, 28, 28], bound: 1, rng: &rng, requiresGrad: false)
+        let singles = max(20, batch / 2)
+        let fp32Batch = median { _ = noGrad { deployed(big) } }
+        let int8Batch = median { _ = engine.logits(big) }
+        let fp32One = median { for _ in 0..<singles { _ = noGrad { deployed(one) } } }
+        let int8One = median { for _ in 0..<singles { _ = engine.logits(one) } }
+        return ["fp32_batch": Double(batch) / fp32Batch, "int8_batch": Double(batch) / int8Batch,
+                "fp32_1": Double(singles) / fp32One, "int8_1": Double(singles) / int8One]
     }
 
     func median(_ body: () -> Void) -> Double {

@@ -6,5 +6,5 @@ struct QARepCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "qarep",
         abstract: "Quantization-aware training for QARepVGG on Linux CPUs.",
-        subcommands: [Train.self, Eval.self, PTQ.self, QAT.self, Bench.self, Quickstart.self])
+        subcommands: [Train.self, Eval.self, PTQ.self, QAT.self, Export.self, Bench.self, Quickstart.self])
 }

@@ -107,6 +107,24 @@ public final class QATRun {
         guard FileManager.default.fileExists(atPath: path) else {
             throw CheckpointError("\(path): no such file: nothing to resume in \(directory)")
         }
+        let (model, state, file) = try loadCheckpoint(path)
+        let run = QATRun(model: model, state: state, directory: directory, progress: progress)
+        try run.optimizer.loadStateDict(Checkpoint.optimizerState(file, source: (path as NSString).lastPathComponent))
+        run.applyFreezes()
+        return run
+    }
+
+    static let observerStateSuffix = ".observer_state"
+
+    /// The fake-quantized model of a QAT checkpoint, in evaluation mode:
+    /// weights, BN statistics, scales and observer state as saved.
+    public static func loadModel(from path: String) throws -> QuantizedNet {
+        let model = try loadCheckpoint(path).model
+        model.eval()
+        return model
+    }
+
+    static func loadCheckpoint(_ path: String) throws -> (model: QuantizedNet, state: QATState, file: SafeTensorsFile) {
         let file = try SafeTensorsFile.read(from: path)
         let name = (path as NSString).lastPathComponent
         guard file.metadata["kind"] == kind, let qatJSON = file.metadata["qat"], let modelJSON = file.metadata["model"] else {
@@ -133,13 +151,8 @@ public final class QATRun {
         }
         // As after calibration: every quantizer fake-quantizes and keeps observing.
         model.setQuantization(observe: true, fakeQuantize: true)
-        let run = QATRun(model: model, state: state, directory: directory, progress: progress)
-        try run.optimizer.loadStateDict(Checkpoint.optimizerState(file, source: name))
-        run.applyFreezes()
-        return run
+        return (model, state, file)
     }
-
-    static let observerStateSuffix = ".observer_state"
 
     /// Sets BN and observer freezes for the epoch about to run.
     func applyFreezes() {

@@ -8,29 +8,34 @@ public struct Evaluation: Sendable, Codable {
     public var count: Int
     /// Predicted class of each image, in dataset order.
     public var predictions: [Int32]
+    /// Logits `[count, classes]`, row-major, when asked for.
+    public var logits: [Float]? = nil
 }
 
 /// Evaluates `model` in evaluation mode, without recording gradients, and
 /// restores the previous mode afterwards.
-public func evaluate(_ model: some Layer, on dataset: FashionMNIST, batchSize: Int = 256) -> Evaluation {
+public func evaluate(_ model: some Layer, on dataset: FashionMNIST, batchSize: Int = 256, keepLogits: Bool = false) -> Evaluation {
     let wasTraining = model.training
     model.eval()
     defer { model.train(wasTraining) }
-    return evaluate(on: dataset, batchSize: batchSize) { x in noGrad { model(x) } }
+    return evaluate(on: dataset, batchSize: batchSize, keepLogits: keepLogits) { x in noGrad { model(x) } }
 }
 
 /// Evaluates any logits function (a float model, a fake-quantized model, an
 /// integer engine) over `dataset` in order.
-public func evaluate(on dataset: FashionMNIST, batchSize: Int = 256, logits: (Tensor) -> Tensor) -> Evaluation {
+public func evaluate(on dataset: FashionMNIST, batchSize: Int = 256, keepLogits: Bool = false,
+                     logits: (Tensor) -> Tensor) -> Evaluation {
     let loader = DataLoader(dataset: dataset, batchSize: batchSize, shuffle: false, augment: false, seed: 0)
     var correct = 0, lossSum = 0.0
     var predictions: [Int32] = []
     predictions.reserveCapacity(dataset.count)
+    var allLogits: [Float]? = keepLogits ? [] : nil
     for batch in loader.batches(epoch: 0) {
         let x = Tensor(batch.images, shape: [batch.count, batch.channels, batch.height, batch.width])
         let out = logits(x)
         let loss = noGrad { crossEntropy(out, labels: batch.labels) }
         lossSum += Double(loss.item) * Double(batch.count)
+        allLogits?.append(contentsOf: out.data)
         let k = out.shape[1]
         for n in 0..<batch.count {
             var best = 0
@@ -40,5 +45,6 @@ public func evaluate(on dataset: FashionMNIST, batchSize: Int = 256, logits: (Te
         }
     }
     let n = max(predictions.count, 1)
-    return Evaluation(top1: Double(correct) / Double(n), loss: lossSum / Double(n), count: predictions.count, predictions: predictions)
+    return Evaluation(top1: Double(correct) / Double(n), loss: lossSum / Double(n), count: predictions.count,
+                      predictions: predictions, logits: allLogits)
 }

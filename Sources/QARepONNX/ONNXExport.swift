@@ -1,0 +1,101 @@
+import Foundation
+import QARep
+import SwiftProtobuf
+
+/// Export of QARep models to ONNX for other runtimes (ONNX Runtime, TensorRT).
+///
+/// - `int8(_:)`: the folded INT8 network in QDQ form: every convolution's
+///   input passes QuantizeLinear/DequantizeLinear with its calibrated scale
+///   and zero point; weights are int8 initializers with per-channel
+///   DequantizeLinear (axis 0); biases int32 with scale `s_in * s_w`; then
+///   Conv, Relu, GlobalAveragePool, Flatten and Gemm, with the head's two
+///   activation quantizers. This is the form TensorRT and ONNX Runtime fuse
+///   into integer kernels.
+/// - `fp32(_:)`: the deployed float network (Conv with bias, Relu, ...).
+///
+/// The graph input is `input` `[N, C, 28, 28]` float (normalized images), the
+/// output `logits` `[N, classes]`.
+public enum ONNXExport {
+    public static let opset: Int64 = 13
+
+    /// The INT8 model as a QDQ graph.
+    public static func int8(_ model: Int8Model) throws -> Data {
+        try model.validate()
+        var g = GraphBuilder()
+        let signed = model.activation.signed
+        func zeroPoint(_ name: String, _ z: Int32) -> String {
+            signed ? g.int8(name, [Int8(z)], dims: []) : g.uint8(name, [UInt8(z)], dims: [])
+        }
+        /// QuantizeLinear then DequantizeLinear with one per-tensor scale.
+        func qdq(_ x: String, _ prefix: String, scale: Float, zero: Int32) -> String {
+            let s = g.floats(prefix + ".scale", [scale], dims: [])
+            let z = zeroPoint(prefix + ".zero_point", zero)
+            let q = g.node("QuantizeLinear", [x, s, z], name: prefix + ".quantize")
+            return g.node("DequantizeLinear", [q, s, z], name: prefix + ".dequantize")
+        }
+        var x = "input"
+        for c in model.convs {
+            x = qdq(x, c.name + ".input", scale: c.inputScale, zero: c.inputZeroPoint)
+            let w = g.int8(c.name + ".weight", c.weight, dims: [c.outChannels, c.inChannels, c.kernelSize, c.kernelSize])
+            let ws = g.floats(c.name + ".weight_scale", c.weightScales, dims: [c.outChannels])
+            let wz = g.int8(c.name + ".weight_zero_point", [Int8](repeating: 0, count: c.outChannels), dims: [c.outChannels])
+            let wdq = g.node("DequantizeLinear", [w, ws, wz], name: c.name + ".weight.dequantize", ["axis": .int(0)])
+            let b = g.int32(c.name + ".bias", c.bias, dims: [c.outChannels])
+            let bs = g.floats(c.name + ".bias_scale", c.weightScales.map { c.inputScale * $0 }, dims: [c.outChannels])
+            let bz = g.int32(c.name + ".bias_zero_point", [Int32](repeating: 0, count: c.outChannels), dims: [c.outChannels])
+            let bdq = g.node("DequantizeLinear", [b, bs, bz], name: c.name + ".bias.dequantize", ["axis": .int(0)])
+            let y = g.node("Conv", [x, wdq, bdq], name: c.name + ".conv", convAttributes(kernel: c.kernelSize, stride: c.stride, padding: c.padding))
+            x = g.node("Relu", [y], name: c.name + ".relu")
+        }
+        let h = model.head
+        x = qdq(x, "linear.feature", scale: h.featureScale, zero: h.featureZeroPoint)
+        x = g.node("GlobalAveragePool", [x], name: "pool")
+        x = qdq(x, "linear.input", scale: h.inputScale, zero: h.inputZeroPoint)
+        x = g.node("Flatten", [x], name: "flatten", ["axis": .int(1)])
+        let w = g.int8("linear.weight", h.weight, dims: [h.classes, h.inFeatures])
+        let ws = g.floats("linear.weight_scale", h.weightScales, dims: [h.classes])
+        let wz = g.int8("linear.weight_zero_point", [Int8](repeating: 0, count: h.classes), dims: [h.classes])
+        let wdq = g.node("DequantizeLinear", [w, ws, wz], name: "linear.weight.dequantize", ["axis": .int(0)])
+        let b = g.int32("linear.bias", h.bias, dims: [h.classes])
+        let bs = g.floats("linear.bias_scale", h.weightScales.map { h.inputScale * $0 }, dims: [h.classes])
+        let bz = g.int32("linear.bias_zero_point", [Int32](repeating: 0, count: h.classes), dims: [h.classes])
+        let bdq = g.node("DequantizeLinear", [b, bs, bz], name: "linear.bias.dequantize", ["axis": .int(0)])
+        g.node("Gemm", [x, wdq, bdq], name: "linear", output: "logits", ["transB": .int(1)])
+        let onnx = g.model(name: "qarep-\(model.config.name)-\(model.config.block.rawValue)-int8",
+                           input: GraphBuilder.floatValue("input", dims: [nil, model.convs[0].inChannels, 28, 28]),
+                           output: GraphBuilder.floatValue("logits", dims: [nil, h.classes]),
+                           docString: "QARep INT8 model in QDQ form (int8 per-channel weights, int32 biases, \(signed ? "int8 symmetric" : "uint8 asymmetric") activations)")
+        return try onnx.serializedData()
+    }
+
+    /// The deployed FP32 model (multi-branch models are folded first).
+    public static func fp32(_ model: RepVGGNet) throws -> Data {
+        let deployed = model.isDeployed ? model : model.deployed()
+        var g = GraphBuilder()
+        var x = "input"
+        for (path, m) in deployed.namedModules() {
+            guard let block = m as? ReparamBlock else { continue }
+            let c = block.conv
+            let w = g.floats(path + ".rbr_reparam.weight", c.weight.data, dims: c.weight.shape)
+            let b = g.floats(path + ".rbr_reparam.bias", c.bias!.data, dims: c.bias!.shape)
+            let y = g.node("Conv", [x, w, b], name: path + ".conv", convAttributes(kernel: c.kernelSize, stride: c.stride, padding: c.padding))
+            x = g.node("Relu", [y], name: path + ".relu")
+        }
+        x = g.node("GlobalAveragePool", [x], name: "pool")
+        x = g.node("Flatten", [x], name: "flatten", ["axis": .int(1)])
+        let lw = g.floats("linear.weight", deployed.linear.weight.data, dims: deployed.linear.weight.shape)
+        let lb = g.floats("linear.bias", deployed.linear.bias!.data, dims: deployed.linear.bias!.shape)
+        g.node("Gemm", [x, lw, lb], name: "linear", output: "logits", ["transB": .int(1)])
+        let onnx = g.model(name: "qarep-\(model.config.name)-\(model.config.block.rawValue)-fp32",
+                           input: GraphBuilder.floatValue("input", dims: [nil, model.config.inChannels, 28, 28]),
+                           output: GraphBuilder.floatValue("logits", dims: [nil, model.config.classes]),
+                           docString: "QARep deployed FP32 model (every block folded into one 3x3 convolution)")
+        return try onnx.serializedData()
+    }
+
+    static func convAttributes(kernel: Int, stride: Int, padding: Int) -> [String: GraphBuilder.Attribute] {
+        let p = Int64(padding)
+        return ["kernel_shape": .ints([Int64(kernel), Int64(kernel)]), "strides": .ints([Int64(stride), Int64(stride)]),
+                "pads": .ints([p, p, p, p])]
+    }
+}

@@ -1,0 +1,62 @@
+import ArgumentParser
+import Foundation
+import QARep
+import QARepONNX
+
+/// `qarep export`: deployable files for other runtimes.
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Export a model: ONNX QDQ (INT8), ONNX FP32 (deployed float), or the native INT8 file.",
+        discussion: "--from takes an INT8 native file or a QAT checkpoint for onnx and native, an FP32 checkpoint (multi-branch or deployed) for onnx-fp32.")
+
+    enum Format: String, ExpressibleByArgument, CaseIterable {
+        case onnx, onnxFP32 = "onnx-fp32", native
+    }
+
+    @Option(help: "Model file: INT8 native, QAT checkpoint, or FP32 checkpoint.") var from: String
+    @Option(help: "onnx (INT8 QDQ), onnx-fp32 or native.") var format: Format = .onnx
+    @Option(help: "Output file.") var out: String
+    @OptionGroup var model: ModelOptions
+
+    func run() throws {
+        let kind = try SafeTensorsFile.read(from: from).metadata["kind"]
+        let name = (from as NSString).lastPathComponent
+        switch format {
+        case .onnxFP32:
+            guard kind != Int8Model.kind, kind != QATRun.kind else {
+                throw ValidationError("\(name) is a \(kind!) model; onnx-fp32 exports an FP32 checkpoint")
+            }
+            let net = try Checkpoint.loadModel(from, fallback: model.fallback())
+            try write(ONNXExport.fp32(net))
+        case .onnx, .native:
+            let int8: Int8Model
+            if kind == Int8Model.kind {
+                int8 = try Int8Model.read(from: from)
+            } else if kind == QATRun.kind {
+                int8 = try QATRun.loadModel(from: from).convertToInt8()
+            } else {
+                throw ValidationError("\(name) is an FP32 checkpoint; --format \(format.rawValue) needs an INT8 model (qarep ptq --out) or a QAT checkpoint (qarep qat)")
+            }
+            if format == .native { try int8.write(to: out) } else { try write(ONNXExport.int8(int8)) }
+        }
+        writeStandardError("wrote \(out)\n")
+    }
+
+    func write(_ data: Data) throws {
+        try data.write(to: URL(fileURLWithPath: out), options: .atomic)
+    }
+}
+
+/// Writes a float32 `[rows, columns]` array as a NumPy `.npy` file (version 1.0).
+func writeNumPy(_ values: [Float], rows: Int, columns: Int, to path: String) throws {
+    var header = "{'descr': '<f4', 'fortran_order': False, 'shape': (\(rows), \(columns)), }"
+    // Magic (6) + version (2) + length (2) + header + newline, padded to a multiple of 64.
+    let total = 10 + header.utf8.count + 1
+    header += String(repeating: " ", count: (64 - total % 64) % 64) + "\n"
+    var data = Data([0x93] + Array("NUMPY".utf8) + [1, 0])
+    let length = UInt16(header.utf8.count)
+    data.append(contentsOf: [UInt8(length & 0xFF), UInt8(length >> 8)])
+    data.append(contentsOf: Array(header.utf8))
+    values.withUnsafeBufferPointer { data.append(Data(buffer: $0)) }
+    try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+}

@@ -1,0 +1,55 @@
+import Foundation
+import QARep
+import QARepONNX
+import Testing
+
+@Suite("ONNX export")
+struct ONNXExportTests {
+    /// A calibrated INT8 model of a small QARepVGG.
+    func smallInt8(_ qconfig: QConfig = .tensorRT) throws -> (RepVGGNet, Int8Model) {
+        let model = try RepVGGNet(config: ModelConfig(widths: [4, 4, 8, 8, 8], blocks: [1, 1, 2, 1, 1], block: .qarepvgg), seed: 4)
+        randomizeBatchNorms(model, seed: 5)
+        let int8 = try postTrainingQuantize(model, calibration: syntheticBands(count: 64, seed: 6), qconfig: qconfig).convertToInt8()
+        return (model, int8)
+    }
+
+    @Test("the INT8 export is a QDQ graph: int8 per-channel weights, int32 biases, Q/DQ around every conv input")
+    func int8Graph() throws {
+        let (_, int8) = try smallInt8()
+        let model = try Onnx_ModelProto(serializedBytes: ONNXExport.int8(int8))
+        #expect(model.opsetImport.first?.version == ONNXExport.opset)
+        let ops = model.graph.node.map(\.opType)
+        #expect(ops.filter { $0 == "Conv" }.count == int8.convs.count)
+        #expect(ops.filter { $0 == "QuantizeLinear" }.count == int8.convs.count + 2, "one per conv input, two in the head")
+        #expect(ops.suffix(4) == ["Flatten", "DequantizeLinear", "DequantizeLinear", "Gemm"], "weight and bias dequantized into the Gemm")
+        let inits = Dictionary(uniqueKeysWithValues: model.graph.initializer.map { ($0.name, $0) })
+        let w = try #require(inits["stage0.weight"])
+        #expect(w.dataType == Int32(Onnx_TensorProto.DataType.int8.rawValue))
+        #expect(w.rawData == Data(int8.convs[0].weight.map { UInt8(bitPattern: $0) }))
+        #expect(inits["stage1.0.bias"]?.dataType == Int32(Onnx_TensorProto.DataType.int32.rawValue))
+        #expect(inits["stage0.input.zero_point"]?.dataType == Int32(Onnx_TensorProto.DataType.int8.rawValue))
+        let weightDQ = try #require(model.graph.node.first { $0.name == "stage0.weight.dequantize" })
+        #expect(weightDQ.attribute.first { $0.name == "axis" }?.i == 0)
+        #expect(model.graph.output.first?.name == "logits")
+    }
+
+    @Test("unsigned activations export uint8 zero points")
+    func unsignedZeroPoints() throws {
+        let (_, int8) = try smallInt8(.unsignedActivations)
+        let model = try Onnx_ModelProto(serializedBytes: ONNXExport.int8(int8))
+        let zp = try #require(model.graph.initializer.first { $0.name == "stage0.input.zero_point" })
+        #expect(zp.dataType == Int32(Onnx_TensorProto.DataType.uint8.rawValue))
+        #expect(zp.rawData == Data([UInt8(int8.convs[0].inputZeroPoint)]))
+    }
+
+    @Test("the FP32 export holds the folded weights")
+    func fp32Graph() throws {
+        let (net, _) = try smallInt8()
+        let model = try Onnx_ModelProto(serializedBytes: ONNXExport.fp32(net))
+        let deployed = net.deployed()
+        let w = try #require(model.graph.initializer.first { $0.name == "stage2.1.rbr_reparam.weight" })
+        let expected = ((deployed.stage2[1] as! ReparamBlock).conv.weight.data)
+        #expect(w.rawData == expected.withUnsafeBufferPointer { Data(buffer: $0) })
+        #expect(model.graph.node.map(\.opType).suffix(3) == ["GlobalAveragePool", "Flatten", "Gemm"])
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# CI: export the shipped tiny QARepVGG after a short PTQ, then check both ONNX
+# files with onnx.checker and ONNX Runtime against qarep's own results
+# (scripts/check_onnx.py). Any failure fails CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QAREP=${QAREP:-.build/release/qarep}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+python3 -m venv "$tmp/venv"
+"$tmp/venv/bin/pip" install -q --disable-pip-version-check numpy onnx onnxruntime
+
+ckpt=checkpoints/tiny-qarepvgg.safetensors
+"$QAREP" ptq --checkpoint "$ckpt" --calib-images 256 --out "$tmp/int8.safetensors" --quiet
+"$QAREP" export --from "$tmp/int8.safetensors" --format onnx --out "$tmp/int8.onnx"
+"$QAREP" export --from "$ckpt" --format onnx-fp32 --out "$tmp/fp32.onnx"
+"$QAREP" eval --int8 "$tmp/int8.safetensors" --logits-out "$tmp/int8.npy" --quiet
+"$QAREP" eval --checkpoint "$ckpt" --deploy --logits-out "$tmp/fp32.npy" --quiet
+"$tmp/venv/bin/python" scripts/check_onnx.py --fp32 "$tmp/fp32.onnx" --fp32-logits "$tmp/fp32.npy" \
+    --int8 "$tmp/int8.onnx" --int8-logits "$tmp/int8.npy"
