@@ -1,52 +1,82 @@
 import ArgumentParser
 import Foundation
 import QARep
+import QARepONNX
 
-/// `qarep quickstart`: the main job end to end on the real data, small
-/// enough to finish in a few minutes on two cores.
+/// `qarep quickstart`: the whole pipeline on the real data, small enough to
+/// finish in a few minutes on two cores: train, fold, PTQ, QAT, export.
 struct Quickstart: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train tiny QARepVGG on Fashion-MNIST, fold it for deployment and print a summary table.")
+        abstract: "Train tiny QARepVGG on Fashion-MNIST, quantize it (PTQ and QAT), export it, and print FP32 vs INT8 top-1.")
 
-    @Option(help: "Training epochs.") var epochs = 2
-    @Option(help: "Directory for the run's files.") var out = "runs/quickstart"
+    @Option(help: "FP32 training epochs.") var epochs = 2
+    @Option(help: "QAT epochs.") var qatEpochs = 1
+    @Option(help: "Training images QAT fine-tunes on (the first N).") var qatImages = 20_000
+    @Option(help: "Directory for the run's files (replaced).") var out = "runs/quickstart"
     @OptionGroup var data: DataOptions
     @OptionGroup var runtime: RuntimeOptions
 
     func run() throws {
         runtime.apply()
         let progress = runtime.progress
+        let start = Date()
         let train = try data.train(), test = try data.test()
-        // A fresh run each time: the quickstart's directory is its own scratch space.
-        let runDir = (out as NSString).appendingPathComponent("fp32")
-        try? FileManager.default.removeItem(atPath: (runDir as NSString).appendingPathComponent(TrainingRun.lastFile))
+        // The quickstart's directory is its own scratch space: start clean.
+        try? FileManager.default.removeItem(atPath: out)
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        func path(_ name: String) -> String { (out as NSString).appendingPathComponent(name) }
+
+        progress.finish("1/5 training tiny QARepVGG (FP32, multi-branch) for \(epochs) epoch(s) on \(train.count) images")
         var options = TrainingRunOptions(model: try ModelConfig.named("tiny", block: .qarepvgg), epochs: epochs)
         options.batchSize = 64
         options.learningRate = 0.1
-        progress.finish("1/2 training tiny QARepVGG for \(epochs) epoch(s) on \(train.count) images")
-        let run = try TrainingRun(options: options, trainImages: train.count, directory: runDir, progress: progress)
-        let summaries = try run.run(train: train, test: test)
+        let fp32Run = try TrainingRun(options: options, trainImages: train.count, directory: path("fp32"), progress: progress)
+        try fp32Run.run(train: train, test: nil)
+        let model = fp32Run.model
+        let fp32 = evaluate(model, on: test)
 
-        progress.finish("2/2 folding into deployable 3x3 convolutions")
-        let model = run.model
-        let multiBranch = evaluate(model, on: test)
+        progress.finish("2/5 folding every block into one 3x3 convolution")
         let deployed = model.deployed()
         let folded = evaluate(deployed, on: test)
-        let agreement = Double(zip(multiBranch.predictions, folded.predictions).filter { $0 == $1 }.count) / Double(max(test.count, 1))
-        let deployPath = (out as NSString).appendingPathComponent("tiny-qarepvgg-deploy.safetensors")
-        try Checkpoint.save(deployed, to: deployPath)
+        try Checkpoint.save(deployed, to: path("fp32-deploy.safetensors"))
+
+        progress.finish("3/5 PTQ: calibrating on 512 training images, converting to INT8")
+        let ptq = try postTrainingQuantize(model, calibration: train.subset(0..<min(512, train.count)))
+        let ptqInt8 = try ptq.convertToInt8()
+        try ptqInt8.write(to: path("ptq-int8.safetensors"))
+        let ptqEngine = evaluate(ptqInt8, on: test)
+
+        progress.finish("4/5 QAT: post-BN kept, fake quantization, \(qatEpochs) epoch(s) on \(min(qatImages, train.count)) images at LR 0.01")
+        var qat = QATOptions()
+        qat.epochs = qatEpochs
+        qat.warmupEpochs = 0
+        let qatTrain = train.subset(0..<min(qatImages, train.count))
+        let qatRun = try QATRun(from: model, source: path("fp32/last.safetensors"), options: qat,
+                                calibration: train.subset(0..<min(512, train.count)), trainImages: qatTrain.count,
+                                directory: path("qat"), progress: progress)
+        try qatRun.run(train: qatTrain, test: nil)
+        let qatInt8 = try Int8Model.read(from: path("qat/\(QATRun.int8File)"))
+        let qatEngine = evaluate(qatInt8, on: test)
+
+        progress.finish("5/5 exporting ONNX (INT8 QDQ and FP32)")
+        try ONNXExport.int8(qatInt8).write(to: URL(fileURLWithPath: path("qat-int8.onnx")), options: .atomic)
+        try ONNXExport.fp32(deployed).write(to: URL(fileURLWithPath: path("fp32.onnx")), options: .atomic)
+        let seconds = Date().timeIntervalSince(start)
 
         if runtime.json {
-            try printJSON(["top1": multiBranch.top1, "deployed_top1": folded.top1, "agreement": agreement,
-                           "train_images_per_second": summaries.last?.imagesPerSecond ?? 0,
-                           "checkpoint": (runDir as NSString).appendingPathComponent(TrainingRun.lastFile), "deployed": deployPath])
+            try printJSON(["top1": fp32.top1, "deployed_top1": folded.top1, "ptq_int8_top1": ptqEngine.top1,
+                           "qat_int8_top1": qatEngine.top1, "seconds": seconds, "directory": out])
         } else {
             print("")
-            print("tiny QARepVGG, \(epochs) epoch(s), \(test.count) test images")
-            print("model                   top-1     same prediction as FP32")
-            print(String(format: "FP32 multi-branch       %-9@ -", percent(multiBranch.top1)))
-            print(String(format: "FP32 deployed (folded)  %-9@ %@", percent(folded.top1), percent(agreement)))
-            print("files: \(runDir)/\(TrainingRun.lastFile), \(deployPath)")
+            print("tiny QARepVGG on Fashion-MNIST, \(test.count) test images (\(String(format: "%.0f", seconds)) s)")
+            print("model                                  top-1    vs FP32")
+            let rows: [(String, Double)] = [("FP32 multi-branch (\(epochs) epoch(s))", fp32.top1), ("FP32 deployed (folded)", folded.top1),
+                                            ("INT8 PTQ (min-max, 512 images)", ptqEngine.top1),
+                                            ("INT8 QAT (\(qatEpochs) epoch(s))", qatEngine.top1)]
+            for (name, top1) in rows {
+                print(pad(name, 39) + pad(percent(top1), 9) + String(format: "%+.2f pp", 100 * (top1 - fp32.top1)))
+            }
+            print("INT8 rows run on qarep's integer engine. Files in \(out)/: fp32/, qat/, ptq-int8.safetensors, qat-int8.onnx, fp32.onnx")
         }
     }
 }
