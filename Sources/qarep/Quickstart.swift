@@ -16,15 +16,18 @@ struct Quickstart: ParsableCommand {
     @OptionGroup var data: DataOptions
     @OptionGroup var runtime: RuntimeOptions
 
+    /// Everything the quickstart writes under `--out`.
+    static let outputs = ["fp32", "qat", "fp32-deploy.safetensors", "ptq-int8.safetensors", "qat-int8.onnx", "fp32.onnx"]
+
     func run() throws {
         runtime.apply()
         let progress = runtime.progress
         let start = Date()
         let train = try data.train(), test = try data.test()
-        // The quickstart's directory is its own scratch space: start clean.
-        try? FileManager.default.removeItem(atPath: out)
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         func path(_ name: String) -> String { (out as NSString).appendingPathComponent(name) }
+        // Start clean, removing only what an earlier quickstart wrote here.
+        for entry in Self.outputs { try? FileManager.default.removeItem(atPath: path(entry)) }
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
 
         progress.finish("1/5 training tiny QARepVGG (FP32, multi-branch) for \(epochs) epoch(s) on \(train.count) images")
         var options = TrainingRunOptions(model: try ModelConfig.named("tiny", block: .qarepvgg), epochs: epochs)

@@ -67,9 +67,7 @@ public enum Checkpoint {
                 tensors[optimizerPrefix + key] = SafeTensor(floats: values, shape: [values.count])
             }
         }
-        var metadata = ["format": format, "format_version": String(formatVersion),
-                        "kind": (model.isDeployed ? CheckpointKind.deploy : .train).rawValue,
-                        "model": try jsonString(model.config)]
+        var metadata = try header(kind: (model.isDeployed ? CheckpointKind.deploy : .train).rawValue, config: model.config)
         if let training { metadata["training"] = try jsonString(training) }
         try SafeTensorsFile(tensors: tensors, metadata: metadata).write(to: path)
     }
@@ -214,6 +212,22 @@ public enum Checkpoint {
         }
         let config = ModelConfig.namedConfigs.first { $0.value.widths == widths && $0.value.blocks == blocks }?.key ?? "custom"
         return ModelConfig(name: config, widths: widths, blocks: blocks, block: kind, classes: head[0], inChannels: stem[1])
+    }
+
+    /// The `__metadata__` entries every QARep file starts with: format,
+    /// version, kind, and the model config as JSON.
+    static func header(kind: String, config: ModelConfig) throws -> [String: String] {
+        ["format": format, "format_version": String(formatVersion), "kind": kind, "model": try jsonString(config)]
+    }
+
+    /// A fresh run directory: created if needed, refused if it already holds a run's `last` file.
+    static func prepareRunDirectory(_ directory: String?, lastFile: String) throws {
+        guard let directory else { return }
+        let last = (directory as NSString).appendingPathComponent(lastFile)
+        if FileManager.default.fileExists(atPath: last) {
+            throw CheckpointError("\(last) already exists: continue it with --resume \(directory), or choose another --out")
+        }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     }
 
     static func jsonString<T: Encodable>(_ value: T) throws -> String {

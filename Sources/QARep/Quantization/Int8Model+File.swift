@@ -43,8 +43,8 @@ extension Int8Model {
                                             outputScale: $0.outputScale, outputZeroPoint: $0.outputZeroPoint) },
             head: HeadRecord(featureScale: head.featureScale, featureZeroPoint: head.featureZeroPoint, inputScale: head.inputScale,
                              inputZeroPoint: head.inputZeroPoint, inFeatures: head.inFeatures, classes: head.classes))
-        let metadata = ["format": Checkpoint.format, "format_version": String(Checkpoint.formatVersion), "kind": Self.kind,
-                        "model": try Checkpoint.jsonString(config), "int8": try Checkpoint.jsonString(layout)]
+        var metadata = try Checkpoint.header(kind: Self.kind, config: config)
+        metadata["int8"] = try Checkpoint.jsonString(layout)
         try SafeTensorsFile(tensors: tensors, metadata: metadata).write(to: path)
     }
 

@@ -66,13 +66,7 @@ public final class QATRun {
     public convenience init(from fp32: RepVGGNet, source: String, options: QATOptions, calibration: FashionMNIST,
                             trainImages: Int, directory: String?, progress: ProgressReporter = ProgressReporter()) throws {
         try options.validate()
-        if let directory {
-            let last = (directory as NSString).appendingPathComponent(Self.lastFile)
-            if FileManager.default.fileExists(atPath: last) {
-                throw CheckpointError("\(last) already exists: continue it with --resume \(directory), or choose another --out")
-            }
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        }
+        try Checkpoint.prepareRunDirectory(directory, lastFile: Self.lastFile)
         let steps = trainImages / options.batchSize
         guard steps > 0 else { throw QuantizationError("training set of \(trainImages) images is smaller than one batch of \(options.batchSize)") }
         let model = try QuantizedNet(from: fp32, form: .postBN, qconfig: options.qconfig, calibrator: options.calibrator)
@@ -195,8 +189,8 @@ public final class QATRun {
         for (key, values) in optimizer.stateDict() {
             tensors[Checkpoint.optimizerPrefix + key] = SafeTensor(floats: values, shape: [values.count])
         }
-        let metadata = ["format": Checkpoint.format, "format_version": String(Checkpoint.formatVersion), "kind": Self.kind,
-                        "model": try Checkpoint.jsonString(model.config), "qat": try Checkpoint.jsonString(state)]
+        var metadata = try Checkpoint.header(kind: Self.kind, config: model.config)
+        metadata["qat"] = try Checkpoint.jsonString(state)
         try SafeTensorsFile(tensors: tensors, metadata: metadata).write(to: (directory as NSString).appendingPathComponent(Self.lastFile))
     }
 }

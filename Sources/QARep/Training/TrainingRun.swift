@@ -62,13 +62,7 @@ public final class TrainingRun {
     public convenience init(options: TrainingRunOptions, trainImages: Int, directory: String?,
                             progress: ProgressReporter = ProgressReporter()) throws {
         try options.validate()
-        if let directory {
-            let last = (directory as NSString).appendingPathComponent(Self.lastFile)
-            if FileManager.default.fileExists(atPath: last) {
-                throw CheckpointError("\(last) already exists: continue it with --resume \(directory), or choose another --out")
-            }
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        }
+        try Checkpoint.prepareRunDirectory(directory, lastFile: Self.lastFile)
         let stepsPerEpoch = trainImages / options.batchSize
         guard stepsPerEpoch > 0 else {
             throw ModelError("training set of \(trainImages) images is smaller than one batch of \(options.batchSize)")
