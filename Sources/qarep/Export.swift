@@ -24,7 +24,7 @@ struct Export: ParsableCommand {
         switch format {
         case .onnxFP32:
             guard kind != Int8Model.kind, kind != QATRun.kind else {
-                throw ValidationError("\(name) is a \(kind!) model; onnx-fp32 exports an FP32 checkpoint")
+                throw CommandError("\(name) is a \(kind!) model; onnx-fp32 exports an FP32 checkpoint")
             }
             let net = try Checkpoint.loadModel(from, fallback: model.fallback())
             try write(ONNXExport.fp32(net))
@@ -35,7 +35,7 @@ struct Export: ParsableCommand {
             } else if kind == QATRun.kind {
                 int8 = try QATRun.loadModel(from: from).convertToInt8()
             } else {
-                throw ValidationError("\(name) is an FP32 checkpoint; --format \(format.rawValue) needs an INT8 model (qarep ptq --out) or a QAT checkpoint (qarep qat)")
+                throw CommandError("\(name) is an FP32 checkpoint; --format \(format.rawValue) needs an INT8 model (qarep ptq --out) or a QAT checkpoint (qarep qat)")
             }
             if format == .native { try int8.write(to: out) } else { try write(ONNXExport.int8(int8)) }
         }

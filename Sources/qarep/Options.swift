@@ -44,9 +44,15 @@ struct ModelOptions: ParsableArguments {
     }
 }
 
+/// A problem found while running a command: printed as one line, no usage text.
+struct CommandError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
 func parseBlock(_ s: String) throws -> BlockKind {
     guard let b = BlockKind(rawValue: s) else {
-        throw ValidationError("unknown block kind '\(s)'; expected one of \(BlockKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        throw CommandError("unknown block kind '\(s)'; expected one of \(BlockKind.allCases.map(\.rawValue).joined(separator: ", "))")
     }
     return b
 }
