@@ -220,6 +220,19 @@ public enum Checkpoint {
         ["format": format, "format_version": String(formatVersion), "kind": kind, "model": try jsonString(config)]
     }
 
+    /// Reads a QARep file of `kind` whose metadata also holds `section` (JSON):
+    /// the file, its name for messages, its model config and that section.
+    /// - Throws: `CheckpointError` naming the file when the kind or an entry is wrong.
+    static func open(_ path: String, kind: String, section: String, hint: String) throws
+        -> (file: SafeTensorsFile, name: String, config: ModelConfig, section: String) {
+        let file = try SafeTensorsFile.read(from: path)
+        let name = (path as NSString).lastPathComponent
+        guard file.metadata["kind"] == kind, let json = file.metadata[section], let modelJSON = file.metadata["model"] else {
+            throw CheckpointError("\(name): not a \(hint) (kind is \(file.metadata["kind"] ?? "missing"))")
+        }
+        return (file, name, try decode(ModelConfig.self, modelJSON, what: "model", file: name), json)
+    }
+
     /// A fresh run directory: created if needed, refused if it already holds a run's `last` file.
     static func prepareRunDirectory(_ directory: String?, lastFile: String) throws {
         guard let directory else { return }

@@ -52,13 +52,9 @@ extension Int8Model {
     /// - Throws: `CheckpointError` naming the file and the problem (a missing
     ///   tensor, a wrong dtype or shape, inconsistent scales, ...).
     public static func read(from path: String) throws -> Int8Model {
-        let file = try SafeTensorsFile.read(from: path)
-        let name = (path as NSString).lastPathComponent
-        guard file.metadata["kind"] == kind, let layoutJSON = file.metadata["int8"], let modelJSON = file.metadata["model"] else {
-            throw CheckpointError("\(name): not a QARep INT8 model (kind is \(file.metadata["kind"] ?? "missing"); make one with qarep ptq --out or qarep qat)")
-        }
+        let (file, name, config, layoutJSON) = try Checkpoint.open(
+            path, kind: kind, section: "int8", hint: "QARep INT8 model; make one with qarep ptq --out or qarep qat")
         let layout = try Checkpoint.decode(Layout.self, layoutJSON, what: "int8", file: name)
-        let config = try Checkpoint.decode(ModelConfig.self, modelJSON, what: "model", file: name)
         func tensor(_ key: String, _ shape: [Int]) throws -> SafeTensor {
             guard let t = file.tensors[key] else { throw CheckpointError.missingKey(key, file: name) }
             guard t.shape == shape else { throw CheckpointError.shapeMismatch(key: key, file: name, fileShape: t.shape, modelShape: shape) }

@@ -119,13 +119,8 @@ public final class QATRun {
     }
 
     static func loadCheckpoint(_ path: String) throws -> (model: QuantizedNet, state: QATState, file: SafeTensorsFile) {
-        let file = try SafeTensorsFile.read(from: path)
-        let name = (path as NSString).lastPathComponent
-        guard file.metadata["kind"] == kind, let qatJSON = file.metadata["qat"], let modelJSON = file.metadata["model"] else {
-            throw CheckpointError("\(name): not a QAT checkpoint (kind is \(file.metadata["kind"] ?? "missing"))")
-        }
+        let (file, name, config, qatJSON) = try Checkpoint.open(path, kind: kind, section: "qat", hint: "QAT checkpoint")
         let state = try Checkpoint.decode(QATState.self, qatJSON, what: "qat", file: name)
-        let config = try Checkpoint.decode(ModelConfig.self, modelJSON, what: "model", file: name)
         // The structure from a fresh model; every value comes from the file.
         let model = try QuantizedNet(from: RepVGGNet(config: config), form: state.form,
                                      qconfig: state.options.qconfig, calibrator: .movingAverage)

@@ -22,6 +22,12 @@ public final class ProgressReporter {
         writeStandardError(isTerminal ? "\r\u{1B}[K" + line : line + "\n")
     }
 
+    /// Clears a live line on a terminal (before an error message); elsewhere nothing.
+    public func clearLine() {
+        guard enabled, isTerminal else { return }
+        writeStandardError("\r\u{1B}[K")
+    }
+
     /// Ends the live line and prints `line` on its own.
     public func finish(_ line: String) {
         guard enabled else { return }

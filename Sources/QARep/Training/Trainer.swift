@@ -78,13 +78,13 @@ public final class Trainer<Model: Layer> {
             var loss = crossEntropy(logits, labels: batch.labels, labelSmoothing: config.labelSmoothing)
             if let regularizer { loss = loss + regularizer() }
             guard loss.item.isFinite else {
-                progress.finish("")
+                progress.clearLine()
                 throw TrainingError(description: "loss became \(loss.item) at epoch \(epoch + 1), step \(i + 1); stopping (saved checkpoints are untouched)")
             }
             optimizer.zeroGrad()
             loss.backward()
             if let bad = firstNonFiniteGradient() {
-                progress.finish("")
+                progress.clearLine()
                 throw TrainingError(description: "gradient of \(bad) became NaN or infinite at epoch \(epoch + 1), step \(i + 1); stopping before the update (saved checkpoints are untouched)")
             }
             optimizer.step()
