@@ -36,13 +36,9 @@ public func evaluate(on dataset: FashionMNIST, batchSize: Int = 256, keepLogits:
         let loss = noGrad { crossEntropy(out, labels: batch.labels) }
         lossSum += Double(loss.item) * Double(batch.count)
         allLogits?.append(contentsOf: out.data)
-        let k = out.shape[1]
-        for n in 0..<batch.count {
-            var best = 0
-            for c in 1..<k where out.data[n * k + c] > out.data[n * k + best] { best = c }
-            predictions.append(Int32(best))
-            if Int32(best) == batch.labels[n] { correct += 1 }
-        }
+        let predicted = out.argmaxRows()
+        predictions += predicted
+        correct += zip(predicted, batch.labels).filter { $0 == $1 }.count
     }
     let n = max(predictions.count, 1)
     return Evaluation(top1: Double(correct) / Double(n), loss: lossSum / Double(n), count: predictions.count,

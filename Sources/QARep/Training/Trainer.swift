@@ -90,12 +90,7 @@ public final class Trainer<Model: Layer> {
             optimizer.step()
             step += 1
 
-            let k = logits.shape[1]
-            for n in 0..<batch.count {
-                var best = 0
-                for c in 1..<k where logits.data[n * k + c] > logits.data[n * k + best] { best = c }
-                if Int32(best) == batch.labels[n] { correct += 1 }
-            }
+            correct += zip(logits.argmaxRows(), batch.labels).filter { $0 == $1 }.count
             seen += batch.count
             lossSum += Double(loss.item) * Double(batch.count)
             let elapsed = Date().timeIntervalSince(start)
