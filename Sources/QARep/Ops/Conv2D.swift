@@ -3,10 +3,11 @@ import QARepKernels
 /// 2-D convolution of `x[N, C, H, W]` with `weight[O, C, kh, kw]` and an
 /// optional `bias[O]`, symmetric zero padding, output `[N, O, OH, OW]`.
 ///
-/// Computed as one GEMM over the whole batch: `Y[O, N*OH*OW] = W[O, K] * col[K, N*OH*OW]`
-/// with `K = C*kh*kw` (the patch matrix from `im2col`; a 1x1 stride-1 conv uses
-/// the input itself). Backward is two more GEMMs: `dW = dY * colᵀ` and
-/// `dcol = Wᵀ * dY`, then `col2im`.
+/// Forward is an implicit GEMM (`implicitConv2d`): the input is copied once
+/// to padded NHWC and every patch is read in place, with the bias fused into
+/// the store. Backward is two GEMMs on the patch matrix `col[K, N*OH*OW]`
+/// (`K = C*kh*kw`, built by `im2col` only then; a 1x1 stride-1 conv uses the
+/// input itself): `dW = dY * colᵀ` and `dcol = Wᵀ * dY`, then `col2im`.
 public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int = 1, padding: Int = 0) -> Tensor {
     MemoryTuning.apply()
     precondition(x.rank == 4, "conv2d input must be [N, C, H, W], got \(x.shape)")
@@ -19,30 +20,29 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
     precondition(g.outHeight > 0 && g.outWidth > 0, "conv2d output would be empty for input \(x.shape) and kernel \(weight.shape)")
 
     let (K, NP, O) = (g.patchSize, g.columns, g.outChannels)
-    let col = patchMatrix(x.data, g)
     let w = weight.data
-    // beta = 0: the GEMM writes every element, so the buffer needs no zeroing.
-    let yCM = [Float](unsafeUninitializedCapacity: O * NP) { yp, count in
-        col.withUnsafeBufferPointer { c in
-            w.withUnsafeBufferPointer { wp in
-                sgemm(m: O, n: NP, k: K, a: wp.baseAddress!, lda: K, b: c.baseAddress!, ldb: NP, c: yp.baseAddress!, ldc: NP)
-            }
-        }
-        if let b = bias?.data {
-            for o in 0..<O {
-                let row = yp.baseAddress! + o * NP, bo = b[o]
-                for i in 0..<NP { row[i] += bo }
-            }
-        }
-        count = O * NP
+    // Forward: the implicit GEMM reads patches in place (no patch matrix).
+    let packed = w.withUnsafeBufferPointer {
+        PackedFloatWeights($0, outChannels: O, inChannels: g.inChannels, kernelH: g.kernelH, kernelW: g.kernelW)
     }
-    let y = channelMajorToBatchMajor(yCM, batch: g.batch, channels: O, plane: g.outPlane)
+    let y = [Float](unsafeUninitializedCapacity: g.batch * O * g.outPlane) { yp, count in
+        x.data.withUnsafeBufferPointer { xp in
+            if let b = bias?.data {
+                b.withUnsafeBufferPointer { implicitConv2d(input: xp.baseAddress!, geometry: g, weights: packed, bias: $0.baseAddress!, output: yp.baseAddress!) }
+            } else {
+                implicitConv2d(input: xp.baseAddress!, geometry: g, weights: packed, bias: nil, output: yp.baseAddress!)
+            }
+        }
+        count = g.batch * O * g.outPlane
+    }
 
     let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
     return Tensor.result(y, shape: [g.batch, O, g.outHeight, g.outWidth], inputs: inputs) { grad in
         let gCM = batchMajorToChannelMajor(grad, batch: g.batch, channels: O, plane: g.outPlane)
         gCM.withUnsafeBufferPointer { gp in
             if weight.requiresGrad {
+                // dW needs the patch matrix; it is built here, only when training.
+                let col = patchMatrix(x.data, g)
                 col.withUnsafeBufferPointer { c in
                     weight.accumulateGrad { dw in
                         sgemm(transB: true, m: O, n: K, k: NP, a: gp.baseAddress!, lda: NP,

@@ -1,0 +1,282 @@
+// Float implicit-GEMM convolution; include/CQARepFloat.h describes the operands.
+//
+// The AVX2 and AVX-512 code is compiled per function with target(...), so the
+// rest of the file, the portable loops included, stays baseline x86-64 and
+// runs on any CPU; qarep_f32_best_isa() decides at run time.
+//
+// Micro-tiles: 16 channels (one weight block) by NR pixels, the accumulators
+// in registers. Per reduction index: the block's 16 weights are loaded once,
+// each pixel's input value is broadcast and multiplied into its accumulator.
+// AVX2 holds 16 channels in two ymm registers by 6 pixels (12 accumulators);
+// AVX-512 takes two blocks at once, 32 channels in two zmm registers by 6
+// pixels, and one block by 6 pixels for an odd last block.
+
+#include "CQARepFloat.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define QAREP_X86 1
+#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX512 __attribute__((target("avx512f,avx2,fma")))
+#else
+#define QAREP_X86 0
+#endif
+
+#define MR QAREP_F32_MR
+
+int qarep_f32_best_isa(void) {
+#if QAREP_X86
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f")) cached = QAREP_ISA_AVX512;
+        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) cached = QAREP_ISA_AVX2;
+        else cached = QAREP_ISA_PORTABLE;
+    }
+    return cached;
+#else
+    return QAREP_ISA_PORTABLE;
+#endif
+}
+
+// One finished value: bias, ReLU.
+static inline float finish(float acc, const float *bias, int64_t o, int relu) {
+    float v = bias ? acc + bias[o] : acc;
+    return relu && v < 0 ? 0 : v;
+}
+
+// MARK: - Portable
+
+#define PORTABLE_NR 4
+
+static void tile_portable(const float *w, const float *const a[PORTABLE_NR], int count, int rows, int64_t o0,
+                          const qarep_f32_source *s, const qarep_f32_epilogue *e, const int64_t *out) {
+    float t[PORTABLE_NR][MR];
+    memset(t, 0, sizeof t);
+    for (int64_t tap = 0; tap < s->taps; tap++) {
+        const int64_t off = s->tap_offsets[tap];
+        const float *wt = w + tap * s->segment * MR;
+        for (int64_t k = 0; k < s->segment; k++)
+            for (int p = 0; p < PORTABLE_NR; p++) {
+                const float x = a[p][off + k];
+                for (int r = 0; r < MR; r++) t[p][r] = fmaf(wt[k * MR + r], x, t[p][r]);
+            }
+    }
+    for (int p = 0; p < count; p++)
+        for (int r = 0; r < rows; r++)
+            e->output[out[p] + (o0 + r) * e->channel_stride] = finish(t[p][r], e->bias, o0 + r, e->relu);
+}
+
+// MARK: - AVX2
+
+#if QAREP_X86
+#define AVX2_NR 6
+
+AVX2 static void tile_avx2(const float *w, const float *const a[AVX2_NR], int count, int rows, int64_t o0,
+                           const qarep_f32_source *s, const qarep_f32_epilogue *e, const int64_t *out) {
+    __m256 lo[AVX2_NR], hi[AVX2_NR];
+    for (int p = 0; p < AVX2_NR; p++) lo[p] = hi[p] = _mm256_setzero_ps();
+    for (int64_t tap = 0; tap < s->taps; tap++) {
+        const int64_t off = s->tap_offsets[tap];
+        const float *a0 = a[0] + off, *a1 = a[1] + off, *a2 = a[2] + off;
+        const float *a3 = a[3] + off, *a4 = a[4] + off, *a5 = a[5] + off;
+        const float *wk = w + tap * s->segment * MR;
+        for (int64_t k = 0; k < s->segment; k++, wk += MR) {
+            const __m256 w0 = _mm256_loadu_ps(wk), w1 = _mm256_loadu_ps(wk + 8);
+#define QAREP_STEP(p, ap)                                      \
+            {                                                  \
+                const __m256 b = _mm256_broadcast_ss(ap + k);  \
+                lo[p] = _mm256_fmadd_ps(w0, b, lo[p]);         \
+                hi[p] = _mm256_fmadd_ps(w1, b, hi[p]);         \
+            }
+            QAREP_STEP(0, a0) QAREP_STEP(1, a1) QAREP_STEP(2, a2)
+            QAREP_STEP(3, a3) QAREP_STEP(4, a4) QAREP_STEP(5, a5)
+#undef QAREP_STEP
+        }
+    }
+    __m256 b0 = _mm256_setzero_ps(), b1 = b0;
+    if (e->bias) {
+        float padded[MR] = {0};
+        memcpy(padded, e->bias + o0, sizeof(float) * (size_t)rows);
+        b0 = _mm256_loadu_ps(padded);
+        b1 = _mm256_loadu_ps(padded + 8);
+    }
+    const __m256 zero = _mm256_setzero_ps();
+    for (int p = 0; p < count; p++) {
+        __m256 v0 = _mm256_add_ps(lo[p], b0), v1 = _mm256_add_ps(hi[p], b1);
+        if (e->relu) { v0 = _mm256_max_ps(v0, zero); v1 = _mm256_max_ps(v1, zero); }
+        float *dst = e->output + out[p] + o0 * e->channel_stride;
+        if (e->channel_stride == 1 && rows == MR) {
+            _mm256_storeu_ps(dst, v0);
+            _mm256_storeu_ps(dst + 8, v1);
+        } else {
+            float t[MR];
+            _mm256_storeu_ps(t, v0);
+            _mm256_storeu_ps(t + 8, v1);
+            for (int r = 0; r < rows; r++) dst[r * e->channel_stride] = t[r];
+        }
+    }
+}
+
+// MARK: - AVX-512
+
+#define AVX512_NR 8
+
+AVX512 static inline void store_avx512(__m512 v, __m512 bias, __mmask16 mask, int relu, float *dst, int64_t cs, int rows) {
+    v = _mm512_add_ps(v, bias);
+    if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+    if (cs == 1) {
+        _mm512_mask_storeu_ps(dst, mask, v);
+    } else {
+        float t[MR];
+        _mm512_storeu_ps(t, v);
+        for (int r = 0; r < rows; r++) dst[r * cs] = t[r];
+    }
+}
+
+
+AVX512 static void tile_avx512(const float *w, const float *const a[AVX512_NR], int count, int rows, int64_t o0,
+                               const qarep_f32_source *s, const qarep_f32_epilogue *e, const int64_t *out) {
+    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+    for (int64_t tap = 0; tap < s->taps; tap++) {
+        const int64_t off = s->tap_offsets[tap];
+        const float *a0 = a[0] + off, *a1 = a[1] + off, *a2 = a[2] + off;
+        const float *a3 = a[3] + off, *a4 = a[4] + off, *a5 = a[5] + off;
+        const float *a6 = a[6] + off, *a7 = a[7] + off;
+        const float *wk = w + tap * s->segment * MR;
+        for (int64_t k = 0; k < s->segment; k++, wk += MR) {
+            const __m512 wv = _mm512_loadu_ps(wk);
+            c0 = _mm512_fmadd_ps(wv, _mm512_set1_ps(a0[k]), c0);
+            c1 = _mm512_fmadd_ps(wv, _mm512_set1_ps(a1[k]), c1);
+            c2 = _mm512_fmadd_ps(wv, _mm512_set1_ps(a2[k]), c2);
+            c3 = _mm512_fmadd_ps(wv, _mm512_set1_ps(a3[k]), c3);
+            c4 = _mm512_fmadd_ps(wv, _mm512_set1_ps(a4[k]), c4);
+            c5 = _mm512_fmadd_ps(wv, _mm512_set1_ps(a5[k]), c5);
+            c6 = _mm512_fmadd_ps(wv, _mm512_set1_ps(a6[k]), c6);
+            c7 = _mm512_fmadd_ps(wv, _mm512_set1_ps(a7[k]), c7);
+        }
+    }
+    const __mmask16 mask = (__mmask16)((1u << rows) - 1);
+    const __m512 bias = e->bias ? _mm512_maskz_loadu_ps(mask, e->bias + o0) : _mm512_setzero_ps();
+    const __m512 acc[AVX512_NR] = {c0, c1, c2, c3, c4, c5, c6, c7};
+    for (int p = 0; p < count; p++)
+        store_avx512(acc[p], bias, mask, e->relu, e->output + out[p] + o0 * e->channel_stride, e->channel_stride, rows);
+}
+
+// Two weight blocks (32 channels) by 6 pixels: two weight loads and six
+// broadcasts feed twelve FMAs, the same loads per FMA as the AVX2 tile at
+// twice the width. Used while two blocks remain.
+#define AVX512_WIDE_NR 8
+
+AVX512 static void tile_avx512_wide(const float *w, int64_t block_size, const float *const a[AVX512_WIDE_NR], int count,
+                                    int rows1, int64_t o0, const qarep_f32_source *s, const qarep_f32_epilogue *e,
+                                    const int64_t *out) {
+    __m512 lo[AVX512_WIDE_NR], hi[AVX512_WIDE_NR];
+    for (int p = 0; p < AVX512_WIDE_NR; p++) lo[p] = hi[p] = _mm512_setzero_ps();
+    for (int64_t tap = 0; tap < s->taps; tap++) {
+        const int64_t off = s->tap_offsets[tap];
+        const float *a0 = a[0] + off, *a1 = a[1] + off, *a2 = a[2] + off;
+        const float *a3 = a[3] + off, *a4 = a[4] + off, *a5 = a[5] + off;
+        const float *a6 = a[6] + off, *a7 = a[7] + off;
+        const float *wk = w + tap * s->segment * MR;
+        for (int64_t k = 0; k < s->segment; k++, wk += MR) {
+            const __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + block_size);
+#define QAREP_STEP(p, ap)                                   \
+            {                                               \
+                const __m512 b = _mm512_set1_ps(ap[k]);     \
+                lo[p] = _mm512_fmadd_ps(w0, b, lo[p]);      \
+                hi[p] = _mm512_fmadd_ps(w1, b, hi[p]);      \
+            }
+            QAREP_STEP(0, a0) QAREP_STEP(1, a1) QAREP_STEP(2, a2)
+            QAREP_STEP(3, a3) QAREP_STEP(4, a4) QAREP_STEP(5, a5)
+            QAREP_STEP(6, a6) QAREP_STEP(7, a7)
+#undef QAREP_STEP
+        }
+    }
+    const __mmask16 mask1 = (__mmask16)((1u << rows1) - 1);
+    const __m512 bias0 = e->bias ? _mm512_loadu_ps(e->bias + o0) : _mm512_setzero_ps();
+    const __m512 bias1 = e->bias ? _mm512_maskz_loadu_ps(mask1, e->bias + o0 + MR) : _mm512_setzero_ps();
+    const int64_t cs = e->channel_stride;
+    for (int p = 0; p < count; p++) {
+        float *dst = e->output + out[p] + o0 * cs;
+        store_avx512(lo[p], bias0, (__mmask16)0xFFFF, e->relu, dst, cs, MR);
+        store_avx512(hi[p], bias1, mask1, e->relu, dst + MR * cs, cs, rows1);
+    }
+}
+#endif
+
+// MARK: - Driver
+
+void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_source *source,
+                    const int64_t *pixel_offsets, int64_t pixel_count,
+                    const qarep_f32_epilogue *epilogue, int isa) {
+    const int64_t block_size = source->taps * source->segment * MR;
+    const int64_t blocks = (out_channels + MR - 1) / MR;
+    int nr = PORTABLE_NR;
+#if QAREP_X86
+    if (isa == QAREP_ISA_AVX512) nr = AVX512_NR;
+    else if (isa == QAREP_ISA_AVX2) nr = AVX2_NR;
+#endif
+    // Channel blocks in groups of about 256 KiB of weights, so a group stays
+    // in L2 while the pixel tiles pass; a tile's inputs stay in L1 while the
+    // group's blocks pass over them.
+    int64_t group = (256 * 1024) / (block_size * (int64_t)sizeof(float));
+    if (group < 1) group = 1;
+    for (int64_t g0 = 0; g0 < blocks; g0 += group) {
+        const int64_t g1 = g0 + group < blocks ? g0 + group : blocks;
+        for (int64_t p0 = 0; p0 < pixel_count; p0 += nr) {
+            const int count = pixel_count - p0 < nr ? (int)(pixel_count - p0) : nr;
+            // A partial tile repeats its last pixel; the copies are not stored.
+            const float *a[8];
+            for (int p = 0; p < nr; p++) a[p] = source->source + pixel_offsets[p0 + (p < count ? p : count - 1)];
+            const int64_t *out = epilogue->pixel_offsets + p0;
+            for (int64_t blk = g0; blk < g1; blk++) {
+                const int64_t o0 = blk * MR;
+                const int rows = out_channels - o0 < MR ? (int)(out_channels - o0) : MR;
+                const float *w = weights + blk * block_size;
+#if QAREP_X86
+                if (isa == QAREP_ISA_AVX512) {
+                    if (blk + 1 < g1) {
+                        const int rows1 = out_channels - o0 - MR < MR ? (int)(out_channels - o0 - MR) : MR;
+                        tile_avx512_wide(w, block_size, a, count, rows1, o0, source, epilogue, out);
+                        blk++;
+                    } else {
+                        tile_avx512(w, a, count, rows, o0, source, epilogue, out);
+                    }
+                    continue;
+                }
+                if (isa == QAREP_ISA_AVX2) { tile_avx2(w, a, count, rows, o0, source, epilogue, out); continue; }
+#endif
+                tile_portable(w, a, count, rows, o0, source, epilogue, out);
+            }
+        }
+    }
+}
+
+// MARK: - Layout
+
+void qarep_f32_to_padded_nhwc(const float *input, int64_t first_image, int64_t images, int64_t channels,
+                              int64_t height, int64_t width, int64_t pad, float *output) {
+    const int64_t hp = height + 2 * pad, wp = width + 2 * pad, c = channels, plane = height * width;
+    for (int64_t n = first_image; n < first_image + images; n++) {
+        float *img = output + n * hp * wp * c;
+        memset(img, 0, sizeof(float) * (size_t)(pad * wp * c));
+        memset(img + (pad + height) * wp * c, 0, sizeof(float) * (size_t)(pad * wp * c));
+        const float *src = input + n * c * plane;
+        for (int64_t y = 0; y < height; y++) {
+            float *row = img + (y + pad) * wp * c;
+            memset(row, 0, sizeof(float) * (size_t)(pad * c));
+            memset(row + (pad + width) * c, 0, sizeof(float) * (size_t)(pad * c));
+            float *dst = row + pad * c;
+            // Transpose the [C][W] strip to [W][C] in blocks that stay in L1.
+            for (int64_t c0 = 0; c0 < c; c0 += 16) {
+                const int64_t c1 = c0 + 16 < c ? c0 + 16 : c;
+                for (int64_t x = 0; x < width; x++)
+                    for (int64_t ch = c0; ch < c1; ch++) dst[x * c + ch] = src[(ch * height + y) * width + x];
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+// Float convolution kernels for QARep: an implicit GEMM on a zero-padded
+// NHWC copy of the input, with bias and ReLU fused into the store.
+//
+// Operands (prepared by QARepKernels, FloatConvolution.swift):
+//   weights   float [O, C, kh, kw] packed [ceil(O/16)][kh][kw][C][16]: for
+//             each reduction index k = (i, j, c), the 16 channels of a block
+//             side by side (one 512-bit or two 256-bit loads). Channels past
+//             O are zero.
+//   source    the padded NHWC input. Pixel p reads `taps` segments of
+//             `segment` contiguous floats, segment t at
+//             source + pixel_offsets[p] + tap_offsets[t]; for a convolution a
+//             segment is one window row, kw * C values, and there are kh.
+// Each output value is bias[o] + sum over k of w[o, k] * x[p, k], summed in
+// k order with one fused multiply-add per term on every path, then ReLU'd if
+// asked. The three paths may differ in the last bits only through FMA versus
+// separate multiply and add in the portable loops.
+#ifndef CQAREP_FLOAT_H
+#define CQAREP_FLOAT_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Output channels of one packed weight block.
+#define QAREP_F32_MR 16
+
+/// Instruction sets of the kernels, chosen at run time.
+enum {
+    QAREP_ISA_PORTABLE = 0,
+    QAREP_ISA_AVX2 = 1,    // AVX2 + FMA
+    QAREP_ISA_AVX512 = 2,  // AVX-512 F
+};
+
+/// The widest instruction set this CPU runs (checked once).
+int qarep_f32_best_isa(void);
+
+/// The activation operand. Offsets count floats.
+typedef struct {
+    const float *source;
+    const int64_t *tap_offsets;
+    int64_t taps;
+    int64_t segment;
+} qarep_f32_source;
+
+/// Where results go: value (pixel p, channel o) is stored at
+/// output[pixel_offsets[p] + o * channel_stride] (channel_stride 1 for NHWC,
+/// the plane for NCHW). `bias` may be NULL.
+typedef struct {
+    const float *bias;
+    int32_t relu;
+    float *output;
+    const int64_t *pixel_offsets;
+    int64_t channel_stride;
+} qarep_f32_epilogue;
+
+/// All `out_channels` outputs of `pixel_count` pixels; pixel p reads
+/// source->source + pixel_offsets[p] and is stored at
+/// epilogue->pixel_offsets[p]. `isa` must be one the CPU runs.
+void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_source *source,
+                    const int64_t *pixel_offsets, int64_t pixel_count,
+                    const qarep_f32_epilogue *epilogue, int isa);
+
+/// NCHW floats of images first_image ..< first_image + images to a
+/// zero-padded NHWC copy [N][H + 2 pad][W + 2 pad][C].
+void qarep_f32_to_padded_nhwc(const float *input, int64_t first_image, int64_t images, int64_t channels,
+                              int64_t height, int64_t width, int64_t pad, float *output);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

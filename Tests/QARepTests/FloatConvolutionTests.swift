@@ -1,0 +1,112 @@
+import QARep
+import QARepKernels
+import Testing
+
+// The float implicit-GEMM convolution (CQARepFloat) against the direct
+// seven-loop reference, on every path this CPU runs: the shapes of all three
+// configs (3x3 and 1x1, strides 1 and 2, channel counts that are and are not
+// multiples of the 16-channel block), batch 1 and odd sizes, with and without
+// bias and ReLU, NCHW and NHWC outputs.
+
+private struct FloatConvCase: Sendable, CustomTestStringConvertible {
+    var batch: Int, inChannels: Int, outChannels: Int, size: Int, kernel: Int, stride: Int
+    var padding: Int { kernel / 2 }
+    var geometry: ConvGeometry {
+        ConvGeometry(batch: batch, inChannels: inChannels, height: size, width: size + (batch == 3 ? 1 : 0),
+                     outChannels: outChannels, kernelH: kernel, kernelW: kernel, stride: stride, padding: padding)
+    }
+    var testDescription: String { "\(kernel)x\(kernel) s\(stride) \(inChannels)->\(outChannels) N\(batch) \(size)" }
+}
+
+/// Layer shapes of tiny, a0-half and a0 (28, 14, 7, 4 and 2 pixel planes),
+/// plus odd channel counts.
+private let floatConvCases: [FloatConvCase] = {
+    var cases: [FloatConvCase] = []
+    let shapes = [(1, 16, 28, 1), (16, 16, 28, 2), (16, 32, 14, 2), (32, 32, 7, 1), (64, 128, 4, 2),
+                  (1, 24, 28, 1), (24, 24, 14, 1), (48, 96, 7, 2), (96, 96, 4, 1), (96, 640, 4, 2),
+                  (48, 48, 28, 2), (192, 192, 4, 1), (3, 10, 5, 1), (5, 17, 6, 2), (7, 33, 9, 1)]
+    for (i, (c, o, size, stride)) in shapes.enumerated() {
+        for kernel in [3, 1] {
+            cases.append(FloatConvCase(batch: [1, 3, 2][i % 3], inChannels: c, outChannels: o, size: size,
+                                       kernel: kernel, stride: stride))
+        }
+    }
+    return cases
+}()
+
+private func reference(_ x: [Float], _ w: [Float], _ b: [Float], relu: Bool, _ g: ConvGeometry) -> [Float] {
+    var y = [Float](repeating: .nan, count: g.batch * g.outChannels * g.outPlane)
+    naiveConv2d(x, w, b, &y, g)
+    return relu ? y.map { max($0, 0) } : y
+}
+
+private func maxRelativeError(_ a: [Float], _ b: [Float]) -> Float {
+    let scale = max(b.map { abs($0) }.max() ?? 0, 1e-6)
+    return zip(a, b).map { abs($0 - $1) }.max()! / scale
+}
+
+@Suite("Float implicit-GEMM convolution against the direct reference")
+struct FloatConvolutionTests {
+    @Test("NCHW output, every path", arguments: floatConvCases)
+    fileprivate func nchw(_ c: FloatConvCase) {
+        let g = c.geometry
+        var rng = SplitMix64(seed: UInt64(c.inChannels * 131 + c.outChannels))
+        let x = (0..<(g.batch * g.inChannels * g.height * g.width)).map { _ in rng.uniform(-1, 1) }
+        let w = (0..<(g.outChannels * g.patchSize)).map { _ in rng.uniform(-0.3, 0.3) }
+        let b = (0..<g.outChannels).map { _ in rng.uniform(-0.5, 0.5) }
+        let packed = PackedFloatWeights(w, outChannels: g.outChannels, inChannels: g.inChannels,
+                                        kernelH: g.kernelH, kernelW: g.kernelW)
+        var bits: [[Float]] = []
+        for path in FloatKernelPath.available {
+            for relu in [false, true] {
+                var y = [Float](repeating: .nan, count: g.batch * g.outChannels * g.outPlane)
+                x.withUnsafeBufferPointer { xp in
+                    b.withUnsafeBufferPointer { bp in
+                        y.withUnsafeMutableBufferPointer { yp in
+                            implicitConv2d(input: xp.baseAddress!, geometry: g, weights: packed, bias: bp.baseAddress!,
+                                           relu: relu, output: yp.baseAddress!, threads: 2, path: path)
+                        }
+                    }
+                }
+                let expected = reference(x, w, b, relu: relu, g)
+                #expect(maxRelativeError(y, expected) < 1e-5, "\(path) relu \(relu)")
+                if relu { #expect(y.allSatisfy { $0 >= 0 }) } else { bits.append(y) }
+            }
+        }
+        // Every path sums each output in the same order with fused multiply-adds.
+        #expect(bits.allSatisfy { $0 == bits[0] }, "paths disagree in the last bits")
+    }
+
+    @Test("NHWC output into a padded buffer, no bias, one and two threads")
+    func nhwc() {
+        let g = ConvGeometry(batch: 2, inChannels: 24, height: 7, width: 7, outChannels: 40,
+                             kernelH: 3, kernelW: 3, stride: 1, padding: 1)
+        var rng = SplitMix64(seed: 9)
+        let x = (0..<(g.batch * g.inChannels * 49)).map { _ in rng.uniform(-1, 1) }
+        let w = (0..<(g.outChannels * g.patchSize)).map { _ in rng.uniform(-0.3, 0.3) }
+        let packed = PackedFloatWeights(w, outChannels: 40, inChannels: 24, kernelH: 3, kernelW: 3)
+        let layout = PaddedFloatNHWC(g)
+        var padded = [Float](repeating: .nan, count: layout.count)
+        padded.withUnsafeMutableBufferPointer { p in x.withUnsafeBufferPointer { layout.fill(p.baseAddress!, from: $0.baseAddress!, threads: 2) } }
+        // The output is the padded NHWC input of a following 40-channel 3x3 convolution.
+        let next = PaddedFloatNHWC(ConvGeometry(batch: 2, inChannels: 40, height: 7, width: 7, outChannels: 1,
+                                                kernelH: 3, kernelW: 3, stride: 1, padding: 1))
+        let offsets = (0..<g.columns).map { j in Int64(next.offset(image: j / 49, y: j % 49 / 7, x: j % 7)) }
+        let expected = reference(x, w, [Float](repeating: 0, count: 40), relu: false, g)
+        for threads in [1, 2] {
+            var y = [Float](repeating: 0, count: next.count)
+            let windows = layout.windowOffsets
+            implicitConv2d(paddedInput: padded, layout: layout, weights: packed, bias: nil, relu: false,
+                           output: &y, outputOffsets: offsets, channelStride: 1, windowOffsets: windows, threads: threads)
+            var nchw = [Float](repeating: 0, count: expected.count)
+            for j in 0..<g.columns { for o in 0..<40 { nchw[(j / 49 * 40 + o) * 49 + j % 49] = y[Int(offsets[j]) + o] } }
+            #expect(maxRelativeError(nchw, expected) < 1e-5)
+            // The border of the output buffer is untouched (still zero).
+            #expect(y[next.offset(image: 0, y: -1, x: 0)] == 0 && y[next.offset(image: 1, y: 7, x: 6) + 39] == 0)
+        }
+    }
+}
+
+private extension SplitMix64 {
+    mutating func uniform(_ lo: Float, _ hi: Float) -> Float { lo + (hi - lo) * uniformFloat() }
+}
