@@ -12,17 +12,28 @@ struct Bench: ParsableCommand {
     @Option(help: "Batch size of the convolution shapes.") var batch = 128
     @Option(help: "Timed repetitions per measurement (the median is reported).") var repeats = 5
     @Option(help: "Training steps timed for images/s.") var trainSteps = 5
-    @Option(help: "Models for the training and inference measurements (tiny, a0-half, a0).") var models = ["tiny", "a0-half"]
+    @Option(parsing: .upToNextOption, help: "Models for the training and inference measurements (tiny, a0-half, a0).")
+    var models = ["tiny", "a0-half"]
+    @Flag(help: "Skip the per-layer convolution table (training and inference only).") var skipLayers = false
     @Flag(help: "Print one JSON object on stdout instead of tables.") var json = false
+
+    func validate() throws {
+        for (flag, value) in [("--batch", batch), ("--repeats", repeats), ("--train-steps", trainSteps)] where value < 1 {
+            throw ValidationError("\(flag) must be at least 1, got \(value)")
+        }
+        for name in models where ModelConfig.namedConfigs[name] == nil {
+            throw ValidationError("unknown model '\(name)' in --models; expected \(ModelConfig.namedConfigs.keys.sorted().joined(separator: ", "))")
+        }
+    }
 
     func run() throws {
         var rows: [[String: Double]] = []
         var names: [String] = []
-        if !json {
+        if !json && !skipLayers {
             print("conv shapes of a0 at 28x28 input, batch \(batch) (GFLOP/s, median of \(repeats))")
             print(pad("layer", 26) + pad("fwd", 8) + pad("sgemm", 8) + pad("ratio", 7) + pad("fwd+bwd", 9) + pad("3xsgemm", 9) + pad("ratio", 7))
         }
-        for shape in a0ConvShapes {
+        for shape in skipLayers ? [] : a0ConvShapes {
             let r = measureConv(shape)
             rows.append(r); names.append(shape.name)
             if !json {
@@ -30,7 +41,7 @@ struct Bench: ParsableCommand {
                       + pad(f1(r["fwdbwd"]!), 9) + pad(f1(r["sgemm3"]!), 9) + pad(pct(r["fwdbwd"]! / r["sgemm3"]!), 7))
             }
         }
-        let totalFlops = a0ConvShapes.map { $0.geometry(batch).flops }
+        let totalFlops = (skipLayers ? [] : a0ConvShapes).map { $0.geometry(batch).flops }
         func weighted(_ key: String) -> Double {
             // Total flops over total time: the ratio a whole network would see.
             let time = zip(rows, totalFlops).map { $1 / ($0[key]! * 1e9) }.reduce(0, +)
@@ -45,8 +56,11 @@ struct Bench: ParsableCommand {
             inference[name] = try measureInference(config)
         }
         if json {
-            var obj: [String: Any] = ["batch": batch, "conv_forward_vs_sgemm": fwdRatio, "conv_forward_backward_vs_sgemm": bwdRatio,
-                                      "train_images_per_second": training, "inference_images_per_second": inference]
+            var obj: [String: Any] = ["batch": batch, "train_images_per_second": training, "inference_images_per_second": inference]
+            if !skipLayers {
+                obj["conv_forward_vs_sgemm"] = fwdRatio
+                obj["conv_forward_backward_vs_sgemm"] = bwdRatio
+            }
             obj["layers"] = zip(names, rows).map { name, r -> [String: Any] in
                 var d: [String: Any] = r
                 d["name"] = name
@@ -55,8 +69,10 @@ struct Bench: ParsableCommand {
             let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
-            print(String(format: "all layers: forward %.0f%% of sgemm, forward+backward %.0f%% of sgemm", 100 * fwdRatio, 100 * bwdRatio))
-            print("")
+            if !skipLayers {
+                print(String(format: "all layers: forward %.0f%% of sgemm, forward+backward %.0f%% of sgemm", 100 * fwdRatio, 100 * bwdRatio))
+                print("")
+            }
             print("QARepVGG, images/s (training: batch \(batch), multi-branch, SGD step included)")
             print(pad("model", 10) + pad("train", 8) + pad("FP32 deploy b\(batch)", 18) + pad("INT8 b\(batch)", 12) + pad("ratio", 7)
                   + pad("FP32 deploy b1", 16) + pad("INT8 b1", 9) + pad("ratio", 7))
@@ -127,9 +143,8 @@ struct Bench: ParsableCommand {
             opt.zeroGrad(); loss.backward(); opt.step()
         }
         step()
-        let start = Date()
-        for _ in 0..<trainSteps { step() }
-        return Double(trainSteps * batch) / Date().timeIntervalSince(start)
+        let elapsed = ContinuousClock().measure { for _ in 0..<trainSteps { step() } }
+        return Double(trainSteps * batch) / seconds(elapsed)
     }
 
     /// Inference images/s of the FP32 deploy model and the INT8 engine, side
@@ -138,6 +153,7 @@ struct Bench: ParsableCommand {
         let model = try RepVGGNet(config: config, seed: 1)
         model.eval()
         let deployed = model.deployed()
+        let floatEngine = try DeployedEngine(deployed)
         var rng = SplitMix64(seed: 3)
         let pixels = (0..<(64 * 784)).map { _ in UInt8(rng.next() % 256) }
         let calibration = FashionMNIST(images: pixels, labels: [UInt8](repeating: 0, count: 64))
@@ -145,9 +161,9 @@ struct Bench: ParsableCommand {
         let big = Tensor.uniform([batch, 1, 28, 28], bound: 1, rng: &rng, requiresGrad: false)
         let one = Tensor.uniform([1, 1, 28, 28], bound: 1, rng: &rng, requiresGrad: false)
         let singles = max(20, batch / 2)
-        let fp32Batch = median { _ = noGrad { deployed(big) } }
+        let fp32Batch = median { _ = floatEngine.logits(big) }
         let int8Batch = median { _ = engine.logits(big) }
-        let fp32One = median { for _ in 0..<singles { _ = noGrad { deployed(one) } } }
+        let fp32One = median { for _ in 0..<singles { _ = floatEngine.logits(one) } }
         let int8One = median { for _ in 0..<singles { _ = engine.logits(one) } }
         return ["fp32_batch": Double(batch) / fp32Batch, "int8_batch": Double(batch) / int8Batch,
                 "fp32_1": Double(singles) / fp32One, "int8_1": Double(singles) / int8One]
@@ -155,14 +171,14 @@ struct Bench: ParsableCommand {
 
     func median(_ body: () -> Void) -> Double {
         body()  // warm-up
-        var times: [Double] = []
-        for _ in 0..<max(repeats, 1) {
-            let t = Date()
-            body()
-            times.append(Date().timeIntervalSince(t))
-        }
+        let clock = ContinuousClock()
+        let times = (0..<repeats).map { _ in seconds(clock.measure(body)) }
         return times.sorted()[times.count / 2]
     }
+}
+
+func seconds(_ d: Duration) -> Double {
+    Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
 }
 
 func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }

@@ -25,14 +25,16 @@ struct Eval: ParsableCommand {
         let checkpoint = self.checkpoint!
         let net = try Checkpoint.loadModel(checkpoint, fallback: model.fallback())
         let test = try data.test()
-        let result = evaluate(net, on: test, keepLogits: logitsOut != nil && !deploy)
+        let keep = logitsOut != nil && !deploy
+        let result = net.isDeployed ? evaluate(try DeployedEngine(net), on: test, keepLogits: keep)
+                                    : evaluate(net, on: test, keepLogits: keep)
         var json: [String: Any] = ["top1": result.top1, "loss": result.loss, "images": result.count,
                                    "config": net.config.name, "block": net.config.block.rawValue,
                                    "form": net.isDeployed ? "deployed" : "multi-branch"]
         var rows = [(net.isDeployed ? "deployed FP32" : "multi-branch FP32", result)]
         if deploy && !net.isDeployed {
             let folded = net.deployed()
-            let d = evaluate(folded, on: test, keepLogits: logitsOut != nil)
+            let d = evaluate(try DeployedEngine(folded), on: test, keepLogits: logitsOut != nil)
             if let logitsOut { try writeNumPy(d.logits!, rows: d.count, columns: net.config.classes, to: logitsOut) }
             rows.append(("deployed FP32", d))
             json["deployed_top1"] = d.top1

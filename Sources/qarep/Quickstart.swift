@@ -40,7 +40,7 @@ struct Quickstart: ParsableCommand {
 
         progress.finish("2/5 folding every block into one 3x3 convolution")
         let deployed = model.deployed()
-        let folded = evaluate(deployed, on: test)
+        let folded = evaluate(try DeployedEngine(deployed), on: test)
         try Checkpoint.save(deployed, to: path("fp32-deploy.safetensors"))
 
         progress.finish("3/5 PTQ: calibrating on 512 training images, converting to INT8")

@@ -1,0 +1,104 @@
+import QARepKernels
+
+/// Runs a deployed `RepVGGNet` (one 3x3 convolution with bias and ReLU per
+/// block, global average pooling, linear head) for inference, the float
+/// counterpart of `Int8Engine`.
+///
+/// Weights are packed once. Activations stay in zero-padded NHWC buffers from
+/// the first convolution to the last: each convolution writes its
+/// bias-and-ReLU'd output straight into the interior of the next one's padded
+/// input, so there is no layout copy, patch matrix or separate ReLU pass
+/// between layers. Every value is computed by the same kernel, in the same
+/// order, as `conv2d` and the module's own forward pass, so the logits are
+/// those of `model(x)` bit for bit.
+public final class DeployedEngine {
+    private struct Layer {
+        let inChannels: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int
+        let weights: PackedFloatWeights
+        let bias: [Float]
+    }
+
+    private let layers: [Layer]
+    private let linear: Linear
+    /// Worker threads of the convolution kernel (results do not depend on it).
+    public let threads: Int
+
+    /// Packs the weights of a deployed network.
+    /// - Throws: `ModelError` when `model` is still in its multi-branch form.
+    public init(_ model: RepVGGNet, threads: Int = KernelThreads.count) throws {
+        guard model.isDeployed else {
+            throw ModelError("the float engine runs deployed models; fold the network with deployed() first")
+        }
+        self.threads = max(1, threads)
+        layers = model.blocks.map { block in
+            let conv = (block as! ReparamBlock).conv
+            return Layer(inChannels: conv.inChannels, outChannels: conv.outChannels, kernel: conv.kernelSize,
+                         stride: conv.stride, padding: conv.padding,
+                         weights: PackedFloatWeights(conv.weight.data, outChannels: conv.outChannels,
+                                                     inChannels: conv.inChannels, kernelH: conv.kernelSize,
+                                                     kernelW: conv.kernelSize),
+                         bias: conv.bias?.data ?? [Float](repeating: 0, count: conv.outChannels))
+        }
+        linear = model.linear
+    }
+
+    /// Logits `[N, classes]` of normalized images `[N, C, H, W]`.
+    public func logits(_ images: Tensor) -> Tensor {
+        precondition(images.rank == 4 && images.shape[1] == layers[0].inChannels,
+                     "float engine input must be [N, \(layers[0].inChannels), H, W], got \(images.shape)")
+        let n = images.shape[0]
+        var (height, width) = (images.shape[2], images.shape[3])
+        let geometries = layers.map { layer -> ConvGeometry in
+            let g = ConvGeometry(batch: n, inChannels: layer.inChannels, height: height, width: width,
+                                 outChannels: layer.outChannels, kernelH: layer.kernel, kernelW: layer.kernel,
+                                 stride: layer.stride, padding: layer.padding)
+            precondition(g.outHeight >= 1 && g.outWidth >= 1, "input \(images.shape) is too small for the network")
+            (height, width) = (g.outHeight, g.outWidth)
+            return g
+        }
+        let layouts = geometries.map(PaddedFloatNHWC.init)
+        var input = [Float](unsafeUninitializedCapacity: layouts[0].count) { buffer, count in
+            images.data.withUnsafeBufferPointer { layouts[0].fill(buffer.baseAddress!, from: $0.baseAddress!, threads: threads) }
+            count = layouts[0].count
+        }
+        for (i, (layer, g)) in zip(layers, geometries).enumerated() {
+            let last = i == layers.count - 1
+            // The next layer's padded input (borders stay zero), or plain NHWC after the last.
+            var output = [Float](repeating: 0, count: last ? g.batch * g.outPlane * g.outChannels : layouts[i + 1].count)
+            let outputOffsets: [Int64] = (0..<g.columns).map { j in
+                let (image, p) = j.quotientAndRemainder(dividingBy: g.outPlane)
+                return Int64(last ? j * g.outChannels
+                                  : layouts[i + 1].offset(image: image, y: p / g.outWidth, x: p % g.outWidth))
+            }
+            let windows = layouts[i].windowOffsets
+            layer.bias.withUnsafeBufferPointer { bias in
+                implicitConv2d(paddedInput: input, layout: layouts[i], weights: layer.weights, bias: bias.baseAddress,
+                               relu: true, output: &output, outputOffsets: outputOffsets, channelStride: 1,
+                               windowOffsets: windows, threads: threads)
+            }
+            input = output
+        }
+        return noGrad { linear(Tensor(averagePoolNHWC(input, geometry: geometries.last!), shape: [n, layers.last!.outChannels])) }
+    }
+
+    /// Global average pool of `[N, P, C]`, each channel summed in pixel order
+    /// and divided by P, as `globalAveragePool` does on NCHW.
+    private func averagePoolNHWC(_ x: [Float], geometry g: ConvGeometry) -> [Float] {
+        let (channels, plane) = (g.outChannels, g.outPlane)
+        var pooled = [Float](repeating: 0, count: g.batch * channels)
+        for image in 0..<g.batch {
+            for c in 0..<channels {
+                var sum: Float = 0
+                for p in 0..<plane { sum += x[(image * plane + p) * channels + c] }
+                pooled[image * channels + c] = sum / Float(plane)
+            }
+        }
+        return pooled
+    }
+}
+
+/// Evaluates a deployed network on the float engine.
+public func evaluate(_ engine: DeployedEngine, on dataset: FashionMNIST, batchSize: Int = 256,
+                     keepLogits: Bool = false) -> Evaluation {
+    evaluate(on: dataset, batchSize: batchSize, keepLogits: keepLogits) { engine.logits($0) }
+}
