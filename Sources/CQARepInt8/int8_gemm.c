@@ -13,6 +13,7 @@
 #include <immintrin.h>
 #define QAREP_X86 1
 #define AVX2 __attribute__((target("avx2")))
+#define VNNI512 __attribute__((target("avx512f,avx512bw,avx512vnni,avx2")))
 #else
 #define QAREP_X86 0
 #endif
@@ -26,6 +27,20 @@ int qarep_i8_avx2_available(void) {
     if (cached < 0) {
         __builtin_cpu_init();
         cached = __builtin_cpu_supports("avx2") ? 1 : 0;
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+int qarep_i8_vnni512_available(void) {
+#if QAREP_X86
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vnni") ? 1 : 0;
     }
     return cached;
 #else
@@ -169,6 +184,70 @@ AVX2 static void tile_avx2(const int16_t *w, const int16_t *const a[NR], const q
 }
 #endif
 
+
+// u8 x s8 micro-kernels (AVX-512 VNNI). vpdpbusd multiplies 4 unsigned bytes
+// of the activation by 4 signed bytes of a weight and adds the four products
+// to an int32 lane: no intermediate is narrowed, so the sum is exact. Weights
+// are packed [K''/4][16][4] per block (64 bytes: one zmm), the activation's
+// 4 bytes are broadcast to every lane.
+#if QAREP_X86
+VNNI512 static inline void store_acc16_vnni(int32_t *t, __m512i v) { _mm512_storeu_si512((void *)t, v); }
+
+VNNI512 static void tile_vnni(const int8_t *w, const uint8_t *const a[NR], const qarep_u8_source *s,
+                              int32_t t[NR][MR]) {
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
+    for (int64_t tap = 0; tap < s->taps; tap++) {
+        const int64_t off = s->tap_offsets[tap];
+        const uint8_t *a0 = a[0] + off, *a1 = a[1] + off, *a2 = a[2] + off;
+        const uint8_t *a3 = a[3] + off, *a4 = a[4] + off, *a5 = a[5] + off;
+        const int8_t *wk = w + tap * s->segment * MR;
+        for (int64_t k = 0; k < s->segment; k += 4, wk += 4 * MR) {
+            const __m512i wv = _mm512_loadu_si512((const void *)wk);
+            int32_t x;
+#define QAREP_STEP(ap, c) memcpy(&x, ap + k, sizeof x); c = _mm512_dpbusd_epi32(c, _mm512_set1_epi32(x), wv);
+            QAREP_STEP(a0, c0) QAREP_STEP(a1, c1) QAREP_STEP(a2, c2)
+            QAREP_STEP(a3, c3) QAREP_STEP(a4, c4) QAREP_STEP(a5, c5)
+#undef QAREP_STEP
+        }
+    }
+    store_acc16_vnni(t[0], c0); store_acc16_vnni(t[1], c1); store_acc16_vnni(t[2], c2);
+    store_acc16_vnni(t[3], c3); store_acc16_vnni(t[4], c4); store_acc16_vnni(t[5], c5);
+}
+
+// Two blocks (32 channels) at once: two weight loads and six broadcasts feed
+// twelve vpdpbusd.
+VNNI512 static void tile_vnni_wide(const int8_t *w, int64_t block_bytes, const uint8_t *const a[NR],
+                                   const qarep_u8_source *s, int32_t t0[NR][MR], int32_t t1[NR][MR]) {
+    __m512i l0 = _mm512_setzero_si512(), l1 = l0, l2 = l0, l3 = l0, l4 = l0, l5 = l0;
+    __m512i h0 = l0, h1 = l0, h2 = l0, h3 = l0, h4 = l0, h5 = l0;
+    for (int64_t tap = 0; tap < s->taps; tap++) {
+        const int64_t off = s->tap_offsets[tap];
+        const uint8_t *a0 = a[0] + off, *a1 = a[1] + off, *a2 = a[2] + off;
+        const uint8_t *a3 = a[3] + off, *a4 = a[4] + off, *a5 = a[5] + off;
+        const int8_t *wk = w + tap * s->segment * MR;
+        for (int64_t k = 0; k < s->segment; k += 4, wk += 4 * MR) {
+            const __m512i w0 = _mm512_loadu_si512((const void *)wk);
+            const __m512i w1 = _mm512_loadu_si512((const void *)(wk + block_bytes));
+            int32_t x;
+#define QAREP_STEP(ap, lo, hi)                      \
+            memcpy(&x, ap + k, sizeof x);           \
+            {                                       \
+                const __m512i b = _mm512_set1_epi32(x); \
+                lo = _mm512_dpbusd_epi32(lo, b, w0);   \
+                hi = _mm512_dpbusd_epi32(hi, b, w1);   \
+            }
+            QAREP_STEP(a0, l0, h0) QAREP_STEP(a1, l1, h1) QAREP_STEP(a2, l2, h2)
+            QAREP_STEP(a3, l3, h3) QAREP_STEP(a4, l4, h4) QAREP_STEP(a5, l5, h5)
+#undef QAREP_STEP
+        }
+    }
+    store_acc16_vnni(t0[0], l0); store_acc16_vnni(t0[1], l1); store_acc16_vnni(t0[2], l2);
+    store_acc16_vnni(t0[3], l3); store_acc16_vnni(t0[4], l4); store_acc16_vnni(t0[5], l5);
+    store_acc16_vnni(t1[0], h0); store_acc16_vnni(t1[1], h1); store_acc16_vnni(t1[2], h2);
+    store_acc16_vnni(t1[3], h3); store_acc16_vnni(t1[4], h4); store_acc16_vnni(t1[5], h5);
+}
+#endif
+
 // MARK: - Epilogue
 
 // Per-block copies of the channel parameters, zero-padded to 16 lanes, made
@@ -287,51 +366,96 @@ AVX2 static void store_tile_avx2(const int32_t t[NR][MR], const block_params *b,
 
 // MARK: - Driver
 
-void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_source *source,
-                   const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
-                   const qarep_i8_epilogue *epilogue, int use_avx2) {
-    int32_t t[NR][MR] __attribute__((aligned(32)));
-    const int64_t kp = source->taps * source->segment, block_size = kp * MR;
+// The operands of either packing: int16 weights and `x - z` (pairs of k), or
+// int8 weights and unsigned bytes (quads of k). Offsets count elements.
+typedef struct {
+    const void *weights;
+    int64_t block_bytes;      // one 16-channel block of packed weights
+    const void *source;
+    int64_t element_bytes;    // 2 (int16) or 1 (uint8)
+    const int64_t *tap_offsets;
+    int64_t taps, segment;
+} operands;
+
+enum { KERNEL_SCALAR, KERNEL_AVX2, KERNEL_VNNI512 };
+
+static void drive(const operands *op, int64_t out_channels, const int64_t *pixel_offsets, int64_t first_pixel,
+                  int64_t pixel_count, const qarep_i8_epilogue *epilogue, int kernel) {
+    int32_t t[2][NR][MR] __attribute__((aligned(64)));
     const int64_t blocks = (out_channels + MR - 1) / MR;
     block_params *params = malloc(sizeof(block_params) * (size_t)blocks);
     if (!params) abort();
     for (int64_t blk = 0; blk < blocks; blk++) prepare_block(&params[blk], blk * MR, out_channels, epilogue);
+    const qarep_i8_source s16 = {op->source, op->tap_offsets, op->taps, op->segment};
+    const qarep_u8_source s8 = {op->source, op->tap_offsets, op->taps, op->segment};
+    const char *source = op->source, *weights = op->weights;
     // Channel blocks in groups of about 128 KiB of weights, so a group stays
     // in L2 while the pixels pass; each tile's activations stay in L1 while
     // the group's blocks pass over them.
-    int64_t group = (128 * 1024) / (block_size * 2);
+    int64_t group = (128 * 1024) / op->block_bytes;
     if (group < 1) group = 1;
     for (int64_t g0 = 0; g0 < blocks; g0 += group) {
         const int64_t g1 = g0 + group < blocks ? g0 + group : blocks;
         for (int64_t p0 = 0; p0 < pixel_count; p0 += NR) {
             const int count = pixel_count - p0 < NR ? (int)(pixel_count - p0) : NR;
             // A partial tile repeats its last pixel; the copies are not stored.
-            const int16_t *a[NR];
-            for (int p = 0; p < NR; p++) a[p] = source->source + pixel_offsets[p0 + (p < count ? p : count - 1)];
+            const void *a[NR];
+            for (int p = 0; p < NR; p++)
+                a[p] = source + pixel_offsets[p0 + (p < count ? p : count - 1)] * op->element_bytes;
             tile_pixels tp;
             locate_pixels(epilogue, first_pixel + p0, count, &tp);
             // The next tile's activations: a plain GEMM streams them from
             // memory once, and the hardware prefetcher sees six streams.
             for (int64_t p = p0 + NR; p < p0 + 2 * NR && p < pixel_count; p++)
-                for (int64_t tap = 0; tap < source->taps; tap++) {
-                    const char *row = (const char *)(source->source + pixel_offsets[p] + source->tap_offsets[tap]);
-                    for (int64_t byte = 0; byte < source->segment * 2; byte += 64) __builtin_prefetch(row + byte);
+                for (int64_t tap = 0; tap < op->taps; tap++) {
+                    const char *row = source + (pixel_offsets[p] + op->tap_offsets[tap]) * op->element_bytes;
+                    for (int64_t byte = 0; byte < op->segment * op->element_bytes; byte += 64) __builtin_prefetch(row + byte);
                 }
             for (int64_t blk = g0; blk < g1; blk++) {
+                const void *w = weights + blk * op->block_bytes;
 #if QAREP_X86
-                if (use_avx2) {
-                    tile_avx2(weights + blk * block_size, a, source, t);
-                    store_tile_avx2(t, &params[blk], &tp, epilogue);
+                if (kernel == KERNEL_VNNI512) {
+                    if (blk + 1 < g1) {
+                        tile_vnni_wide(w, op->block_bytes, (const uint8_t *const *)a, &s8, t[0], t[1]);
+                        store_tile_avx2(t[0], &params[blk], &tp, epilogue);
+                        store_tile_avx2(t[1], &params[blk + 1], &tp, epilogue);
+                        blk++;
+                    } else {
+                        tile_vnni(w, (const uint8_t *const *)a, &s8, t[0]);
+                        store_tile_avx2(t[0], &params[blk], &tp, epilogue);
+                    }
+                    continue;
+                }
+                if (kernel == KERNEL_AVX2) {
+                    tile_avx2(w, (const int16_t *const *)a, &s16, t[0]);
+                    store_tile_avx2(t[0], &params[blk], &tp, epilogue);
                     continue;
                 }
 #endif
-                tile_scalar(weights + blk * block_size, a, source, t);
-                store_tile_scalar(t, &params[blk], &tp, epilogue);
+                tile_scalar(w, (const int16_t *const *)a, &s16, t[0]);
+                store_tile_scalar(t[0], &params[blk], &tp, epilogue);
             }
         }
     }
     free(params);
 }
+
+void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_source *source,
+                   const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
+                   const qarep_i8_epilogue *epilogue, int use_avx2) {
+    const operands op = {weights, source->taps * source->segment * MR * 2, source->source, 2,
+                         source->tap_offsets, source->taps, source->segment};
+    drive(&op, out_channels, pixel_offsets, first_pixel, pixel_count, epilogue, use_avx2 ? KERNEL_AVX2 : KERNEL_SCALAR);
+}
+
+void qarep_u8s8_gemm(const int8_t *weights, int64_t out_channels, const qarep_u8_source *source,
+                     const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
+                     const qarep_i8_epilogue *epilogue) {
+    const operands op = {weights, source->taps * source->segment * MR, source->source, 1,
+                         source->tap_offsets, source->taps, source->segment};
+    drive(&op, out_channels, pixel_offsets, first_pixel, pixel_count, epilogue, KERNEL_VNNI512);
+}
+
 // MARK: - Layout conversion
 
 // One image row of channel c: dst[x * cp] = src[x] - z for x < width.
@@ -364,3 +488,28 @@ void qarep_i8_to_padded_nhwc(const void *input, int input_signed, int32_t zero_p
     }
 }
 #undef QAREP_COPY_ROW
+
+// Unsigned bytes for the VNNI kernel: u = x_q + 128 for int8 codes, x_q for
+// uint8 codes; borders and padding channels hold the code of real zero,
+// zero_point (+ 128 when signed), so that every tap contributes x_q - z_x
+// once the kernel's caller subtracts that code times the weight sum.
+void qarep_u8_to_padded_nhwc(const void *input, int input_signed, int32_t zero_point,
+                             int64_t first_image, int64_t images, int64_t channels, int64_t height,
+                             int64_t width, int64_t pad, int64_t padded_channels, uint8_t *output) {
+    const int64_t hp = height + 2 * pad, wp = width + 2 * pad, cp = padded_channels, plane = height * width;
+    const uint8_t zero = (uint8_t)(zero_point + (input_signed ? 128 : 0));
+    const uint8_t flip = input_signed ? 0x80 : 0;  // int8 + 128 as a byte: the sign bit flipped
+    for (int64_t n = first_image; n < first_image + images; n++) {
+        uint8_t *img = output + n * hp * wp * cp;
+        memset(img, zero, (size_t)(pad * wp * cp));
+        memset(img + (pad + height) * wp * cp, zero, (size_t)(pad * wp * cp));
+        for (int64_t y = 0; y < height; y++) {
+            uint8_t *row = img + (y + pad) * wp * cp;
+            if (channels < cp || pad > 0) memset(row, zero, (size_t)(wp * cp));
+            const uint8_t *src = (const uint8_t *)input + (n * channels * height + y) * width;
+            uint8_t *dst = row + pad * cp;
+            for (int64_t c = 0; c < channels; c++)
+                for (int64_t x = 0; x < width; x++) dst[x * cp + c] = src[c * plane + x] ^ flip;
+        }
+    }
+}

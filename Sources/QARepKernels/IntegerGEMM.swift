@@ -19,21 +19,35 @@ import Dispatch
 // hence the C target.
 
 /// Which integer kernel runs.
-public enum IntegerKernelPath: Sendable, Equatable {
+public enum IntegerKernelPath: Sendable, Equatable, CaseIterable {
+    /// AVX-512 VNNI (`vpdpbusd`, unsigned activation bytes times int8 weights,
+    /// four products summed straight into int32); convolutions only, where
+    /// the CPU has it. `int16GEMM` and `requantize` run their AVX2 code on it.
+    case avx512vnni
     /// AVX2 (`vpmaddwd`); only where the CPU has it.
     case avx2
     /// Plain C loops any CPU runs; the same results bit for bit, slower.
     case portable
 
-    /// `.avx2` where the CPU has it, otherwise `.portable`.
-    public static var best: IntegerKernelPath { avx2Available ? .avx2 : .portable }
+    /// The fastest path this CPU runs.
+    public static var best: IntegerKernelPath { vnni512Available ? .avx512vnni : avx2Available ? .avx2 : .portable }
+
+    /// Every path this CPU runs, fastest first.
+    public static var available: [IntegerKernelPath] {
+        allCases.filter { $0 != .avx512vnni || vnni512Available }.filter { $0 != .avx2 || avx2Available }
+    }
 
     /// Whether this CPU runs AVX2.
     public static var avx2Available: Bool { qarep_i8_avx2_available() != 0 }
 
+    /// Whether this CPU runs AVX-512 F, BW and VNNI.
+    public static var vnni512Available: Bool { qarep_i8_vnni512_available() != 0 }
+
+    /// The flag of the int16 kernels: 1 for AVX2 (which every AVX-512 CPU has).
     var flag: Int32 {
+        if self == .avx512vnni { precondition(Self.vnni512Available, "the VNNI integer kernel needs a CPU with AVX-512 VNNI") }
         if self == .avx2 { precondition(Self.avx2Available, "the AVX2 integer kernel needs a CPU with AVX2") }
-        return self == .avx2 ? 1 : 0
+        return self == .portable ? 0 : 1
     }
 }
 
@@ -64,6 +78,12 @@ public struct PackedInt8Weights: Sendable {
     public let kernelW: Int
     /// The packed values, `ceil(O / 16) * 16 * paddedInputSize` of them.
     public let storage: [Int16]
+    /// The VNNI packing: int8, blocks of 16 channels, each `[K'' / 4][16][4]`
+    /// with channels padded to a multiple of 4 (`K'' = kh * kw * quadInChannels`);
+    /// padding is zero. Built only where the CPU runs the VNNI kernel.
+    public let vnniStorage: [Int8]
+    /// Sum of each output channel's weights (for the VNNI kernel's zero-code correction).
+    public let weightSums: [Int32]
 
     /// K, the reduction length: `inChannels * kernelH * kernelW`.
     public var inputSize: Int { inChannels * kernelH * kernelW }
@@ -72,6 +92,8 @@ public struct PackedInt8Weights: Sendable {
     /// K' = `kernelH * kernelW * paddedInChannels`: the packed reduction length,
     /// and the row length of `int16GEMM`'s pixel-major columns.
     public var paddedInputSize: Int { kernelH * kernelW * paddedInChannels }
+    /// `inChannels` rounded up to a multiple of 4: the bytes of one tap in the VNNI packing.
+    public var quadInChannels: Int { (inChannels + 3) & ~3 }
 
     /// Packs OIHW convolution weights `[outChannels, inChannels, kernelH, kernelW]`.
     public init(convolution weights: UnsafeBufferPointer<Int8>, outChannels: Int, inChannels: Int,
@@ -98,6 +120,24 @@ public struct PackedInt8Weights: Sendable {
             }
         }
         storage = packed
+        weightSums = (0..<outChannels).map { o in
+            (0..<(inChannels * taps)).reduce(Int32(0)) { $0 + Int32(weights[o * inChannels * taps + $1]) }
+        }
+        if IntegerKernelPath.vnni512Available {
+            let cq = (inChannels + 3) & ~3, kq = taps * cq
+            var quads = [Int8](repeating: 0, count: blocks * mr * kq)
+            for o in 0..<outChannels {
+                for c in 0..<inChannels {
+                    for t in 0..<taps {
+                        let k = t * cq + c
+                        quads[(o / mr) * mr * kq + (k >> 2) * 4 * mr + (o % mr) * 4 + (k & 3)] = weights[(o * inChannels + c) * taps + t]
+                    }
+                }
+            }
+            vnniStorage = quads
+        } else {
+            vnniStorage = []
+        }
     }
 
     /// Packs OIHW convolution weights `[outChannels, inChannels, kernelH, kernelW]`.

@@ -76,6 +76,12 @@ public func quantizedConv2d<Input: QuantizedActivation, Output: QuantizedActivat
     checkQuantizedConv(Input.self, Output.self, g, outChannels: weights.outChannels, inputSize: weights.inputSize,
                        bias: bias, multipliers: multipliers, inputZeroPoint: inputZeroPoint,
                        outputZeroPoint: outputZeroPoint, outputMin: outputMin, outputMax: outputMax)
+    if path == .avx512vnni {
+        precondition(IntegerKernelPath.vnni512Available, "the VNNI integer kernel needs a CPU with AVX-512 VNNI")
+        return quantizedConv2dVNNI(input: input, geometry: g, weights: weights, bias: bias, multipliers: multipliers,
+                                   inputZeroPoint: inputZeroPoint, outputZeroPoint: outputZeroPoint,
+                                   outputMin: outputMin, outputMax: outputMax, output: output, threads: threads)
+    }
     let flag = path.flag
     let layout = PaddedNHWC(g)
     let padded = UnsafeMutablePointer<Int16>.allocate(capacity: layout.count)
@@ -155,6 +161,54 @@ public func naiveQuantizedConv2d<Input: QuantizedActivation, Output: QuantizedAc
 
 // MARK: - Implementation
 
+/// `quantizedConv2d` on the VNNI kernel: activations as unsigned bytes
+/// `u = x_q + 128` (int8) or `x_q` (uint8) in a padded NHWC copy whose
+/// borders hold the zero code `u0 = z_x (+ 128)`, so the kernel's
+/// `sum w * u` is `sum w * (x_q - z_x) + u0 * sum w`; the second term leaves
+/// through the bias. All of it in wrapping int32, which is exact whenever the
+/// true result fits (the contract of `quantizedConv2d`).
+private func quantizedConv2dVNNI<Input: QuantizedActivation, Output: QuantizedActivation>(
+    input: UnsafePointer<Input>, geometry g: ConvGeometry, weights: PackedInt8Weights,
+    bias: [Int32], multipliers: [Float], inputZeroPoint: Int32,
+    outputZeroPoint: Int32, outputMin: Int32, outputMax: Int32,
+    output: UnsafeMutablePointer<Output>, threads: Int
+) {
+    let layout = PaddedNHWC(g, channelMultiple: 4)
+    let padded = UnsafeMutablePointer<UInt8>.allocate(capacity: layout.count)
+    defer { padded.deallocate() }
+    parallelFor(g.batch, threads: threads) { _, images in
+        qarep_u8_to_padded_nhwc(UnsafeRawPointer(input), Input.isSigned ? 1 : 0, inputZeroPoint,
+                                Int64(images.lowerBound), Int64(images.count), Int64(g.inChannels),
+                                Int64(g.height), Int64(g.width), Int64(g.padding), Int64(layout.paddedChannels), padded)
+    }
+    let zeroCode = inputZeroPoint + (Input.isSigned ? 128 : 0)
+    let shiftedBias = zip(bias, weights.weightSums).map { $0 &- zeroCode &* $1 }
+    let tapOffsets = layout.tapOffsets, pixelOffsets = layout.pixelOffsets
+    var epilogue = qarep_i8_epilogue(
+        bias: nil, multiplier: nil, zero_point: outputZeroPoint, min: outputMin, max: outputMax,
+        output_signed: Output.isSigned ? 1 : 0, output: UnsafeMutableRawPointer(output),
+        plane: Int64(g.outPlane), channel_stride: Int64(g.outPlane), image_stride: Int64(g.outChannels * g.outPlane))
+    shiftedBias.withUnsafeBufferPointer { b in
+        multipliers.withUnsafeBufferPointer { m in
+            weights.vnniStorage.withUnsafeBufferPointer { w in
+                tapOffsets.withUnsafeBufferPointer { to in
+                    pixelOffsets.withUnsafeBufferPointer { po in
+                        epilogue.bias = b.baseAddress
+                        epilogue.multiplier = m.baseAddress
+                        var source = qarep_u8_source(source: padded, tap_offsets: to.baseAddress,
+                                                     taps: Int64(to.count), segment: Int64(layout.segment))
+                        PixelChunks(pixels: g.columns, paddedInputSize: layout.paddedInputSize, threads: threads)
+                            .forEach { _, first, count in
+                                qarep_u8s8_gemm(w.baseAddress, Int64(g.outChannels), &source, po.baseAddress! + first,
+                                                Int64(first), Int64(count), &epilogue)
+                            }
+                    }
+                }
+            }
+        }
+    }
+}
+
 private func checkQuantizedConv<Input: QuantizedActivation, Output: QuantizedActivation>(
     _: Input.Type, _: Output.Type, _ g: ConvGeometry, outChannels: Int, inputSize: Int,
     bias: [Int32], multipliers: [Float], inputZeroPoint: Int32,
@@ -173,16 +227,17 @@ private func checkQuantizedConv<Input: QuantizedActivation, Output: QuantizedAct
                  "output range [\(outputMin), \(outputMax)] outside \(Output.self)'s \(r)")
 }
 
-/// The zero-padded NHWC int16 copy of a convolution's input,
-/// `[N][H + 2p][W + 2p][Cp]` with `Cp` = C rounded up to even, and where the
-/// implicit GEMM finds each patch in it.
+/// The zero-padded NHWC copy of a convolution's input,
+/// `[N][H + 2p][W + 2p][Cp]` with `Cp` = C rounded up to a multiple of
+/// `channelMultiple` (2 for the int16 kernels' pairs, 4 for the VNNI quads),
+/// and where the implicit GEMM finds each patch in it. Offsets count elements.
 struct PaddedNHWC {
     let g: ConvGeometry
     let paddedChannels: Int, paddedHeight: Int, paddedWidth: Int
 
-    init(_ g: ConvGeometry) {
+    init(_ g: ConvGeometry, channelMultiple: Int = 2) {
         self.g = g
-        paddedChannels = (g.inChannels + 1) & ~1
+        paddedChannels = (g.inChannels + channelMultiple - 1) / channelMultiple * channelMultiple
         paddedHeight = g.height + 2 * g.padding
         paddedWidth = g.width + 2 * g.padding
     }

@@ -180,6 +180,13 @@ private let qconvCases: [QConvCase] = {
                                    path: path, threads: 2))
         }
     }
+    // Three channel blocks (a 32-channel pair, then one), a channel count that
+    // is not a multiple of 4, signed input: the VNNI kernel's zero code is 128.
+    for path in integerKernelPaths {
+        cases.append(QConvCase(batch: 2, inChannels: 45, outChannels: 40, height: 7, width: 7, kernel: 3,
+                               stride: 1, padding: 1, signedInput: true, signedOutput: true, relu: true,
+                               path: path, threads: 2))
+    }
     return cases
 }()
 

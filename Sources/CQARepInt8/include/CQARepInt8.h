@@ -52,8 +52,20 @@ typedef struct {
     int64_t segment;
 } qarep_i8_source;
 
+/// The activation operand of the VNNI kernel: unsigned bytes (see
+/// qarep_u8_to_padded_nhwc), `segment` a multiple of 4. Offsets count bytes.
+typedef struct {
+    const uint8_t *source;
+    const int64_t *tap_offsets;
+    int64_t taps;
+    int64_t segment;
+} qarep_u8_source;
+
 /// 1 when the CPU runs AVX2 (checked once, with __builtin_cpu_supports).
 int qarep_i8_avx2_available(void);
+
+/// 1 when the CPU runs AVX-512 F, BW and VNNI (checked once).
+int qarep_i8_vnni512_available(void);
 
 /// Accumulators of all `out_channels` for pixels first_pixel ..< first_pixel +
 /// pixel_count, pixel first_pixel + p read at `pixel_offsets[p]`, stored by
@@ -62,6 +74,15 @@ int qarep_i8_avx2_available(void);
 void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_source *source,
                    const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
                    const qarep_i8_epilogue *epilogue, int use_avx2);
+
+/// The same contract as qarep_i8_gemm for the VNNI packing: weights int8
+/// [ceil(O/16)][K''/4][16][4] (K'' = kh * kw * channels rounded up to 4) and
+/// unsigned activation bytes u, so the accumulator is sum w * u. The caller
+/// folds `- u_zero * sum(w)` into the bias, which makes it sum w * (x_q - z_x)
+/// exactly. Needs qarep_i8_vnni512_available().
+void qarep_u8s8_gemm(const int8_t *weights, int64_t out_channels, const qarep_u8_source *source,
+                     const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
+                     const qarep_i8_epilogue *epilogue);
 
 /// Requantizes `count` accumulators of one channel into 8-bit codes with the
 /// epilogue's formula (`bias` and `multiplier` are scalars here).
@@ -76,6 +97,15 @@ void qarep_i8_requantize(const int32_t *acc, int64_t count, int32_t bias, float 
 void qarep_i8_to_padded_nhwc(const void *input, int input_signed, int32_t zero_point,
                              int64_t first_image, int64_t images, int64_t channels, int64_t height,
                              int64_t width, int64_t pad, int64_t padded_channels, int16_t *output);
+
+/// NCHW 8-bit codes of images first_image ..< first_image + images to the
+/// VNNI kernel's zero-padded NHWC bytes [N][H + 2 pad][W + 2 pad][padded_channels]:
+/// u = x_q + 128 for int8 codes (input_signed), x_q for uint8 codes. Border
+/// and padding channels hold the code of real zero, zero_point (+ 128 when
+/// signed).
+void qarep_u8_to_padded_nhwc(const void *input, int input_signed, int32_t zero_point,
+                             int64_t first_image, int64_t images, int64_t channels, int64_t height,
+                             int64_t width, int64_t pad, int64_t padded_channels, uint8_t *output);
 
 #ifdef __cplusplus
 }
