@@ -42,6 +42,17 @@ int qarep_f32_best_isa(void) {
 #endif
 }
 
+int qarep_cpu_has_avx512_skx(void) {
+#if QAREP_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512cd");
+#else
+    return 0;
+#endif
+}
+
 // One finished value: bias, ReLU.
 static inline float finish(float acc, const float *bias, int64_t o, int relu) {
     float v = bias ? acc + bias[o] : acc;
@@ -279,4 +290,143 @@ void qarep_f32_to_padded_nhwc(const float *input, int64_t first_image, int64_t i
             }
         }
     }
+}
+
+// MARK: - Weight gradient
+//
+// dwt[k][o] += sum over pixels p of x[p, k] * dy[p][o]: the weight gradient of
+// the convolution, with x read in place from the padded NHWC input (the
+// forward pass's own buffer) and dy pixel-major with rows of `dy_stride`
+// floats (zero past out_channels, a multiple of 16). Micro-tiles: 16 or 32
+// channels of dy (the vector) by up to WG_NK reduction indices of one window
+// row (the broadcasts); the pixel loop is the reduction, accumulators stay in
+// registers across it. A tile narrower than WG_NK repeats its last index and
+// drops the copies.
+
+#define WG_NK 8
+
+static void wg_tile_portable(const float *dy, int64_t dy_stride, int64_t lanes, const float *const *x, const int64_t *win,
+                             int64_t count, int nk, float *dwt, int64_t dwt_stride) {
+    for (int t = 0; t < nk; t++)
+        for (int64_t r = 0; r < lanes; r++) {
+            float acc = dwt[t * dwt_stride + r];
+            for (int64_t p = 0; p < count; p++) acc = fmaf(x[t][win[p]], dy[p * dy_stride + r], acc);
+            dwt[t * dwt_stride + r] = acc;
+        }
+}
+
+#if QAREP_X86
+AVX2 static void wg_tile_avx2(const float *dy, int64_t dy_stride, const float *const *x, const int64_t *win,
+                              int64_t count, int nk, float *dwt, int64_t dwt_stride) {
+    // 16 channels (two ymm) by 6 indices.
+    __m256 lo[6], hi[6];
+    const float *xs[6];
+    for (int t = 0; t < 6; t++) {
+        const int tt = t < nk ? t : nk - 1;
+        xs[t] = x[tt];
+        lo[t] = _mm256_loadu_ps(dwt + tt * dwt_stride);
+        hi[t] = _mm256_loadu_ps(dwt + tt * dwt_stride + 8);
+    }
+    for (int64_t p = 0; p < count; p++) {
+        const __m256 d0 = _mm256_loadu_ps(dy + p * dy_stride), d1 = _mm256_loadu_ps(dy + p * dy_stride + 8);
+        const int64_t w = win[p];
+        for (int t = 0; t < 6; t++) {
+            const __m256 b = _mm256_broadcast_ss(xs[t] + w);
+            lo[t] = _mm256_fmadd_ps(d0, b, lo[t]);
+            hi[t] = _mm256_fmadd_ps(d1, b, hi[t]);
+        }
+    }
+    for (int t = 0; t < nk; t++) {
+        _mm256_storeu_ps(dwt + t * dwt_stride, lo[t]);
+        _mm256_storeu_ps(dwt + t * dwt_stride + 8, hi[t]);
+    }
+}
+
+AVX512 static void wg_tile_avx512(const float *dy, int64_t dy_stride, int wide, const float *const *x,
+                                  const int64_t *win, int64_t count, int nk, float *dwt, int64_t dwt_stride) {
+    // 32 channels (two zmm) by 8 indices, or 16 by 8 when `wide` is 0.
+    __m512 lo[WG_NK], hi[WG_NK];
+    const float *xs[WG_NK];
+    for (int t = 0; t < WG_NK; t++) {
+        const int tt = t < nk ? t : nk - 1;
+        xs[t] = x[tt];
+        lo[t] = _mm512_loadu_ps(dwt + tt * dwt_stride);
+        hi[t] = wide ? _mm512_loadu_ps(dwt + tt * dwt_stride + 16) : _mm512_setzero_ps();
+    }
+    if (wide) {
+        for (int64_t p = 0; p < count; p++) {
+            const __m512 d0 = _mm512_loadu_ps(dy + p * dy_stride), d1 = _mm512_loadu_ps(dy + p * dy_stride + 16);
+            const int64_t w = win[p];
+            for (int t = 0; t < WG_NK; t++) {
+                const __m512 b = _mm512_set1_ps(xs[t][w]);
+                lo[t] = _mm512_fmadd_ps(d0, b, lo[t]);
+                hi[t] = _mm512_fmadd_ps(d1, b, hi[t]);
+            }
+        }
+    } else {
+        for (int64_t p = 0; p < count; p++) {
+            const __m512 d0 = _mm512_loadu_ps(dy + p * dy_stride);
+            const int64_t w = win[p];
+            for (int t = 0; t < WG_NK; t++) lo[t] = _mm512_fmadd_ps(d0, _mm512_set1_ps(xs[t][w]), lo[t]);
+        }
+    }
+    for (int t = 0; t < nk; t++) {
+        _mm512_storeu_ps(dwt + t * dwt_stride, lo[t]);
+        if (wide) _mm512_storeu_ps(dwt + t * dwt_stride + 16, hi[t]);
+    }
+}
+#endif
+
+void qarep_f32_weight_gradient(const float *dy, int64_t dy_stride, const qarep_f32_source *source,
+                               const int64_t *pixel_offsets, int64_t pixel_count, float *dwt, int isa) {
+    // Pixels in chunks, so that a chunk's dy rows and input windows stay in
+    // cache while every (channel, index) tile passes over them.
+    const int64_t chunk = 256;
+    for (int64_t p0 = 0; p0 < pixel_count; p0 += chunk) {
+        const int64_t count = pixel_count - p0 < chunk ? pixel_count - p0 : chunk;
+        const float *d = dy + p0 * dy_stride;
+        const int64_t *win = pixel_offsets + p0;
+        for (int64_t tap = 0; tap < source->taps; tap++) {
+            for (int64_t k0 = 0; k0 < source->segment; k0 += WG_NK) {
+                const int nk = source->segment - k0 < WG_NK ? (int)(source->segment - k0) : WG_NK;
+                const float *x[WG_NK];
+                for (int t = 0; t < WG_NK; t++)
+                    x[t] = source->source + source->tap_offsets[tap] + k0 + (t < nk ? t : nk - 1);
+                float *rows = dwt + (tap * source->segment + k0) * dy_stride;
+                for (int64_t o0 = 0; o0 < dy_stride;) {
+#if QAREP_X86
+                    if (isa == QAREP_ISA_AVX512) {
+                        const int wide = o0 + 32 <= dy_stride;
+                        wg_tile_avx512(d + o0, dy_stride, wide, x, win, count, nk, rows + o0, dy_stride);
+                        o0 += wide ? 32 : 16;
+                        continue;
+                    }
+                    if (isa == QAREP_ISA_AVX2) {
+                        for (int k = 0; k < nk; k += 6)
+                            wg_tile_avx2(d + o0, dy_stride, x + k, win, count, nk - k < 6 ? nk - k : 6,
+                                         rows + k * dy_stride + o0, dy_stride);
+                        o0 += 16;
+                        continue;
+                    }
+#endif
+                    wg_tile_portable(d + o0, dy_stride, 16, x, win, count, nk, rows + o0, dy_stride);
+                    o0 += 16;
+                }
+            }
+        }
+    }
+}
+
+void qarep_f32_to_pixel_major(const float *input, int64_t batch, int64_t channels, int64_t plane,
+                              int64_t row_stride, float *output) {
+    for (int64_t n = 0; n < batch; n++)
+        for (int64_t p0 = 0; p0 < plane; p0 += 16) {
+            const int64_t p1 = p0 + 16 < plane ? p0 + 16 : plane;
+            for (int64_t c = 0; c < channels; c++) {
+                const float *src = input + (n * channels + c) * plane;
+                for (int64_t p = p0; p < p1; p++) output[(n * plane + p) * row_stride + c] = src[p];
+            }
+            for (int64_t p = p0; p < p1; p++)
+                for (int64_t c = channels; c < row_stride; c++) output[(n * plane + p) * row_stride + c] = 0;
+        }
 }

@@ -203,3 +203,83 @@ public func implicitConv2d(input: UnsafePointer<Float>, geometry g: ConvGeometry
         }
     }
 }
+
+/// Gradient of a stride-1 convolution with respect to its input, itself a
+/// convolution run on the same implicit-GEMM kernel:
+///
+///     dx[n, c, iy, ix] = sum over o, i, j of w[o, c, i, j] * dy[n, o, iy + p - i, ix + p - j]
+///
+/// is `dy` (NHWC, padded by kh - 1 - p) convolved with the weights rotated
+/// by 180 degrees and transposed to `[C, O, kh, kw]`. No patch matrix and no
+/// col2im. `dy` is `[N, O, OH, OW]`, `dx` is `[N, C, H, W]` and is
+/// overwritten. Needs stride 1 and `padding <= kernel - 1`.
+public func convolutionInputGradient(outputGradient dy: UnsafePointer<Float>, weights w: UnsafePointer<Float>,
+                                     geometry g: ConvGeometry, inputGradient dx: UnsafeMutablePointer<Float>,
+                                     threads: Int = KernelThreads.count, path: FloatKernelPath = .best) {
+    precondition(g.stride == 1 && g.padding <= g.kernelH - 1 && g.padding <= g.kernelW - 1,
+                 "convolutionInputGradient needs stride 1 and padding below the kernel size")
+    let (kh, kw, taps) = (g.kernelH, g.kernelW, g.kernelH * g.kernelW)
+    // w'[c, o, i, j] = w[o, c, kh-1-i, kw-1-j]
+    let flipped = [Float](unsafeUninitializedCapacity: g.outChannels * g.patchSize) { buf, count in
+        for o in 0..<g.outChannels {
+            for c in 0..<g.inChannels {
+                for t in 0..<taps {
+                    buf[(c * g.outChannels + o) * taps + (taps - 1 - t)] = w[(o * g.inChannels + c) * taps + t]
+                }
+            }
+        }
+        count = g.outChannels * g.patchSize
+    }
+    let packed = PackedFloatWeights(flipped, outChannels: g.inChannels, inChannels: g.outChannels, kernelH: kh, kernelW: kw)
+    let back = ConvGeometry(batch: g.batch, inChannels: g.outChannels, height: g.outHeight, width: g.outWidth,
+                            outChannels: g.inChannels, kernelH: kh, kernelW: kw, stride: 1,
+                            padding: kh - 1 - g.padding)
+    precondition(back.outHeight == g.height && back.outWidth == g.width, "geometry \(g) has no stride-1 adjoint")
+    implicitConv2d(input: dy, geometry: back, weights: packed, bias: nil, output: dx, threads: threads, path: path)
+}
+
+/// Adds the weight gradient of a convolution to `dw` (OIHW):
+///
+///     dw[o, c, i, j] += sum over n, oy, ox of dy[n, o, oy, ox] * x[n, c, oy*s - p + i, ox*s - p + j]
+///
+/// reading x in place from its padded NHWC copy (`paddedInput`, laid out by
+/// `layout`, as the forward pass built it), so no patch matrix is written.
+/// Pixels are split among `threads`, each summing into its own buffer; the
+/// buffers are added in worker order, so the bits depend on the thread count
+/// but not on timing.
+public func convolutionWeightGradient(paddedInput: UnsafePointer<Float>, layout: PaddedFloatNHWC,
+                                      windowOffsets: UnsafePointer<Int64>, outputGradient dy: UnsafePointer<Float>,
+                                      weightGradient dw: UnsafeMutablePointer<Float>,
+                                      threads: Int = KernelThreads.count, path: FloatKernelPath = .best) {
+    let g = layout.g
+    let isa = path.isa, stride = (g.outChannels + 15) / 16 * 16
+    let taps = g.kernelH * g.kernelW, k = taps * g.inChannels
+    let rows = UnsafeMutablePointer<Float>.allocate(capacity: g.columns * stride)
+    defer { rows.deallocate() }
+    qarep_f32_to_pixel_major(dy, Int64(g.batch), Int64(g.outChannels), Int64(g.outPlane), Int64(stride), rows)
+    let workers = max(1, min(threads, g.columns / 256))
+    let partial = UnsafeMutablePointer<Float>.allocate(capacity: workers * k * stride)
+    defer { partial.deallocate() }
+    partial.initialize(repeating: 0, count: workers * k * stride)
+    let tapOffsets = layout.tapOffsets
+    tapOffsets.withUnsafeBufferPointer { to in
+        let source = qarep_f32_source(source: paddedInput, tap_offsets: to.baseAddress, taps: Int64(g.kernelH),
+                                      segment: Int64(g.kernelW * g.inChannels))
+        parallelFor(g.columns, threads: workers) { worker, pixels in
+            var s = source
+            qarep_f32_weight_gradient(rows + pixels.lowerBound * stride, Int64(stride), &s,
+                                      windowOffsets + pixels.lowerBound, Int64(pixels.count),
+                                      partial + worker * k * stride, isa)
+        }
+    }
+    for worker in 1..<workers {
+        let src = partial + worker * k * stride
+        for i in 0..<(k * stride) { partial[i] += src[i] }
+    }
+    // dwt[(t * C + c)][o] -> dw[o][c][t]
+    for o in 0..<g.outChannels {
+        for c in 0..<g.inChannels {
+            for t in 0..<taps { dw[(o * g.inChannels + c) * taps + t] += partial[(t * g.inChannels + c) * stride + o] }
+        }
+    }
+}

@@ -56,7 +56,9 @@ struct Bench: ParsableCommand {
             inference[name] = try measureInference(config)
         }
         if json {
-            var obj: [String: Any] = ["batch": batch, "train_images_per_second": training, "inference_images_per_second": inference]
+            var obj: [String: Any] = ["batch": batch, "train_images_per_second": training, "inference_images_per_second": inference,
+                                      "blas_core": BLASCore.name, "float_kernel": "\(FloatKernelPath.best)",
+                                      "integer_kernel": "\(IntegerKernelPath.best)"]
             if !skipLayers {
                 obj["conv_forward_vs_sgemm"] = fwdRatio
                 obj["conv_forward_backward_vs_sgemm"] = bwdRatio
@@ -73,7 +75,8 @@ struct Bench: ParsableCommand {
                 print(String(format: "all layers: forward %.0f%% of sgemm, forward+backward %.0f%% of sgemm", 100 * fwdRatio, 100 * bwdRatio))
                 print("")
             }
-            print("QARepVGG, images/s (training: batch \(batch), multi-branch, SGD step included)")
+            print("QARepVGG, images/s (training: batch \(batch), multi-branch, SGD step included); "
+                  + "OpenBLAS \(BLASCore.name), float \(FloatKernelPath.best), integer \(IntegerKernelPath.best) kernels")
             print(pad("model", 10) + pad("train", 8) + pad("FP32 deploy b\(batch)", 18) + pad("INT8 b\(batch)", 12) + pad("ratio", 7)
                   + pad("FP32 deploy b1", 16) + pad("INT8 b1", 9) + pad("ratio", 7))
             for name in models {

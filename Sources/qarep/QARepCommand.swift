@@ -1,5 +1,7 @@
 import ArgumentParser
+import Foundation
 import QARep
+import QARepKernels
 
 @main
 struct QARepCommand: ParsableCommand {
@@ -7,4 +9,22 @@ struct QARepCommand: ParsableCommand {
         commandName: "qarep",
         abstract: "Quantization-aware training for QARepVGG on Linux CPUs.",
         subcommands: [Train.self, Eval.self, PTQ.self, QAT.self, Export.self, Bench.self, Quickstart.self])
+
+    static func main() {
+        selectBLASCore()
+        main(nil)
+    }
+
+    /// Re-executes this process once with OPENBLAS_CORETYPE set when OpenBLAS
+    /// fell back to its generic kernels on a CPU that runs its AVX2 or AVX-512
+    /// ones (`BLASCore`). The variable is read when the library loads, so it
+    /// cannot be set any later. A user's own OPENBLAS_CORETYPE is left alone.
+    private static func selectBLASCore() {
+        guard ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil,
+              let core = BLASCore.betterCoreTypeHere else { return }
+        setenv("OPENBLAS_CORETYPE", core, 1)
+        let argv = CommandLine.unsafeArgv
+        execv("/proc/self/exe", argv)
+        // execv returned: keep running on OpenBLAS's own choice.
+    }
 }

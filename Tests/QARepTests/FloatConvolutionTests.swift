@@ -107,6 +107,100 @@ struct FloatConvolutionTests {
     }
 }
 
+/// dx of a convolution by its definition, in Double.
+private func referenceInputGradient(_ dy: [Float], _ w: [Float], _ g: ConvGeometry) -> [Float] {
+    var dx = [Double](repeating: 0, count: g.batch * g.inChannels * g.height * g.width)
+    for n in 0..<g.batch {
+        for o in 0..<g.outChannels {
+            for oy in 0..<g.outHeight {
+                for ox in 0..<g.outWidth {
+                    let d = Double(dy[((n * g.outChannels + o) * g.outHeight + oy) * g.outWidth + ox])
+                    for c in 0..<g.inChannels {
+                        for i in 0..<g.kernelH {
+                            for j in 0..<g.kernelW {
+                                let iy = oy * g.stride - g.padding + i, ix = ox * g.stride - g.padding + j
+                                guard iy >= 0, iy < g.height, ix >= 0, ix < g.width else { continue }
+                                dx[((n * g.inChannels + c) * g.height + iy) * g.width + ix] +=
+                                    d * Double(w[((o * g.inChannels + c) * g.kernelH + i) * g.kernelW + j])
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return dx.map { Float($0) }
+}
+
+@Suite("Input gradient of stride-1 convolutions on the forward kernel")
+struct ConvolutionInputGradientTests {
+    @Test("equals the definition", arguments: [(3, 1, 16, 16, 14), (3, 1, 24, 48, 7), (1, 0, 32, 64, 4), (3, 0, 5, 7, 6),
+                                               (3, 2, 3, 4, 5), (1, 0, 1, 24, 28)])
+    func matchesDefinition(_ shape: (kernel: Int, padding: Int, inChannels: Int, outChannels: Int, size: Int)) {
+        let g = ConvGeometry(batch: 2, inChannels: shape.inChannels, height: shape.size, width: shape.size + 1,
+                             outChannels: shape.outChannels, kernelH: shape.kernel, kernelW: shape.kernel,
+                             stride: 1, padding: shape.padding)
+        var rng = SplitMix64(seed: UInt64(shape.inChannels * 7 + shape.kernel))
+        let dy = (0..<(g.batch * g.outChannels * g.outPlane)).map { _ in rng.uniform(-1, 1) }
+        let w = (0..<(g.outChannels * g.patchSize)).map { _ in rng.uniform(-0.5, 0.5) }
+        let expected = referenceInputGradient(dy, w, g)
+        for path in FloatKernelPath.available {
+            var dx = [Float](repeating: .nan, count: expected.count)
+            convolutionInputGradient(outputGradient: dy, weights: w, geometry: g, inputGradient: &dx, threads: 2, path: path)
+            #expect(maxRelativeError(dx, expected) < 1e-5, "\(path)")
+        }
+    }
+}
+
+/// dw of a convolution by its definition, in Double.
+private func referenceWeightGradient(_ x: [Float], _ dy: [Float], _ g: ConvGeometry) -> [Float] {
+    var dw = [Double](repeating: 0, count: g.outChannels * g.patchSize)
+    for n in 0..<g.batch {
+        for o in 0..<g.outChannels {
+            for oy in 0..<g.outHeight {
+                for ox in 0..<g.outWidth {
+                    let d = Double(dy[((n * g.outChannels + o) * g.outHeight + oy) * g.outWidth + ox])
+                    for c in 0..<g.inChannels {
+                        for i in 0..<g.kernelH {
+                            for j in 0..<g.kernelW {
+                                let iy = oy * g.stride - g.padding + i, ix = ox * g.stride - g.padding + j
+                                guard iy >= 0, iy < g.height, ix >= 0, ix < g.width else { continue }
+                                dw[((o * g.inChannels + c) * g.kernelH + i) * g.kernelW + j] +=
+                                    d * Double(x[((n * g.inChannels + c) * g.height + iy) * g.width + ix])
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return dw.map { Float($0) }
+}
+
+@Suite("Weight gradient read in place from the padded input")
+struct ConvolutionWeightGradientTests {
+    @Test("equals the definition, added to what is there", arguments: floatConvCases)
+    fileprivate func matchesDefinition(_ c: FloatConvCase) {
+        let g = c.geometry
+        var rng = SplitMix64(seed: UInt64(c.outChannels * 5 + c.kernel))
+        let x = (0..<(g.batch * g.inChannels * g.height * g.width)).map { _ in rng.uniform(-1, 1) }
+        let dy = (0..<(g.batch * g.outChannels * g.outPlane)).map { _ in rng.uniform(-1, 1) }
+        let expected = referenceWeightGradient(x, dy, g).map { $0 + 0.5 }
+        let layout = PaddedFloatNHWC(g)
+        var padded = [Float](repeating: .nan, count: layout.count)
+        padded.withUnsafeMutableBufferPointer { p in x.withUnsafeBufferPointer { layout.fill(p.baseAddress!, from: $0.baseAddress!, threads: 1) } }
+        let windows = layout.windowOffsets
+        for path in FloatKernelPath.available {
+            for threads in [1, 2] {
+                var dw = [Float](repeating: 0.5, count: expected.count)
+                convolutionWeightGradient(paddedInput: padded, layout: layout, windowOffsets: windows, outputGradient: dy,
+                                          weightGradient: &dw, threads: threads, path: path)
+                #expect(maxRelativeError(dw, expected) < 1e-5, "\(path), \(threads) thread(s)")
+            }
+        }
+    }
+}
+
 private extension SplitMix64 {
     mutating func uniform(_ lo: Float, _ hi: Float) -> Float { lo + (hi - lo) * uniformFloat() }
 }

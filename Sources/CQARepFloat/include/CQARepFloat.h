@@ -36,6 +36,10 @@ enum {
 /// The widest instruction set this CPU runs (checked once).
 int qarep_f32_best_isa(void);
 
+/// 1 when the CPU runs the AVX-512 subset of Skylake-SP and later (F, BW,
+/// DQ, VL, CD): what OpenBLAS's SkylakeX kernels need.
+int qarep_cpu_has_avx512_skx(void);
+
 /// The activation operand. Offsets count floats.
 typedef struct {
     const float *source;
@@ -66,6 +70,19 @@ void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_
 /// zero-padded NHWC copy [N][H + 2 pad][W + 2 pad][C].
 void qarep_f32_to_padded_nhwc(const float *input, int64_t first_image, int64_t images, int64_t channels,
                               int64_t height, int64_t width, int64_t pad, float *output);
+
+/// Weight gradient of the convolution whose padded NHWC input is `source`:
+/// dwt[k][o] += sum over p of x[p, k] * dy[p * dy_stride + o], k the packed
+/// reduction index (i, j, c). `dy` is pixel-major with `dy_stride` floats a
+/// row, a multiple of 16, zero past the real channels; `dwt` is
+/// [kh * kw * C][dy_stride]. Each value is summed in pixel order with one
+/// fused multiply-add per term on every path.
+void qarep_f32_weight_gradient(const float *dy, int64_t dy_stride, const qarep_f32_source *source,
+                               const int64_t *pixel_offsets, int64_t pixel_count, float *dwt, int isa);
+
+/// NCHW `[N, C, P]` to pixel-major rows of `row_stride` floats, zero past C.
+void qarep_f32_to_pixel_major(const float *input, int64_t batch, int64_t channels, int64_t plane,
+                              int64_t row_stride, float *output);
 
 #ifdef __cplusplus
 }

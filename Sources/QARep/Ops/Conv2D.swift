@@ -5,9 +5,11 @@ import QARepKernels
 ///
 /// Forward is an implicit GEMM (`implicitConv2d`): the input is copied once
 /// to padded NHWC and every patch is read in place, with the bias fused into
-/// the store. Backward is two GEMMs on the patch matrix `col[K, N*OH*OW]`
-/// (`K = C*kh*kw`, built by `im2col` only then; a 1x1 stride-1 conv uses the
-/// input itself): `dW = dY * colᵀ` and `dcol = Wᵀ * dY`, then `col2im`.
+/// the store. Backward reads the same padded input: the weight gradient sums
+/// dY times each patch in place (`convolutionWeightGradient`), and the input
+/// gradient of a stride-1 conv is a convolution of dY on the forward kernel
+/// (`convolutionInputGradient`); of a strided one, a GEMM
+/// `dcol[K, N*OH*OW] = Wᵀ * dY` (`K = C*kh*kw`), then `col2im`.
 public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int = 1, padding: Int = 0) -> Tensor {
     MemoryTuning.apply()
     precondition(x.rank == 4, "conv2d input must be [N, C, H, W], got \(x.shape)")
@@ -25,82 +27,82 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
     let packed = w.withUnsafeBufferPointer {
         PackedFloatWeights($0, outChannels: O, inChannels: g.inChannels, kernelH: g.kernelH, kernelW: g.kernelW)
     }
+    let layout = PaddedFloatNHWC(g)
+    let padded = [Float](unsafeUninitializedCapacity: layout.count) { buf, count in
+        x.data.withUnsafeBufferPointer { layout.fill(buf.baseAddress!, from: $0.baseAddress!, threads: KernelThreads.count) }
+        count = layout.count
+    }
+    let windows = layout.windowOffsets
     let y = [Float](unsafeUninitializedCapacity: g.batch * O * g.outPlane) { yp, count in
-        x.data.withUnsafeBufferPointer { xp in
-            if let b = bias?.data {
-                b.withUnsafeBufferPointer { implicitConv2d(input: xp.baseAddress!, geometry: g, weights: packed, bias: $0.baseAddress!, output: yp.baseAddress!) }
-            } else {
-                implicitConv2d(input: xp.baseAddress!, geometry: g, weights: packed, bias: nil, output: yp.baseAddress!)
-            }
+        let outputs = nchwPixelOffsets(g)
+        withOptionalPointer(bias?.data) { b in
+            implicitConv2d(paddedInput: padded, layout: layout, weights: packed, bias: b, relu: false,
+                           output: yp.baseAddress!, outputOffsets: outputs, channelStride: g.outPlane,
+                           windowOffsets: windows, threads: KernelThreads.count)
         }
         count = g.batch * O * g.outPlane
     }
 
     let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
     return Tensor.result(y, shape: [g.batch, O, g.outHeight, g.outWidth], inputs: inputs) { grad in
-        let gCM = batchMajorToChannelMajor(grad, batch: g.batch, channels: O, plane: g.outPlane)
-        gCM.withUnsafeBufferPointer { gp in
+        grad.withUnsafeBufferPointer { dy in
             if weight.requiresGrad {
-                // dW needs the patch matrix; it is built here, only when training.
-                let col = patchMatrix(x.data, g)
-                col.withUnsafeBufferPointer { c in
-                    weight.accumulateGrad { dw in
-                        sgemm(transB: true, m: O, n: K, k: NP, a: gp.baseAddress!, lda: NP,
-                              b: c.baseAddress!, ldb: NP, beta: 1, c: dw.baseAddress!, ldc: K)
-                    }
+                // Read from the forward pass's padded input.
+                weight.accumulateGrad { dw in
+                    convolutionWeightGradient(paddedInput: padded, layout: layout, windowOffsets: windows,
+                                              outputGradient: dy.baseAddress!, weightGradient: dw.baseAddress!)
                 }
             }
             if let bias, bias.requiresGrad {
                 bias.accumulateGrad { db in
-                    for o in 0..<O {
-                        var s: Float = 0
-                        let row = gp.baseAddress! + o * NP
-                        for i in 0..<NP { s += row[i] }
-                        db[o] += s
+                    for n in 0..<g.batch {
+                        for o in 0..<O {
+                            var s: Float = 0
+                            let row = dy.baseAddress! + (n * O + o) * g.outPlane
+                            for i in 0..<g.outPlane { s += row[i] }
+                            db[o] += s
+                        }
                     }
                 }
             }
-            if x.requiresGrad {
+            if x.requiresGrad && g.stride == 1 && g.padding < g.kernelH && g.padding < g.kernelW {
+                // Stride 1: dx is itself a convolution of dy, on the forward kernel.
+                x.accumulateGrad([Float](unsafeUninitializedCapacity: x.data.count) { dx, count in
+                    w.withUnsafeBufferPointer {
+                        convolutionInputGradient(outputGradient: dy.baseAddress!, weights: $0.baseAddress!, geometry: g,
+                                                 inputGradient: dx.baseAddress!)
+                    }
+                    count = x.data.count
+                })
+            } else if x.requiresGrad {
+                // Strided: dcol = Wᵀ * dY, then col2im.
+                let gCM = batchMajorToChannelMajor(grad, batch: g.batch, channels: O, plane: g.outPlane)
                 let dcol = [Float](unsafeUninitializedCapacity: K * NP) { dc, count in
                     w.withUnsafeBufferPointer { wp in
-                        sgemm(transA: true, m: K, n: NP, k: O, a: wp.baseAddress!, lda: K,
-                              b: gp.baseAddress!, ldb: NP, c: dc.baseAddress!, ldc: NP)
+                        gCM.withUnsafeBufferPointer { gp in
+                            sgemm(transA: true, m: K, n: NP, k: O, a: wp.baseAddress!, lda: K,
+                                  b: gp.baseAddress!, ldb: NP, c: dc.baseAddress!, ldc: NP)
+                        }
                     }
                     count = K * NP
                 }
-                if g.isPointwise {
-                    x.accumulateGrad(channelMajorToBatchMajor(dcol, batch: g.batch, channels: g.inChannels, plane: g.outPlane))
-                } else {
-                    x.accumulateGrad { dx in
-                        dcol.withUnsafeBufferPointer { dc in col2im(dc.baseAddress!, dx.baseAddress!, g) }
-                    }
+                x.accumulateGrad { dx in
+                    dcol.withUnsafeBufferPointer { dc in col2im(dc.baseAddress!, dx.baseAddress!, g) }
                 }
             }
         }
     }
 }
 
-/// The `[K, N*P]` patch matrix of a batch.
-private func patchMatrix(_ x: [Float], _ g: ConvGeometry) -> [Float] {
-    if g.isPointwise {
-        return batchMajorToChannelMajor(x, batch: g.batch, channels: g.inChannels, plane: g.outPlane)
-    }
-    return [Float](unsafeUninitializedCapacity: g.patchSize * g.columns) { buf, n in
-        x.withUnsafeBufferPointer { im2col($0.baseAddress!, buf.baseAddress!, g) }
-        n = g.patchSize * g.columns
-    }
+/// Calls `body` with a pointer to `values`' elements, or nil.
+private func withOptionalPointer<R>(_ values: [Float]?, _ body: (UnsafePointer<Float>?) -> R) -> R {
+    guard let values else { return body(nil) }
+    return values.withUnsafeBufferPointer { body($0.baseAddress) }
 }
 
 func batchMajorToChannelMajor(_ x: [Float], batch: Int, channels: Int, plane: Int) -> [Float] {
     [Float](unsafeUninitializedCapacity: x.count) { buf, n in
         x.withUnsafeBufferPointer { batchToChannelMajor($0.baseAddress!, buf.baseAddress!, batch: batch, channels: channels, plane: plane) }
-        n = x.count
-    }
-}
-
-func channelMajorToBatchMajor(_ x: [Float], batch: Int, channels: Int, plane: Int) -> [Float] {
-    [Float](unsafeUninitializedCapacity: x.count) { buf, n in
-        x.withUnsafeBufferPointer { channelToBatchMajor($0.baseAddress!, buf.baseAddress!, batch: batch, channels: channels, plane: plane) }
         n = x.count
     }
 }
