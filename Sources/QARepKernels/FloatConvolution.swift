@@ -147,14 +147,16 @@ public func nchwPixelOffsets(_ g: ConvGeometry) -> [Int64] {
 ///
 ///     y[p, o] = relu?(bias[o] + sum_k w[o, k] * x[p, k])
 ///
-/// stored at `output[outputOffsets[p] + o * channelStride]` (1 for NHWC
+/// for every window p in `windowOffsets` (window origins in the buffer `layout`
+/// describes, usually `layout.windowOffsets`), stored at
+/// `output[outputOffsets[p] + o * channelStride]` (1 for NHWC
 /// outputs, the plane for NCHW). Pixels are split among `threads`; every
 /// output is summed by one thread in one order, so the bits do not depend on
 /// the thread count or the path.
 public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloatNHWC, weights: PackedFloatWeights,
                            bias: UnsafePointer<Float>?, relu: Bool,
-                           output: UnsafeMutablePointer<Float>, outputOffsets: UnsafePointer<Int64>, channelStride: Int,
-                           windowOffsets: UnsafePointer<Int64>, threads: Int, path: FloatKernelPath = .best) {
+                           output: UnsafeMutablePointer<Float>, outputOffsets: [Int64], channelStride: Int,
+                           windowOffsets: [Int64], threads: Int, path: FloatKernelPath = .best) {
     let g = layout.g
     precondition(weights.matches(g), "weights packed for [\(weights.outChannels), \(weights.inChannels), \(weights.kernelH), "
                  + "\(weights.kernelW)], convolution needs [\(g.outChannels), \(g.inChannels), \(g.kernelH), \(g.kernelW)]")
@@ -162,20 +164,26 @@ public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloa
     let segment = g.kernelW * g.inChannels
     // Chunks of about 64 KiB of patches per worker turn, at least one tile.
     let chunk = max(8, (64 * 1024) / (g.kernelH * segment * 4) / 8 * 8)
-    let chunks = (g.columns + chunk - 1) / chunk
+    precondition(windowOffsets.count == outputOffsets.count, "\(windowOffsets.count) windows for \(outputOffsets.count) outputs")
+    let pixels = windowOffsets.count
+    let chunks = (pixels + chunk - 1) / chunk
     weights.storage.withUnsafeBufferPointer { w in
         tapOffsets.withUnsafeBufferPointer { to in
-            let source = qarep_f32_source(source: paddedInput, tap_offsets: to.baseAddress, taps: Int64(g.kernelH),
-                                          segment: Int64(segment))
-            parallelFor(chunks, threads: threads) { _, range in
-                for c in range {
-                    let first = c * chunk, count = min(chunk, g.columns - first)
-                    var epilogue = qarep_f32_epilogue(bias: bias, relu: relu ? 1 : 0, output: output,
-                                                      pixel_offsets: outputOffsets + first,
-                                                      channel_stride: Int64(channelStride))
-                    var s = source
-                    qarep_f32_conv(w.baseAddress, Int64(g.outChannels), &s, windowOffsets + first, Int64(count),
-                                   &epilogue, isa)
+            windowOffsets.withUnsafeBufferPointer { wo in
+                outputOffsets.withUnsafeBufferPointer { oo in
+                    let source = qarep_f32_source(source: paddedInput, tap_offsets: to.baseAddress,
+                                                  taps: Int64(g.kernelH), segment: Int64(segment))
+                    parallelFor(chunks, threads: threads) { _, range in
+                        for c in range {
+                            let first = c * chunk, count = min(chunk, pixels - first)
+                            var epilogue = qarep_f32_epilogue(bias: bias, relu: relu ? 1 : 0, output: output,
+                                                              pixel_offsets: oo.baseAddress! + first,
+                                                              channel_stride: Int64(channelStride))
+                            var s = source
+                            qarep_f32_conv(w.baseAddress, Int64(g.outChannels), &s, wo.baseAddress! + first,
+                                           Int64(count), &epilogue, isa)
+                        }
+                    }
                 }
             }
         }
@@ -194,48 +202,88 @@ public func implicitConv2d(input: UnsafePointer<Float>, geometry g: ConvGeometry
     let padded = UnsafeMutablePointer<Float>.allocate(capacity: layout.count)
     defer { padded.deallocate() }
     layout.fill(padded, from: input, threads: threads)
-    let windows = layout.windowOffsets, outputs = nchwPixelOffsets(g)
-    windows.withUnsafeBufferPointer { wo in
-        outputs.withUnsafeBufferPointer { oo in
-            implicitConv2d(paddedInput: padded, layout: layout, weights: weights, bias: bias, relu: relu,
-                           output: output, outputOffsets: oo.baseAddress!, channelStride: g.outPlane,
-                           windowOffsets: wo.baseAddress!, threads: threads, path: path)
-        }
-    }
+    implicitConv2d(paddedInput: padded, layout: layout, weights: weights, bias: bias, relu: relu, output: output,
+                   outputOffsets: nchwPixelOffsets(g), channelStride: g.outPlane, windowOffsets: layout.windowOffsets,
+                   threads: threads, path: path)
 }
 
-/// Gradient of a stride-1 convolution with respect to its input, itself a
-/// convolution run on the same implicit-GEMM kernel:
+/// Gradient of a convolution with respect to its input, itself computed as
+/// convolutions on the same implicit-GEMM kernel:
 ///
-///     dx[n, c, iy, ix] = sum over o, i, j of w[o, c, i, j] * dy[n, o, iy + p - i, ix + p - j]
+///     dx[n, c, iy, ix] = sum of w[o, c, i, j] * dy[n, o, oy, ox] over oy*s - p + i = iy, ox*s - p + j = ix
 ///
-/// is `dy` (NHWC, padded by kh - 1 - p) convolved with the weights rotated
-/// by 180 degrees and transposed to `[C, O, kh, kw]`. No patch matrix and no
-/// col2im. `dy` is `[N, O, OH, OW]`, `dx` is `[N, C, H, W]` and is
-/// overwritten. Needs stride 1 and `padding <= kernel - 1`.
+/// The output pixels split into s x s phases by (iy + p) mod s and
+/// (ix + p) mod s; each phase reads only the taps i = a, a + s, ... and
+/// j = b, b + s, ..., and is a stride-1 correlation of dy (NHWC, padded by
+/// kh - 1) with that sub-kernel rotated by 180 degrees and transposed to
+/// `[C, O, ...]`. For stride 1 there is one phase, the whole kernel. No patch
+/// matrix, no col2im, and no multiplication by an inserted zero. `dy` is
+/// `[N, O, OH, OW]`, `dx` is `[N, C, H, W]` and is overwritten.
 public func convolutionInputGradient(outputGradient dy: UnsafePointer<Float>, weights w: UnsafePointer<Float>,
                                      geometry g: ConvGeometry, inputGradient dx: UnsafeMutablePointer<Float>,
                                      threads: Int = KernelThreads.count, path: FloatKernelPath = .best) {
-    precondition(g.stride == 1 && g.padding <= g.kernelH - 1 && g.padding <= g.kernelW - 1,
-                 "convolutionInputGradient needs stride 1 and padding below the kernel size")
-    let (kh, kw, taps) = (g.kernelH, g.kernelW, g.kernelH * g.kernelW)
-    // w'[c, o, i, j] = w[o, c, kh-1-i, kw-1-j]
-    let flipped = [Float](unsafeUninitializedCapacity: g.outChannels * g.patchSize) { buf, count in
-        for o in 0..<g.outChannels {
-            for c in 0..<g.inChannels {
-                for t in 0..<taps {
-                    buf[(c * g.outChannels + o) * taps + (taps - 1 - t)] = w[(o * g.inChannels + c) * taps + t]
+    let (kh, kw, s, p) = (g.kernelH, g.kernelW, g.stride, g.padding)
+    let (padY, padX) = (kh - 1, kw - 1)
+    // dy padded by kernel - 1 on every side holds every window of every phase:
+    // a window spans dy rows q - u + 1 ... q with 0 <= q <= (H - 1 + p) / s,
+    // which is at most OH - 1 + ceil((kh - 1 - p) / s).
+    let dyLayout = PaddedFloatNHWC(ConvGeometry(batch: g.batch, inChannels: g.outChannels, height: g.outHeight,
+                                                width: g.outWidth, outChannels: g.inChannels, kernelH: kh, kernelW: kw,
+                                                stride: 1, padding: max(padY, padX)))
+    let padded = UnsafeMutablePointer<Float>.allocate(capacity: dyLayout.count)
+    defer { padded.deallocate() }
+    dyLayout.fill(padded, from: dy, threads: threads)
+    for a in 0..<s {
+        for b in 0..<s {
+            let rows = Array(stride(from: a, to: kh, by: s)), cols = Array(stride(from: b, to: kw, by: s))
+            // Output pixels of this phase: iy = q*s + a - p inside [0, H), likewise ix.
+            let qs = (0..<g.height).filter { (($0 + p) % s) == a }, rs = (0..<g.width).filter { (($0 + p) % s) == b }
+            if qs.isEmpty || rs.isEmpty { continue }
+            guard !rows.isEmpty && !cols.isEmpty else {
+                // No tap reaches these pixels: their gradient is zero.
+                for n in 0..<g.batch {
+                    for c in 0..<g.inChannels {
+                        for iy in qs { for ix in rs { dx[((n * g.inChannels + c) * g.height + iy) * g.width + ix] = 0 } }
+                    }
+                }
+                continue
+            }
+            let (u, v) = (rows.count, cols.count)
+            // w'[c, o, u', v'] = w[o, c, rows[u - 1 - u'], cols[v - 1 - v']]
+            var sub = [Float](repeating: 0, count: g.inChannels * g.outChannels * u * v)
+            for o in 0..<g.outChannels {
+                for c in 0..<g.inChannels {
+                    for uu in 0..<u {
+                        for vv in 0..<v {
+                            sub[((c * g.outChannels + o) * u + uu) * v + vv] =
+                                w[((o * g.inChannels + c) * kh + rows[u - 1 - uu]) * kw + cols[v - 1 - vv]]
+                        }
+                    }
                 }
             }
+            let packed = PackedFloatWeights(sub, outChannels: g.inChannels, inChannels: g.outChannels, kernelH: u, kernelW: v)
+            let phase = PaddedFloatNHWC(ConvGeometry(batch: g.batch, inChannels: g.outChannels, height: g.outHeight,
+                                                     width: g.outWidth, outChannels: g.inChannels, kernelH: u, kernelW: v,
+                                                     stride: 1, padding: max(padY, padX)))
+            var windows: [Int64] = [], outputs: [Int64] = []
+            windows.reserveCapacity(g.batch * qs.count * rs.count)
+            outputs.reserveCapacity(g.batch * qs.count * rs.count)
+            for n in 0..<g.batch {
+                for iy in qs {
+                    // dy rows q - u + 1 ... q, with q = (iy + p - a) / s.
+                    let q = (iy + p - a) / s
+                    for ix in rs {
+                        let r = (ix + p - b) / s
+                        windows.append(Int64(dyLayout.offset(image: n, y: q - u + 1, x: r - v + 1)))
+                        outputs.append(Int64(n * g.inChannels * g.height * g.width + iy * g.width + ix))
+                    }
+                }
+            }
+            implicitConv2d(paddedInput: padded, layout: phase, weights: packed, bias: nil, relu: false, output: dx,
+                           outputOffsets: outputs, channelStride: g.height * g.width, windowOffsets: windows,
+                           threads: threads, path: path)
         }
-        count = g.outChannels * g.patchSize
     }
-    let packed = PackedFloatWeights(flipped, outChannels: g.inChannels, inChannels: g.outChannels, kernelH: kh, kernelW: kw)
-    let back = ConvGeometry(batch: g.batch, inChannels: g.outChannels, height: g.outHeight, width: g.outWidth,
-                            outChannels: g.inChannels, kernelH: kh, kernelW: kw, stride: 1,
-                            padding: kh - 1 - g.padding)
-    precondition(back.outHeight == g.height && back.outWidth == g.width, "geometry \(g) has no stride-1 adjoint")
-    implicitConv2d(input: dy, geometry: back, weights: packed, bias: nil, output: dx, threads: threads, path: path)
 }
 
 /// Adds the weight gradient of a convolution to `dw` (OIHW):

@@ -132,14 +132,17 @@ private func referenceInputGradient(_ dy: [Float], _ w: [Float], _ g: ConvGeomet
     return dx.map { Float($0) }
 }
 
-@Suite("Input gradient of stride-1 convolutions on the forward kernel")
+@Suite("Input gradient as convolutions on the forward kernel, one per stride phase")
 struct ConvolutionInputGradientTests {
-    @Test("equals the definition", arguments: [(3, 1, 16, 16, 14), (3, 1, 24, 48, 7), (1, 0, 32, 64, 4), (3, 0, 5, 7, 6),
-                                               (3, 2, 3, 4, 5), (1, 0, 1, 24, 28)])
-    func matchesDefinition(_ shape: (kernel: Int, padding: Int, inChannels: Int, outChannels: Int, size: Int)) {
+    @Test("equals the definition", arguments: [(3, 1, 1, 16, 16, 14), (3, 1, 1, 24, 48, 7), (1, 1, 0, 32, 64, 4),
+                                               (3, 1, 0, 5, 7, 6), (3, 1, 2, 3, 4, 5), (1, 1, 0, 1, 24, 28),
+                                               (3, 2, 1, 16, 16, 28), (3, 2, 1, 48, 96, 7), (1, 2, 0, 24, 48, 14),
+                                               (1, 2, 0, 5, 9, 7), (3, 2, 0, 4, 6, 9), (3, 3, 1, 3, 5, 10), (1, 1, 1, 2, 3, 4),
+                                               (1, 2, 1, 3, 2, 5)])
+    func matchesDefinition(_ shape: (kernel: Int, stride: Int, padding: Int, inChannels: Int, outChannels: Int, size: Int)) {
         let g = ConvGeometry(batch: 2, inChannels: shape.inChannels, height: shape.size, width: shape.size + 1,
                              outChannels: shape.outChannels, kernelH: shape.kernel, kernelW: shape.kernel,
-                             stride: 1, padding: shape.padding)
+                             stride: shape.stride, padding: shape.padding)
         var rng = SplitMix64(seed: UInt64(shape.inChannels * 7 + shape.kernel))
         let dy = (0..<(g.batch * g.outChannels * g.outPlane)).map { _ in rng.uniform(-1, 1) }
         let w = (0..<(g.outChannels * g.patchSize)).map { _ in rng.uniform(-0.5, 0.5) }

@@ -1,3 +1,5 @@
+import QARepKernels
+
 /// Batch normalization over `x[N, C, H, W]` (or `[N, C]`), per channel.
 ///
 /// Training: normalizes with the batch mean and biased variance, and updates
@@ -25,9 +27,7 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
             for c in 0..<C {
                 var s: Double = 0, ss: Double = 0
                 for n in 0..<N {
-                    let p = xp.baseAddress! + (n * C + c) * P
-                    var ps: Float = 0, pss: Float = 0
-                    for i in 0..<P { let v = p[i]; ps += v; pss += v * v }
+                    let (ps, pss) = sumAndSumOfSquares(xp.baseAddress! + (n * C + c) * P, count: P)
                     s += Double(ps); ss += Double(pss)
                 }
                 let m = s / Double(M)
@@ -55,12 +55,8 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
                 for n in 0..<N {
                     for c in 0..<C {
                         let base = (n * C + c) * P
-                        let (m, s, gm, bt) = (mean[c], invStd[c], gamma[c], beta[c])
-                        for i in base..<(base + P) {
-                            let h = (xp[i] - m) * s
-                            hp[i] = h
-                            yp[i] = h * gm + bt
-                        }
+                        normalize(xp.baseAddress! + base, count: P, mean: mean[c], invStd: invStd[c], gamma: gamma[c],
+                                  beta: beta[c], xhat: hp.baseAddress! + base, y: yp.baseAddress! + base)
                     }
                 }
             }
@@ -76,8 +72,7 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
                 for n in 0..<N {
                     for c in 0..<C {
                         let base = (n * C + c) * P
-                        var a: Float = 0, b: Float = 0
-                        for i in base..<(base + P) { a += gp[i]; b += gp[i] * hp[i] }
+                        let (a, b) = sumAndDot(gp.baseAddress! + base, hp.baseAddress! + base, count: P)
                         sumG[c] += Double(a); sumGH[c] += Double(b)
                     }
                 }
@@ -95,8 +90,9 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
                             let scale = gamma[c] * invStd[c]
                             if training {
                                 // dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat))
-                                let mg = Float(sumG[c] / Double(M)), mgh = Float(sumGH[c] / Double(M))
-                                for i in base..<(base + P) { dx[i] += scale * (gp[i] - mg - hp[i] * mgh) }
+                                addNormalizationGradient(gp.baseAddress! + base, hp.baseAddress! + base, count: P, scale: scale,
+                                                         meanG: Float(sumG[c] / Double(M)), meanGH: Float(sumGH[c] / Double(M)),
+                                                         dx: dx.baseAddress! + base)
                             } else {
                                 for i in base..<(base + P) { dx[i] += scale * gp[i] }
                             }

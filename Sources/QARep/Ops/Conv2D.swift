@@ -7,9 +7,8 @@ import QARepKernels
 /// to padded NHWC and every patch is read in place, with the bias fused into
 /// the store. Backward reads the same padded input: the weight gradient sums
 /// dY times each patch in place (`convolutionWeightGradient`), and the input
-/// gradient of a stride-1 conv is a convolution of dY on the forward kernel
-/// (`convolutionInputGradient`); of a strided one, a GEMM
-/// `dcol[K, N*OH*OW] = Wᵀ * dY` (`K = C*kh*kw`), then `col2im`.
+/// gradient is a convolution of dY on the forward kernel, one per stride
+/// phase (`convolutionInputGradient`). No patch matrix anywhere.
 public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int = 1, padding: Int = 0) -> Tensor {
     MemoryTuning.apply()
     precondition(x.rank == 4, "conv2d input must be [N, C, H, W], got \(x.shape)")
@@ -21,7 +20,7 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
                          stride: stride, padding: padding)
     precondition(g.outHeight > 0 && g.outWidth > 0, "conv2d output would be empty for input \(x.shape) and kernel \(weight.shape)")
 
-    let (K, NP, O) = (g.patchSize, g.columns, g.outChannels)
+    let O = g.outChannels
     let w = weight.data
     // Forward: the implicit GEMM reads patches in place (no patch matrix).
     let packed = w.withUnsafeBufferPointer {
@@ -65,8 +64,8 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
                     }
                 }
             }
-            if x.requiresGrad && g.stride == 1 && g.padding < g.kernelH && g.padding < g.kernelW {
-                // Stride 1: dx is itself a convolution of dy, on the forward kernel.
+            if x.requiresGrad {
+                // dx is itself a convolution of dy, on the forward kernel.
                 x.accumulateGrad([Float](unsafeUninitializedCapacity: x.data.count) { dx, count in
                     w.withUnsafeBufferPointer {
                         convolutionInputGradient(outputGradient: dy.baseAddress!, weights: $0.baseAddress!, geometry: g,
@@ -74,21 +73,6 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
                     }
                     count = x.data.count
                 })
-            } else if x.requiresGrad {
-                // Strided: dcol = Wᵀ * dY, then col2im.
-                let gCM = batchMajorToChannelMajor(grad, batch: g.batch, channels: O, plane: g.outPlane)
-                let dcol = [Float](unsafeUninitializedCapacity: K * NP) { dc, count in
-                    w.withUnsafeBufferPointer { wp in
-                        gCM.withUnsafeBufferPointer { gp in
-                            sgemm(transA: true, m: K, n: NP, k: O, a: wp.baseAddress!, lda: K,
-                                  b: gp.baseAddress!, ldb: NP, c: dc.baseAddress!, ldc: NP)
-                        }
-                    }
-                    count = K * NP
-                }
-                x.accumulateGrad { dx in
-                    dcol.withUnsafeBufferPointer { dc in col2im(dc.baseAddress!, dx.baseAddress!, g) }
-                }
             }
         }
     }
@@ -98,11 +82,4 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
 private func withOptionalPointer<R>(_ values: [Float]?, _ body: (UnsafePointer<Float>?) -> R) -> R {
     guard let values else { return body(nil) }
     return values.withUnsafeBufferPointer { body($0.baseAddress) }
-}
-
-func batchMajorToChannelMajor(_ x: [Float], batch: Int, channels: Int, plane: Int) -> [Float] {
-    [Float](unsafeUninitializedCapacity: x.count) { buf, n in
-        x.withUnsafeBufferPointer { batchToChannelMajor($0.baseAddress!, buf.baseAddress!, batch: batch, channels: channels, plane: plane) }
-        n = x.count
-    }
 }
