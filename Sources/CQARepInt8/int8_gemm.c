@@ -276,6 +276,12 @@ typedef struct {
 } tile_pixels;
 
 static void locate_pixels(const qarep_i8_epilogue *e, int64_t first, int count, tile_pixels *tp) {
+    tp->count = count;
+    if (e->pixel_offsets) {
+        tp->contiguous = 0;
+        for (int q = 0; q < count; q++) tp->base[q] = e->pixel_offsets[first + q];
+        return;
+    }
     int64_t n = first / e->plane, p = first - n * e->plane;
     tp->count = count;
     tp->contiguous = p + count <= e->plane;
@@ -297,11 +303,11 @@ static void store_tile_scalar(const int32_t t[NR][MR], const block_params *b, co
                               const qarep_i8_epilogue *e) {
     if (!e->multiplier) { store_raw(t, b, tp, e); return; }
     const double z = e->zero_point, lo = e->min, hi = e->max;
-    const int64_t o = b->o0 * e->channel_stride;
+    const int64_t cs = e->pixel_offsets ? 1 : e->channel_stride, o = b->o0 * cs;
     for (int q = 0; q < tp->count; q++)
         for (int r = 0; r < b->rows; r++) {
             int32_t code = requantize1(wrapping_add(t[q][r], b->bias[r]), b->multiplier[r], z, lo, hi);
-            store_code(e->output, o + tp->base[q] + r * e->channel_stride, code, e->output_signed);
+            store_code(e->output, o + tp->base[q] + r * cs, code ^ e->flip, e->output_signed);
         }
 }
 
@@ -341,6 +347,22 @@ AVX2 static void store_tile_avx2(const int32_t t[NR][MR], const block_params *b,
         __m256i a0 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)t[q]), b0);
         __m256i a1 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(t[q] + 8)), b1);
         codes[q] = requantize16(a0, a1, m, z, lo, hi, e->output_signed);
+    }
+    if (e->pixel_offsets) {
+        // NHWC: a pixel's 16 channels are 16 consecutive bytes.
+        uint8_t *out = (uint8_t *)e->output + b->o0;
+        const __m128i flip = _mm_set1_epi8((char)e->flip);
+        for (int q = 0; q < tp->count; q++) {
+            const __m128i v = _mm_xor_si128(codes[q], flip);
+            if (b->rows == MR) {
+                _mm_storeu_si128((__m128i *)(out + tp->base[q]), v);
+            } else {
+                uint8_t bytes[MR];
+                _mm_storeu_si128((__m128i *)bytes, v);
+                memcpy(out + tp->base[q], bytes, (size_t)b->rows);
+            }
+        }
+        return;
     }
     uint8_t *out = (uint8_t *)e->output + b->o0 * e->channel_stride;
     if (tp->count == NR && tp->contiguous) {

@@ -1,7 +1,9 @@
 // Per-plane reductions and maps of batch norm, on 16-lane vectors. LLVM keeps
 // a float sum in order and so does not vectorize a plain loop; these sum 16
 // interleaved partial sums (then the lanes, then the tail), a fixed order that
-// does not depend on the thread count or the call site.
+// does not depend on the thread count or the call site. Products are a
+// multiply then an add: Swift builds for baseline x86-64, where `addProduct`
+// becomes a call to `fmaf` per lane.
 
 /// `(sum x, sum x^2)` of `count` floats.
 @inline(__always)
@@ -11,7 +13,7 @@ public func sumAndSumOfSquares(_ x: UnsafePointer<Float>, count: Int) -> (Float,
     while i + 16 <= count {
         let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
         s += v
-        ss.addProduct(v, v)
+        ss += v * v
         i += 16
     }
     var a = s.sum(), b = ss.sum()
@@ -27,7 +29,7 @@ public func sumAndDot(_ g: UnsafePointer<Float>, _ h: UnsafePointer<Float>, coun
     while i + 16 <= count {
         let gv = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD16<Float>.self)
         s += gv
-        d.addProduct(gv, UnsafeRawPointer(h + i).loadUnaligned(as: SIMD16<Float>.self))
+        d += gv * UnsafeRawPointer(h + i).loadUnaligned(as: SIMD16<Float>.self)
         i += 16
     }
     var a = s.sum(), b = d.sum()

@@ -190,7 +190,8 @@ public func int16GEMM(weights: PackedInt8Weights, columns: UnsafePointer<Int16>,
     let flag = path.flag, kp = weights.paddedInputSize
     let epilogue = qarep_i8_epilogue(bias: nil, multiplier: nil, zero_point: 0, min: 0, max: 0, output_signed: 0,
                                      output: UnsafeMutableRawPointer(output),
-                                     plane: Int64(n), channel_stride: Int64(n), image_stride: 0)
+                                     plane: Int64(n), channel_stride: Int64(n), image_stride: 0,
+                                     pixel_offsets: nil, flip: 0)
     let pixelOffsets = (0..<n).map { Int64($0 * kp) }
     let tapOffsets: [Int64] = [0]
     weights.storage.withUnsafeBufferPointer { w in

@@ -1,8 +1,13 @@
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 
-/// Worker threads for the memory-bound kernels (im2col, col2im, layout copies).
+/// Worker threads of QARep's kernels (convolutions, their gradients, layout
+/// copies): the processors this process may run on, unless set. Results are
+/// reproducible for a fixed count.
 public enum KernelThreads {
-    nonisolated(unsafe) public static var count = 2
+    nonisolated(unsafe) public static var count = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
 }
 
 /// Runs `body` over `0..<n` split into contiguous chunks, one per worker,

@@ -91,7 +91,8 @@ public func quantizedConv2d<Input: QuantizedActivation, Output: QuantizedActivat
     var epilogue = qarep_i8_epilogue(
         bias: nil, multiplier: nil, zero_point: outputZeroPoint, min: outputMin, max: outputMax,
         output_signed: Output.isSigned ? 1 : 0, output: UnsafeMutableRawPointer(output),
-        plane: Int64(g.outPlane), channel_stride: Int64(g.outPlane), image_stride: Int64(g.outChannels * g.outPlane))
+        plane: Int64(g.outPlane), channel_stride: Int64(g.outPlane), image_stride: Int64(g.outChannels * g.outPlane),
+        pixel_offsets: nil, flip: 0)
     bias.withUnsafeBufferPointer { b in
         multipliers.withUnsafeBufferPointer { m in
             weights.storage.withUnsafeBufferPointer { w in
@@ -161,52 +162,113 @@ public func naiveQuantizedConv2d<Input: QuantizedActivation, Output: QuantizedAc
 
 // MARK: - Implementation
 
-/// `quantizedConv2d` on the VNNI kernel: activations as unsigned bytes
-/// `u = x_q + 128` (int8) or `x_q` (uint8) in a padded NHWC copy whose
-/// borders hold the zero code `u0 = z_x (+ 128)`, so the kernel's
-/// `sum w * u` is `sum w * (x_q - z_x) + u0 * sum w`; the second term leaves
-/// through the bias. All of it in wrapping int32, which is exact whenever the
-/// true result fits (the contract of `quantizedConv2d`).
+/// `quantizedConv2d` on the VNNI kernel, NCHW codes in and out.
 private func quantizedConv2dVNNI<Input: QuantizedActivation, Output: QuantizedActivation>(
     input: UnsafePointer<Input>, geometry g: ConvGeometry, weights: PackedInt8Weights,
     bias: [Int32], multipliers: [Float], inputZeroPoint: Int32,
     outputZeroPoint: Int32, outputMin: Int32, outputMax: Int32,
     output: UnsafeMutablePointer<Output>, threads: Int
 ) {
-    let layout = PaddedNHWC(g, channelMultiple: 4)
+    let layout = QuantizedBytesLayout(g)
     let padded = UnsafeMutablePointer<UInt8>.allocate(capacity: layout.count)
     defer { padded.deallocate() }
-    parallelFor(g.batch, threads: threads) { _, images in
-        qarep_u8_to_padded_nhwc(UnsafeRawPointer(input), Input.isSigned ? 1 : 0, inputZeroPoint,
-                                Int64(images.lowerBound), Int64(images.count), Int64(g.inChannels),
-                                Int64(g.height), Int64(g.width), Int64(g.padding), Int64(layout.paddedChannels), padded)
+    layout.fill(padded, from: input, zeroPoint: inputZeroPoint, threads: threads)
+    quantizedConv2dBytes(paddedInput: padded, layout: layout, windowOffsets: layout.windowOffsets,
+                         inputZeroCode: QuantizedBytesLayout.zeroCode(zeroPoint: inputZeroPoint, signed: Input.isSigned),
+                         weights: weights, bias: bias, multipliers: multipliers, outputZeroPoint: outputZeroPoint,
+                         outputMin: outputMin, outputMax: outputMax, outputSigned: Output.isSigned,
+                         output: UnsafeMutableRawPointer(output), outputOffsets: nil, threads: threads)
+}
+
+/// The zero-padded NHWC bytes the VNNI kernel reads: `u = x_q + 128` for
+/// int8 codes, `x_q` for uint8 codes, channels padded to a multiple of 4, and
+/// the code of real zero (`zeroCode`) in the borders and padding channels.
+public struct QuantizedBytesLayout: Sendable {
+    let nhwc: PaddedNHWC
+
+    public init(_ g: ConvGeometry) { nhwc = PaddedNHWC(g, channelMultiple: 4) }
+
+    public var geometry: ConvGeometry { nhwc.g }
+    /// Bytes of the buffer.
+    public var count: Int { nhwc.count }
+    /// Channels of a pixel in the buffer (C rounded up to 4).
+    public var paddedChannels: Int { nhwc.paddedChannels }
+    /// Window origin of every output pixel, pixels in (n, oy, ox) order.
+    public var windowOffsets: [Int64] { nhwc.pixelOffsets }
+
+    /// Offset of input pixel (n, y, x) of the unpadded image, channel 0.
+    public func offset(image n: Int, y: Int, x: Int) -> Int {
+        ((n * nhwc.paddedHeight + y + nhwc.g.padding) * nhwc.paddedWidth + x + nhwc.g.padding) * nhwc.paddedChannels
     }
-    let zeroCode = inputZeroPoint + (Input.isSigned ? 128 : 0)
-    let shiftedBias = zip(bias, weights.weightSums).map { $0 &- zeroCode &* $1 }
-    let tapOffsets = layout.tapOffsets, pixelOffsets = layout.pixelOffsets
+
+    /// The byte of real zero for codes with zero point `zeroPoint`.
+    public static func zeroCode(zeroPoint: Int32, signed: Bool) -> Int32 { zeroPoint + (signed ? 128 : 0) }
+
+    /// Copies NCHW codes into `buffer` (`count` bytes), borders included.
+    public func fill<T: QuantizedActivation>(_ buffer: UnsafeMutablePointer<UInt8>, from codes: UnsafePointer<T>,
+                                            zeroPoint: Int32, threads: Int) {
+        let g = nhwc.g
+        parallelFor(g.batch, threads: threads) { _, images in
+            qarep_u8_to_padded_nhwc(UnsafeRawPointer(codes), T.isSigned ? 1 : 0, zeroPoint,
+                                    Int64(images.lowerBound), Int64(images.count), Int64(g.inChannels),
+                                    Int64(g.height), Int64(g.width), Int64(g.padding), Int64(nhwc.paddedChannels), buffer)
+        }
+    }
+}
+
+/// The VNNI integer convolution on an input already in `QuantizedBytesLayout`
+/// (`windowOffsets` usually `layout.windowOffsets`), with the arithmetic of
+/// `quantizedConv2d`: the kernel sums `w * u`, and `inputZeroCode` times each
+/// channel's weight sum leaves through the bias, which makes the accumulator
+/// `bias + sum w * (x_q - z_x)` exactly (wrapping int32 arithmetic, exact
+/// whenever that fits). Outputs go to NCHW codes (`outputOffsets` nil; `Int8`
+/// when `outputSigned`, else `UInt8`), or, with `outputOffsets`, as the bytes
+/// of the next layer's `QuantizedBytesLayout`: pixel j's channels from
+/// `outputOffsets[j]`, int8 codes + 128.
+public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: QuantizedBytesLayout, windowOffsets: [Int64],
+                                 inputZeroCode: Int32, weights: PackedInt8Weights, bias: [Int32], multipliers: [Float],
+                                 outputZeroPoint: Int32, outputMin: Int32, outputMax: Int32, outputSigned: Bool,
+                                 output: UnsafeMutableRawPointer, outputOffsets: [Int64]?, threads: Int) {
+    let g = layout.geometry
+    precondition(IntegerKernelPath.vnni512Available, "the VNNI integer kernel needs a CPU with AVX-512 VNNI")
+    precondition(weights.outChannels == g.outChannels && weights.inChannels == g.inChannels
+                     && weights.kernelH == g.kernelH && weights.kernelW == g.kernelW, "weights do not fit the convolution")
+    precondition(windowOffsets.count == g.columns && (outputOffsets?.count ?? g.columns) == g.columns,
+                 "one window and one output offset per output pixel")
+    let shiftedBias = zip(bias, weights.weightSums).map { $0 &- inputZeroCode &* $1 }
+    let tapOffsets = layout.nhwc.tapOffsets
     var epilogue = qarep_i8_epilogue(
         bias: nil, multiplier: nil, zero_point: outputZeroPoint, min: outputMin, max: outputMax,
-        output_signed: Output.isSigned ? 1 : 0, output: UnsafeMutableRawPointer(output),
-        plane: Int64(g.outPlane), channel_stride: Int64(g.outPlane), image_stride: Int64(g.outChannels * g.outPlane))
-    shiftedBias.withUnsafeBufferPointer { b in
-        multipliers.withUnsafeBufferPointer { m in
-            weights.vnniStorage.withUnsafeBufferPointer { w in
-                tapOffsets.withUnsafeBufferPointer { to in
-                    pixelOffsets.withUnsafeBufferPointer { po in
-                        epilogue.bias = b.baseAddress
-                        epilogue.multiplier = m.baseAddress
-                        var source = qarep_u8_source(source: padded, tap_offsets: to.baseAddress,
-                                                     taps: Int64(to.count), segment: Int64(layout.segment))
-                        PixelChunks(pixels: g.columns, paddedInputSize: layout.paddedInputSize, threads: threads)
-                            .forEach { _, first, count in
-                                qarep_u8s8_gemm(w.baseAddress, Int64(g.outChannels), &source, po.baseAddress! + first,
-                                                Int64(first), Int64(count), &epilogue)
-                            }
+        output_signed: outputSigned ? 1 : 0, output: output,
+        plane: Int64(g.outPlane), channel_stride: Int64(g.outPlane), image_stride: Int64(g.outChannels * g.outPlane),
+        pixel_offsets: nil, flip: outputOffsets != nil && outputSigned ? 0x80 : 0)
+    withOptionalPointer(outputOffsets) { oo in
+        shiftedBias.withUnsafeBufferPointer { b in
+            multipliers.withUnsafeBufferPointer { m in
+                weights.vnniStorage.withUnsafeBufferPointer { w in
+                    tapOffsets.withUnsafeBufferPointer { to in
+                        windowOffsets.withUnsafeBufferPointer { po in
+                            epilogue.bias = b.baseAddress
+                            epilogue.multiplier = m.baseAddress
+                            epilogue.pixel_offsets = oo
+                            var source = qarep_u8_source(source: paddedInput, tap_offsets: to.baseAddress,
+                                                         taps: Int64(to.count), segment: Int64(layout.nhwc.segment))
+                            PixelChunks(pixels: g.columns, paddedInputSize: layout.nhwc.paddedInputSize, threads: threads)
+                                .forEach { _, first, count in
+                                    qarep_u8s8_gemm(w.baseAddress, Int64(g.outChannels), &source, po.baseAddress! + first,
+                                                    Int64(first), Int64(count), &epilogue)
+                                }
+                        }
                     }
                 }
             }
         }
     }
+}
+
+private func withOptionalPointer<R>(_ values: [Int64]?, _ body: (UnsafePointer<Int64>?) -> R) -> R {
+    guard let values else { return body(nil) }
+    return values.withUnsafeBufferPointer { body($0.baseAddress) }
 }
 
 private func checkQuantizedConv<Input: QuantizedActivation, Output: QuantizedActivation>(

@@ -49,14 +49,16 @@ struct Bench: ParsableCommand {
         }
         let fwdRatio = weighted("fwd") / weighted("sgemm")
         let bwdRatio = weighted("fwdbwd") / weighted("sgemm3")
-        var training: [String: Double] = [:], inference: [String: [String: Double]] = [:]
+        var training: [String: Double] = [:], qat: [String: Double] = [:], inference: [String: [String: Double]] = [:]
         for name in models {
             let config = try ModelConfig.named(name, block: .qarepvgg)
             training[name] = try measureTraining(config)
+            qat[name] = try measureQAT(config)
             inference[name] = try measureInference(config)
         }
         if json {
-            var obj: [String: Any] = ["batch": batch, "train_images_per_second": training, "inference_images_per_second": inference,
+            var obj: [String: Any] = ["batch": batch, "train_images_per_second": training, "qat_images_per_second": qat,
+                                      "inference_images_per_second": inference,
                                       "blas_core": BLASCore.name, "float_kernel": "\(FloatKernelPath.best)",
                                       "integer_kernel": "\(IntegerKernelPath.best)"]
             if !skipLayers {
@@ -77,11 +79,11 @@ struct Bench: ParsableCommand {
             }
             print("QARepVGG, images/s (training: batch \(batch), multi-branch, SGD step included); "
                   + "OpenBLAS \(BLASCore.name), float \(FloatKernelPath.best), integer \(IntegerKernelPath.best) kernels")
-            print(pad("model", 10) + pad("train", 8) + pad("FP32 deploy b\(batch)", 18) + pad("INT8 b\(batch)", 12) + pad("ratio", 7)
+            print(pad("model", 10) + pad("train", 8) + pad("QAT", 8) + pad("FP32 deploy b\(batch)", 18) + pad("INT8 b\(batch)", 12) + pad("ratio", 7)
                   + pad("FP32 deploy b1", 16) + pad("INT8 b1", 9) + pad("ratio", 7))
             for name in models {
                 let i = inference[name]!
-                print(pad(name, 10) + pad(String(format: "%.0f", training[name]!), 8)
+                print(pad(name, 10) + pad(String(format: "%.0f", training[name]!), 8) + pad(String(format: "%.0f", qat[name]!), 8)
                       + pad(String(format: "%.0f", i["fp32_batch"]!), 18) + pad(String(format: "%.0f", i["int8_batch"]!), 12)
                       + pad(String(format: "%.2fx", i["int8_batch"]! / i["fp32_batch"]!), 7)
                       + pad(String(format: "%.0f", i["fp32_1"]!), 16) + pad(String(format: "%.0f", i["int8_1"]!), 9)
@@ -150,6 +152,33 @@ struct Bench: ParsableCommand {
         return Double(trainSteps * batch) / seconds(elapsed)
     }
 
+    /// QAT training images/s: the post-BN form with fake quantization on
+    /// every convolution's input and weight, calibrated on synthetic images,
+    /// SGD step included; the same batch as `measureTraining`.
+    func measureQAT(_ config: ModelConfig) throws -> Double {
+        let net = try QuantizedNet(from: RepVGGNet(config: config, seed: 1), form: .postBN)
+        try net.calibrate(on: syntheticImages(64))
+        net.train()
+        let opt = SGD(groups: ParameterGroup.standard(net, weightDecay: 1e-4), learningRate: 0.01)
+        var rng = SplitMix64(seed: 2)
+        let x = Tensor.uniform([batch, 1, 28, 28], bound: 1, rng: &rng, requiresGrad: false)
+        let labels = (0..<batch).map { Int32($0 % 10) }
+        let step = {
+            let loss = crossEntropy(net(x), labels: labels)
+            opt.zeroGrad(); loss.backward(); opt.step()
+        }
+        step()
+        let elapsed = ContinuousClock().measure { for _ in 0..<trainSteps { step() } }
+        return Double(trainSteps * batch) / seconds(elapsed)
+    }
+
+    /// `count` random 28x28 images (labels 0): calibration data for the speed measurements.
+    func syntheticImages(_ count: Int) -> FashionMNIST {
+        var rng = SplitMix64(seed: 3)
+        return FashionMNIST(images: (0..<(count * 784)).map { _ in UInt8(rng.next() % 256) },
+                            labels: [UInt8](repeating: 0, count: count))
+    }
+
     /// Inference images/s of the FP32 deploy model and the INT8 engine, side
     /// by side, at batch `batch` and batch 1 (calibrated on synthetic images).
     func measureInference(_ config: ModelConfig) throws -> [String: Double] {
@@ -157,10 +186,8 @@ struct Bench: ParsableCommand {
         model.eval()
         let deployed = model.deployed()
         let floatEngine = try DeployedEngine(deployed)
-        var rng = SplitMix64(seed: 3)
-        let pixels = (0..<(64 * 784)).map { _ in UInt8(rng.next() % 256) }
-        let calibration = FashionMNIST(images: pixels, labels: [UInt8](repeating: 0, count: 64))
-        let engine = try Int8Engine(postTrainingQuantize(deployed, calibration: calibration).convertToInt8())
+        var rng = SplitMix64(seed: 4)
+        let engine = try Int8Engine(postTrainingQuantize(deployed, calibration: syntheticImages(64)).convertToInt8())
         let big = Tensor.uniform([batch, 1, 28, 28], bound: 1, rng: &rng, requiresGrad: false)
         let one = Tensor.uniform([1, 1, 28, 28], bound: 1, rng: &rng, requiresGrad: false)
         let singles = max(20, batch / 2)

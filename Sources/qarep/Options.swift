@@ -21,7 +21,8 @@ struct DataOptions: ParsableArguments {
 
 /// Threads and output format shared by every command.
 struct RuntimeOptions: ParsableArguments {
-    @Option(help: "OpenBLAS threads (results are reproducible for a fixed count).") var threads = 2
+    @Option(help: "Worker threads of the convolution kernels (results are reproducible for a fixed count).")
+    var threads = KernelThreads.count
     @Flag(help: "Print one JSON object on stdout.") var json = false
     @Flag(help: "No progress lines on stderr.") var quiet = false
 
@@ -29,7 +30,7 @@ struct RuntimeOptions: ParsableArguments {
         if threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
     }
 
-    func apply() { BLASThreads.set(threads) }
+    func apply() { KernelThreads.count = threads }
     var progress: ProgressReporter { ProgressReporter(enabled: !quiet) }
 }
 

@@ -12,6 +12,10 @@ struct QARepCommand: ParsableCommand {
 
     static func main() {
         selectBLASCore()
+        // Only the small linear head still runs on OpenBLAS; QARep's kernels
+        // thread themselves. OpenBLAS's idle workers spin for a while after
+        // each call and would take a core from them.
+        BLASThreads.set(1)
         main(nil)
     }
 

@@ -35,6 +35,10 @@ extern "C" {
 /// clamp(roundeven((double)(acc + bias[o]) * (double)multiplier[o]) + zero_point, min, max)
 /// stored as int8 (`output_signed != 0`) or uint8. Pixel j of channel o lands
 /// at element (j / plane) * image_stride + o * channel_stride + j % plane.
+/// With `pixel_offsets` set (codes only), pixel j's channels are instead
+/// consecutive bytes from pixel_offsets[j], each code XORed with `flip`: the
+/// NHWC bytes of the next layer's VNNI input (flip 0x80 turns an int8 code
+/// into code + 128).
 typedef struct {
     const int32_t *bias;
     const float *multiplier;
@@ -42,6 +46,8 @@ typedef struct {
     int32_t output_signed;
     void *output;
     int64_t plane, channel_stride, image_stride;
+    const int64_t *pixel_offsets;
+    int32_t flip;
 } qarep_i8_epilogue;
 
 /// The activation operand (see above). Offsets count int16 elements.

@@ -10,11 +10,17 @@ public final class Int8Engine {
     let packed: [PackedInt8Weights]
     /// Worker threads of the convolution kernels.
     public let threads: Int
+    /// The integer kernel; every path gives the same logits.
+    public let path: IntegerKernelPath
 
-    public init(_ model: Int8Model, threads: Int = BLASThreads.count) throws {
+    /// - Parameter path: `.best` unless comparing paths. With `.avx512vnni`
+    ///   activations stay in the VNNI kernel's padded NHWC bytes from the first
+    ///   convolution to the last, each writing straight into the next one's input.
+    public init(_ model: Int8Model, threads: Int = KernelThreads.count, path: IntegerKernelPath = .best) throws {
         try model.validate()
         self.model = model
         self.threads = max(1, threads)
+        self.path = path
         packed = model.convs.map {
             PackedInt8Weights(convolution: $0.weight, outChannels: $0.outChannels, inChannels: $0.inChannels,
                               kernelH: $0.kernelSize, kernelW: $0.kernelSize)
@@ -30,6 +36,7 @@ public final class Int8Engine {
     }
 
     private func run<A: QuantizedActivation>(_: A.Type, _ images: Tensor) -> [Float] {
+        if path == .avx512vnni { return runChained(A.self, images) }
         let (N, C) = (images.shape[0], images.shape[1])
         var (H, W) = (images.shape[2], images.shape[3])
         let first = model.convs[0]
@@ -47,7 +54,7 @@ public final class Int8Engine {
                     quantizedConv2d(input: xp.baseAddress!, geometry: g, weights: weights, bias: conv.bias,
                                     multipliers: conv.multipliers, inputZeroPoint: conv.inputZeroPoint,
                                     outputZeroPoint: conv.outputZeroPoint, outputMin: conv.outputZeroPoint,
-                                    outputMax: range.max, output: buf.baseAddress!, threads: threads)
+                                    outputMax: range.max, output: buf.baseAddress!, threads: threads, path: path)
                 }
                 count = N * conv.outChannels * g.outPlane
             }
@@ -55,6 +62,86 @@ public final class Int8Engine {
             (H, W, channels) = (g.outHeight, g.outWidth, conv.outChannels)
         }
         return head(x, batch: N, channels: channels, plane: H * W)
+    }
+
+    /// Each layer's byte layout, window origins and output offsets (into the
+    /// next layer's padded input, or plain NHWC after the last) for one input shape.
+    private struct Plan {
+        let layouts: [QuantizedBytesLayout]
+        let windows: [[Int64]]
+        let outputs: [[Int64]]
+    }
+
+    private var plans: [[Int]: Plan] = [:]
+
+    private func plan(batch n: Int, height: Int, width: Int) -> Plan {
+        if let plan = plans[[n, height, width]] { return plan }
+        var (h, w, channels) = (height, width, model.convs[0].inChannels)
+        let layouts = model.convs.map { conv -> QuantizedBytesLayout in
+            let g = ConvGeometry(batch: n, inChannels: channels, height: h, width: w, outChannels: conv.outChannels,
+                                 kernelH: conv.kernelSize, kernelW: conv.kernelSize, stride: conv.stride, padding: conv.padding)
+            (h, w, channels) = (g.outHeight, g.outWidth, conv.outChannels)
+            return QuantizedBytesLayout(g)
+        }
+        let outputs = layouts.indices.map { i -> [Int64] in
+            let g = layouts[i].geometry
+            var offsets = [Int64]()
+            offsets.reserveCapacity(g.columns)
+            for image in 0..<n {
+                for y in 0..<g.outHeight {
+                    for x in 0..<g.outWidth {
+                        offsets.append(Int64(i + 1 < layouts.count ? layouts[i + 1].offset(image: image, y: y, x: x)
+                                                                   : ((image * g.outHeight + y) * g.outWidth + x) * g.outChannels))
+                    }
+                }
+            }
+            return offsets
+        }
+        let plan = Plan(layouts: layouts, windows: layouts.map(\.windowOffsets), outputs: outputs)
+        plans[[n, height, width]] = plan
+        return plan
+    }
+
+    /// The VNNI path: the input is quantized and laid out once, then every
+    /// convolution reads and writes padded NHWC bytes.
+    private func runChained<A: QuantizedActivation>(_: A.Type, _ images: Tensor) -> [Float] {
+        let n = images.shape[0]
+        let plan = plan(batch: n, height: images.shape[2], width: images.shape[3])
+        let first = model.convs[0], range = A.codeRange
+        let codes: [A] = images.data.map {
+            A(truncatingIfNeeded: quantize($0, scale: first.inputScale, zeroPoint: first.inputZeroPoint, range: range))
+        }
+        func zeroCode(_ zeroPoint: Int32) -> Int32 { QuantizedBytesLayout.zeroCode(zeroPoint: zeroPoint, signed: A.isSigned) }
+        var input = [UInt8](repeating: 0, count: plan.layouts[0].count)
+        plan.layouts[0].fill(&input, from: codes, zeroPoint: first.inputZeroPoint, threads: threads)
+        for (i, (conv, weights)) in zip(model.convs, packed).enumerated() {
+            let last = i == model.convs.count - 1
+            // Borders and padding channels of the next input hold its zero code.
+            var output = [UInt8](repeating: last ? 0 : UInt8(zeroCode(model.convs[i + 1].inputZeroPoint)),
+                                 count: last ? n * plan.layouts[i].geometry.outPlane * conv.outChannels : plan.layouts[i + 1].count)
+            output.withUnsafeMutableBytes { out in
+                quantizedConv2dBytes(paddedInput: input, layout: plan.layouts[i], windowOffsets: plan.windows[i],
+                                     inputZeroCode: zeroCode(conv.inputZeroPoint), weights: weights, bias: conv.bias,
+                                     multipliers: conv.multipliers, outputZeroPoint: conv.outputZeroPoint,
+                                     outputMin: conv.outputZeroPoint, outputMax: range.max, outputSigned: A.isSigned,
+                                     output: out.baseAddress!, outputOffsets: plan.outputs[i], threads: threads)
+            }
+            input = output
+        }
+        // The last layer's NHWC bytes back to NCHW codes for the head.
+        let g = plan.layouts.last!.geometry
+        let (channels, pixels) = (g.outChannels, g.outPlane)
+        let shift: Int32 = A.isSigned ? 128 : 0
+        var features = [A](repeating: A(truncatingIfNeeded: 0), count: n * channels * pixels)
+        for image in 0..<n {
+            for p in 0..<pixels {
+                for c in 0..<channels {
+                    features[(image * channels + c) * pixels + p] =
+                        A(truncatingIfNeeded: Int32(input[(image * pixels + p) * channels + c]) - shift)
+                }
+            }
+        }
+        return head(features, batch: n, channels: channels, plane: pixels)
     }
 
     /// Average pooling on codes, requantized to the linear input scale, then

@@ -42,43 +42,74 @@ public final class DeployedEngine {
         linear = model.linear
     }
 
-    /// Logits `[N, classes]` of normalized images `[N, C, H, W]`.
+    /// What one input shape needs, computed once per shape: each layer's
+    /// geometry, padded input layout, window origins and output offsets.
+    private struct Plan {
+        let geometries: [ConvGeometry]
+        let layouts: [PaddedFloatNHWC]
+        let windows: [[Int64]]
+        let outputs: [[Int64]]
+    }
+
+    private var plans: [[Int]: Plan] = [:]
+
+    private func plan(batch n: Int, height: Int, width: Int) -> Plan {
+        if let plan = plans[[n, height, width]] { return plan }
+        var (h, w) = (height, width)
+        let geometries = layers.map { layer -> ConvGeometry in
+            let g = ConvGeometry(batch: n, inChannels: layer.inChannels, height: h, width: w,
+                                 outChannels: layer.outChannels, kernelH: layer.kernel, kernelW: layer.kernel,
+                                 stride: layer.stride, padding: layer.padding)
+            precondition(g.outHeight >= 1 && g.outWidth >= 1, "input [\(n), \(layers[0].inChannels), \(height), \(width)] is too small for the network")
+            (h, w) = (g.outHeight, g.outWidth)
+            return g
+        }
+        let layouts = geometries.map(PaddedFloatNHWC.init)
+        let outputs = geometries.indices.map { i -> [Int64] in
+            let g = geometries[i]
+            var offsets = [Int64]()
+            offsets.reserveCapacity(g.columns)
+            for image in 0..<g.batch {
+                for y in 0..<g.outHeight {
+                    for x in 0..<g.outWidth {
+                        // The next layer's padded input, or plain NHWC after the last.
+                        offsets.append(Int64(i + 1 < layouts.count ? layouts[i + 1].offset(image: image, y: y, x: x)
+                                                                   : ((image * g.outHeight + y) * g.outWidth + x) * g.outChannels))
+                    }
+                }
+            }
+            return offsets
+        }
+        let plan = Plan(geometries: geometries, layouts: layouts, windows: layouts.map(\.windowOffsets), outputs: outputs)
+        plans[[n, height, width]] = plan
+        return plan
+    }
+
+    /// Logits `[N, classes]` of normalized images `[N, C, H, W]`. The engine
+    /// keeps what each input shape needs between calls, so one engine serves
+    /// one thread at a time.
     public func logits(_ images: Tensor) -> Tensor {
         precondition(images.rank == 4 && images.shape[1] == layers[0].inChannels,
                      "float engine input must be [N, \(layers[0].inChannels), H, W], got \(images.shape)")
         let n = images.shape[0]
-        var (height, width) = (images.shape[2], images.shape[3])
-        let geometries = layers.map { layer -> ConvGeometry in
-            let g = ConvGeometry(batch: n, inChannels: layer.inChannels, height: height, width: width,
-                                 outChannels: layer.outChannels, kernelH: layer.kernel, kernelW: layer.kernel,
-                                 stride: layer.stride, padding: layer.padding)
-            precondition(g.outHeight >= 1 && g.outWidth >= 1, "input \(images.shape) is too small for the network")
-            (height, width) = (g.outHeight, g.outWidth)
-            return g
+        let plan = plan(batch: n, height: images.shape[2], width: images.shape[3])
+        let first = plan.layouts[0]
+        var input = [Float](unsafeUninitializedCapacity: first.count) { buffer, count in
+            images.data.withUnsafeBufferPointer { first.fill(buffer.baseAddress!, from: $0.baseAddress!, threads: threads) }
+            count = first.count
         }
-        let layouts = geometries.map(PaddedFloatNHWC.init)
-        var input = [Float](unsafeUninitializedCapacity: layouts[0].count) { buffer, count in
-            images.data.withUnsafeBufferPointer { layouts[0].fill(buffer.baseAddress!, from: $0.baseAddress!, threads: threads) }
-            count = layouts[0].count
-        }
-        for (i, (layer, g)) in zip(layers, geometries).enumerated() {
-            let last = i == layers.count - 1
-            // The next layer's padded input (borders stay zero), or plain NHWC after the last.
-            var output = [Float](repeating: 0, count: last ? g.batch * g.outPlane * g.outChannels : layouts[i + 1].count)
-            let outputOffsets: [Int64] = (0..<g.columns).map { j in
-                let (image, p) = j.quotientAndRemainder(dividingBy: g.outPlane)
-                return Int64(last ? j * g.outChannels
-                                  : layouts[i + 1].offset(image: image, y: p / g.outWidth, x: p % g.outWidth))
-            }
-            let windows = layouts[i].windowOffsets
+        for (i, (layer, g)) in zip(layers, plan.geometries).enumerated() {
+            // Zeroed: the padding of the next layer's input stays zero.
+            var output = [Float](repeating: 0, count: i + 1 < layers.count ? plan.layouts[i + 1].count
+                                                                           : g.batch * g.outPlane * g.outChannels)
             layer.bias.withUnsafeBufferPointer { bias in
-                implicitConv2d(paddedInput: input, layout: layouts[i], weights: layer.weights, bias: bias.baseAddress,
-                               relu: true, output: &output, outputOffsets: outputOffsets, channelStride: 1,
-                               windowOffsets: windows, threads: threads)
+                implicitConv2d(paddedInput: input, layout: plan.layouts[i], weights: layer.weights, bias: bias.baseAddress,
+                               relu: true, output: &output, outputOffsets: plan.outputs[i], channelStride: 1,
+                               windowOffsets: plan.windows[i], threads: threads)
             }
             input = output
         }
-        return noGrad { linear(Tensor(averagePoolNHWC(input, geometry: geometries.last!), shape: [n, layers.last!.outChannels])) }
+        return noGrad { linear(Tensor(averagePoolNHWC(input, geometry: plan.geometries.last!), shape: [n, layers.last!.outChannels])) }
     }
 
     /// Global average pool of `[N, P, C]`, each channel summed in pixel order

@@ -1,0 +1,26 @@
+import QARep
+import QARepKernels
+import Testing
+
+// The integer engine on every kernel path this CPU runs: the VNNI path keeps
+// activations in padded NHWC bytes from layer to layer, the others go through
+// NCHW codes; the logits must be the same bits.
+
+@Suite("Integer engine: every kernel path gives the same logits")
+struct Int8EnginePathTests {
+    @Test("signed and unsigned activations, batch 1 and 3, 28x28 and an odd size",
+          arguments: [QConfig.tensorRT, QConfig.unsignedActivations])
+    func pathsAgree(_ qconfig: QConfig) throws {
+        let model = try RepVGGNet(config: .named("tiny", block: .qarepvgg), seed: 7)
+        model.eval()
+        var rng = SplitMix64(seed: 8)
+        let calibration = FashionMNIST(images: (0..<(32 * 784)).map { _ in UInt8(rng.next() % 256) },
+                                       labels: [UInt8](repeating: 0, count: 32))
+        let int8 = try postTrainingQuantize(model.deployed(), calibration: calibration, qconfig: qconfig).convertToInt8()
+        for shape in [[1, 1, 28, 28], [3, 1, 28, 28], [2, 1, 19, 23]] {
+            let x = Tensor.uniform(shape, bound: 2, rng: &rng, requiresGrad: false)
+            let logits = try IntegerKernelPath.available.map { try Int8Engine(int8, threads: 2, path: $0).logits(x).data }
+            #expect(logits.allSatisfy { $0 == logits[0] }, "\(shape): \(IntegerKernelPath.available)")
+        }
+    }
+}
