@@ -82,6 +82,14 @@ public struct PackedFloatWeights: Sendable {
         }
     }
 
+    /// The same weights as a 1x1 convolution over `kh * kw * C` input
+    /// channels: the packing is already in (i, j, c) order, so only the shape changes.
+    init(flattening w: PackedFloatWeights) {
+        outChannels = w.outChannels; inChannels = w.kernelH * w.kernelW * w.inChannels
+        kernelH = 1; kernelW = 1
+        storage = w.storage
+    }
+
     func matches(_ g: ConvGeometry) -> Bool {
         outChannels == g.outChannels && inChannels == g.inChannels && kernelH == g.kernelH && kernelW == g.kernelW
     }
@@ -124,6 +132,23 @@ public struct PaddedFloatNHWC: Sendable {
         return offsets
     }
 
+    /// Zeroes the border of `buffer` (padding rows and columns), the only
+    /// part a convolution writing the interior leaves untouched.
+    public func zeroBorder(_ buffer: UnsafeMutablePointer<Float>) {
+        let (c, p, wp) = (g.inChannels, g.padding, paddedWidth)
+        guard p > 0 else { return }
+        for n in 0..<g.batch {
+            let image = buffer + n * paddedHeight * wp * c
+            image.update(repeating: 0, count: p * wp * c)
+            (image + (p + g.height) * wp * c).update(repeating: 0, count: p * wp * c)
+            for y in p..<(p + g.height) {
+                let row = image + y * wp * c
+                row.update(repeating: 0, count: p * c)
+                (row + (p + g.width) * c).update(repeating: 0, count: p * c)
+            }
+        }
+    }
+
     /// Copies NCHW `x` into `buffer`, borders zero; images shared among `threads`.
     public func fill(_ buffer: UnsafeMutablePointer<Float>, from x: UnsafePointer<Float>, threads: Int) {
         parallelFor(g.batch, threads: threads) { _, images in
@@ -160,20 +185,40 @@ public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloa
     let g = layout.g
     precondition(weights.matches(g), "weights packed for [\(weights.outChannels), \(weights.inChannels), \(weights.kernelH), "
                  + "\(weights.kernelW)], convolution needs [\(g.outChannels), \(g.inChannels), \(g.kernelH), \(g.kernelW)]")
-    let isa = path.isa, tapOffsets = layout.tapOffsets
-    let segment = g.kernelW * g.inChannels
-    // Chunks of about 64 KiB of patches per worker turn, at least one tile.
-    let chunk = max(8, (64 * 1024) / (g.kernelH * segment * 4) / 8 * 8)
     precondition(windowOffsets.count == outputOffsets.count, "\(windowOffsets.count) windows for \(outputOffsets.count) outputs")
-    let pixels = windowOffsets.count
+    let segment = g.kernelW * g.inChannels, k = g.kernelH * segment, pixels = windowOffsets.count
+    if g.kernelH > 1 && segment < 16 {
+        // Window rows this short (the first layer of a grey-image model: 3
+        // floats) leave the kernel's inner loop little to do per tile. Copy
+        // each pixel's patch into one row of K floats and run one long tap.
+        let patches = UnsafeMutablePointer<Float>.allocate(capacity: max(1, pixels * k))
+        defer { patches.deallocate() }
+        let taps = layout.tapOffsets
+        for j in 0..<pixels {
+            for (t, offset) in taps.enumerated() {
+                (patches + j * k + t * segment).update(from: paddedInput + Int(windowOffsets[j] + offset), count: segment)
+            }
+        }
+        let rows = ConvGeometry(batch: 1, inChannels: k, height: 1, width: pixels, outChannels: g.outChannels,
+                                kernelH: 1, kernelW: 1, stride: 1, padding: 0)
+        let flat = PackedFloatWeights(flattening: weights)
+        return implicitConv2d(paddedInput: patches, layout: PaddedFloatNHWC(rows), weights: flat, bias: bias, relu: relu,
+                              output: output, outputOffsets: outputOffsets, channelStride: channelStride,
+                              windowOffsets: (0..<pixels).map { Int64($0 * k) }, threads: threads, path: path)
+    }
+    let isa = path.isa, tapOffsets = layout.tapOffsets
+    // Chunks of about 64 KiB of patches per worker turn, at least one tile;
+    // no more workers than there are 256K multiply-adds to share.
+    let chunk = max(8, (64 * 1024) / (k * 4) / 8 * 8)
     let chunks = (pixels + chunk - 1) / chunk
+    let workers = max(1, min(threads, pixels * k * g.outChannels >> 18))
     weights.storage.withUnsafeBufferPointer { w in
         tapOffsets.withUnsafeBufferPointer { to in
             windowOffsets.withUnsafeBufferPointer { wo in
                 outputOffsets.withUnsafeBufferPointer { oo in
                     let source = qarep_f32_source(source: paddedInput, tap_offsets: to.baseAddress,
                                                   taps: Int64(g.kernelH), segment: Int64(segment))
-                    parallelFor(chunks, threads: threads) { _, range in
+                    parallelFor(chunks, threads: workers) { _, range in
                         for c in range {
                             let first = c * chunk, count = min(chunk, pixels - first)
                             var epilogue = qarep_f32_epilogue(bias: bias, relu: relu ? 1 : 0, output: output,

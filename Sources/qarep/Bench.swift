@@ -15,10 +15,12 @@ struct Bench: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Models for the training and inference measurements (tiny, a0-half, a0).")
     var models = ["tiny", "a0-half"]
     @Flag(help: "Skip the per-layer convolution table (training and inference only).") var skipLayers = false
+    @Option(help: "Worker threads of QARep's kernels.") var threads = KernelThreads.count
     @Flag(help: "Print one JSON object on stdout instead of tables.") var json = false
 
     func validate() throws {
-        for (flag, value) in [("--batch", batch), ("--repeats", repeats), ("--train-steps", trainSteps)] where value < 1 {
+        for (flag, value) in [("--batch", batch), ("--repeats", repeats), ("--train-steps", trainSteps), ("--threads", threads)]
+            where value < 1 {
             throw ValidationError("\(flag) must be at least 1, got \(value)")
         }
         for name in models where ModelConfig.namedConfigs[name] == nil {
@@ -27,6 +29,7 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
+        KernelThreads.count = threads
         var rows: [[String: Double]] = []
         var names: [String] = []
         if !json && !skipLayers {

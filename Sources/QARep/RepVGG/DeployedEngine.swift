@@ -99,9 +99,12 @@ public final class DeployedEngine {
             count = first.count
         }
         for (i, (layer, g)) in zip(layers, plan.geometries).enumerated() {
-            // Zeroed: the padding of the next layer's input stays zero.
-            var output = [Float](repeating: 0, count: i + 1 < layers.count ? plan.layouts[i + 1].count
-                                                                           : g.batch * g.outPlane * g.outChannels)
+            let next = i + 1 < layers.count ? plan.layouts[i + 1] : nil
+            var output = [Float](unsafeUninitializedCapacity: next?.count ?? g.batch * g.outPlane * g.outChannels) { buf, count in
+                // The convolution writes every interior value; the next input's border is zero.
+                next?.zeroBorder(buf.baseAddress!)
+                count = buf.count
+            }
             layer.bias.withUnsafeBufferPointer { bias in
                 implicitConv2d(paddedInput: input, layout: plan.layouts[i], weights: layer.weights, bias: bias.baseAddress,
                                relu: true, output: &output, outputOffsets: plan.outputs[i], channelStride: 1,
