@@ -269,6 +269,51 @@ void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_
 
 // MARK: - Layout
 
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols:
+// the transpose behind every NCHW <-> NHWC copy. AVX2 moves 8x8 tiles with
+// unpack and permute; the edges, and CPUs without AVX2, go element by element.
+#if QAREP_X86
+AVX2 static void transpose_avx2(const float *src, int64_t src_stride, int64_t rows, int64_t cols,
+                                float *dst, int64_t dst_stride) {
+    const int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
+    for (int64_t i = 0; i < r8; i += 8) {
+        for (int64_t j = 0; j < c8; j += 8) {
+            __m256 r[8], t[8];
+            for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(src + (i + k) * src_stride + j);
+            for (int k = 0; k < 8; k += 2) {
+                t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+                t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+            }
+            for (int k = 0; k < 8; k += 4) {
+                r[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+                r[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+                r[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+                r[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+            }
+            for (int k = 0; k < 4; k++) {
+                _mm256_storeu_ps(dst + (j + k) * dst_stride + i, _mm256_permute2f128_ps(r[k], r[k + 4], 0x20));
+                _mm256_storeu_ps(dst + (j + k + 4) * dst_stride + i, _mm256_permute2f128_ps(r[k], r[k + 4], 0x31));
+            }
+        }
+        for (int64_t k = i; k < i + 8; k++)
+            for (int64_t j = c8; j < cols; j++) dst[j * dst_stride + k] = src[k * src_stride + j];
+    }
+    for (int64_t i = r8; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) dst[j * dst_stride + i] = src[i * src_stride + j];
+}
+#endif
+
+static void transpose(const float *src, int64_t src_stride, int64_t rows, int64_t cols, float *dst, int64_t dst_stride) {
+#if QAREP_X86
+    if (qarep_f32_best_isa() >= QAREP_ISA_AVX2) {
+        transpose_avx2(src, src_stride, rows, cols, dst, dst_stride);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) dst[j * dst_stride + i] = src[i * src_stride + j];
+}
+
 void qarep_f32_to_padded_nhwc(const float *input, int64_t first_image, int64_t images, int64_t channels,
                               int64_t height, int64_t width, int64_t pad, float *output) {
     const int64_t hp = height + 2 * pad, wp = width + 2 * pad, c = channels, plane = height * width;
@@ -281,13 +326,8 @@ void qarep_f32_to_padded_nhwc(const float *input, int64_t first_image, int64_t i
             float *row = img + (y + pad) * wp * c;
             memset(row, 0, sizeof(float) * (size_t)(pad * c));
             memset(row + (pad + width) * c, 0, sizeof(float) * (size_t)(pad * c));
-            float *dst = row + pad * c;
-            // Transpose the [C][W] strip to [W][C] in blocks that stay in L1.
-            for (int64_t c0 = 0; c0 < c; c0 += 16) {
-                const int64_t c1 = c0 + 16 < c ? c0 + 16 : c;
-                for (int64_t x = 0; x < width; x++)
-                    for (int64_t ch = c0; ch < c1; ch++) dst[x * c + ch] = src[(ch * height + y) * width + x];
-            }
+            // The [C][W] strip of row y to [W][C].
+            transpose(src + y * width, plane, c, width, row + pad * c, c);
         }
     }
 }
@@ -419,14 +459,11 @@ void qarep_f32_weight_gradient(const float *dy, int64_t dy_stride, const qarep_f
 
 void qarep_f32_to_pixel_major(const float *input, int64_t batch, int64_t channels, int64_t plane,
                               int64_t row_stride, float *output) {
-    for (int64_t n = 0; n < batch; n++)
-        for (int64_t p0 = 0; p0 < plane; p0 += 16) {
-            const int64_t p1 = p0 + 16 < plane ? p0 + 16 : plane;
-            for (int64_t c = 0; c < channels; c++) {
-                const float *src = input + (n * channels + c) * plane;
-                for (int64_t p = p0; p < p1; p++) output[(n * plane + p) * row_stride + c] = src[p];
-            }
-            for (int64_t p = p0; p < p1; p++)
-                for (int64_t c = channels; c < row_stride; c++) output[(n * plane + p) * row_stride + c] = 0;
-        }
+    for (int64_t n = 0; n < batch; n++) {
+        float *rows = output + n * plane * row_stride;
+        transpose(input + n * channels * plane, plane, channels, plane, rows, row_stride);
+        if (channels < row_stride)
+            for (int64_t p = 0; p < plane; p++)
+                memset(rows + p * row_stride + channels, 0, sizeof(float) * (size_t)(row_stride - channels));
+    }
 }

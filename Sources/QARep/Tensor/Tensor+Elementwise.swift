@@ -61,7 +61,11 @@ extension Tensor {
             count = n
         }
         return Tensor.result(out, shape: shape, inputs: [self]) { [self] g in
-            accumulateGrad { acc in for i in 0..<n where out[i] > 0 { acc[i] += g[i] } }
+            // The masked gradient as a new array: a first gradient needs no zero-filled buffer.
+            accumulateGrad([Float](unsafeUninitializedCapacity: n) { buf, count in
+                for i in 0..<n { buf[i] = out[i] > 0 ? g[i] : 0 }
+                count = n
+            })
         }
     }
 
