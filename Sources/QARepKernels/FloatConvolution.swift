@@ -211,7 +211,7 @@ public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloa
     // no more workers than there are 256K multiply-adds to share.
     let chunk = max(8, (64 * 1024) / (k * 4) / 8 * 8)
     let chunks = (pixels + chunk - 1) / chunk
-    let workers = max(1, min(threads, pixels * k * g.outChannels >> 18))
+    let workers = max(1, min(threads, (pixels * k * g.outChannels) >> 18))
     weights.storage.withUnsafeBufferPointer { w in
         tapOffsets.withUnsafeBufferPointer { to in
             windowOffsets.withUnsafeBufferPointer { wo in
@@ -349,7 +349,11 @@ public func convolutionWeightGradient(paddedInput: UnsafePointer<Float>, layout:
     let taps = g.kernelH * g.kernelW, k = taps * g.inChannels
     let rows = UnsafeMutablePointer<Float>.allocate(capacity: g.columns * stride)
     defer { rows.deallocate() }
-    qarep_f32_to_pixel_major(dy, Int64(g.batch), Int64(g.outChannels), Int64(g.outPlane), Int64(stride), rows)
+    parallelFor(g.batch, threads: threads) { _, images in
+        qarep_f32_to_pixel_major(dy + images.lowerBound * g.outChannels * g.outPlane, Int64(images.count),
+                                 Int64(g.outChannels), Int64(g.outPlane), Int64(stride),
+                                 rows + images.lowerBound * g.outPlane * stride)
+    }
     let workers = max(1, min(threads, g.columns / 256))
     let partial = UnsafeMutablePointer<Float>.allocate(capacity: workers * k * stride)
     defer { partial.deallocate() }

@@ -14,7 +14,7 @@ public enum KernelThreads {
 /// when there is enough `work` (elements touched) to pay for the hand-off.
 /// Chunks must write disjoint memory.
 @inline(__always)
-func parallelChunks(_ n: Int, work: Int, _ body: (Range<Int>) -> Void) {
+public func parallelChunks(_ n: Int, work: Int, _ body: (Range<Int>) -> Void) {
     let workers = min(KernelThreads.count, n)
     guard workers > 1, work >= 1 << 16 else { return body(0..<n) }
     // The chunks touch disjoint memory, which the type system cannot see.

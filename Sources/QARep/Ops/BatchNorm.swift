@@ -21,23 +21,36 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
 
     var mean = [Float](repeating: 0, count: C)
     var invStd = [Float](repeating: 0, count: C)
-    let xd = x.data
+    let xd = x.data, total = xd.count
+    // Channels are independent: they are shared among the kernel threads,
+    // each channel summed by one thread in one order.
     if training {
+        var unbiased = [Float](repeating: 0, count: C)
         xd.withUnsafeBufferPointer { xp in
-            for c in 0..<C {
-                var s: Double = 0, ss: Double = 0
-                for n in 0..<N {
-                    let (ps, pss) = sumAndSumOfSquares(xp.baseAddress! + (n * C + c) * P, count: P)
-                    s += Double(ps); ss += Double(pss)
+            mean.withUnsafeMutableBufferPointer { meanP in
+                invStd.withUnsafeMutableBufferPointer { invP in
+                    unbiased.withUnsafeMutableBufferPointer { unbP in
+                        parallelChunks(C, work: total) { channels in
+                            for c in channels {
+                                var s: Double = 0, ss: Double = 0
+                                for n in 0..<N {
+                                    let (ps, pss) = sumAndSumOfSquares(xp.baseAddress! + (n * C + c) * P, count: P)
+                                    s += Double(ps); ss += Double(pss)
+                                }
+                                let m = s / Double(M)
+                                let v = max(ss / Double(M) - m * m, 0)
+                                meanP[c] = Float(m)
+                                invP[c] = Float(1 / (v + Double(eps)).squareRoot())
+                                unbP[c] = Float(v * Double(M) / Double(M - 1))
+                            }
+                        }
+                    }
                 }
-                let m = s / Double(M)
-                let v = max(ss / Double(M) - m * m, 0)
-                mean[c] = Float(m)
-                invStd[c] = Float(1 / (v + Double(eps)).squareRoot())
-                let unbiased = Float(v * Double(M) / Double(M - 1))
-                runningMean.data[c] = (1 - momentum) * runningMean.data[c] + momentum * Float(m)
-                runningVar.data[c] = (1 - momentum) * runningVar.data[c] + momentum * unbiased
             }
+        }
+        for c in 0..<C {
+            runningMean.data[c] = (1 - momentum) * runningMean.data[c] + momentum * mean[c]
+            runningVar.data[c] = (1 - momentum) * runningVar.data[c] + momentum * unbiased[c]
         }
     } else {
         for c in 0..<C {
@@ -47,16 +60,17 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
     }
 
     let gamma = weight.data, beta = bias.data
-    let total = xd.count
     var xhat = [Float](unsafeUninitializedCapacity: total) { _, n in n = total }
     let y = [Float](unsafeUninitializedCapacity: total) { yp, count in
         xd.withUnsafeBufferPointer { xp in
             xhat.withUnsafeMutableBufferPointer { hp in
-                for n in 0..<N {
-                    for c in 0..<C {
-                        let base = (n * C + c) * P
-                        normalize(xp.baseAddress! + base, count: P, mean: mean[c], invStd: invStd[c], gamma: gamma[c],
-                                  beta: beta[c], xhat: hp.baseAddress! + base, y: yp.baseAddress! + base)
+                parallelChunks(C, work: total) { channels in
+                    for c in channels {
+                        for n in 0..<N {
+                            let base = (n * C + c) * P
+                            normalize(xp.baseAddress! + base, count: P, mean: mean[c], invStd: invStd[c], gamma: gamma[c],
+                                      beta: beta[c], xhat: hp.baseAddress! + base, y: yp.baseAddress! + base)
+                        }
                     }
                 }
             }
@@ -65,15 +79,21 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
     }
 
     return Tensor.result(y, shape: x.shape, inputs: [x, weight, bias]) { g in
-        // Per-channel sums of g and g * xhat.
+        // Per-channel sums of g and g * xhat, channels shared among the threads.
         var sumG = [Double](repeating: 0, count: C), sumGH = [Double](repeating: 0, count: C)
         g.withUnsafeBufferPointer { gp in
             xhat.withUnsafeBufferPointer { hp in
-                for n in 0..<N {
-                    for c in 0..<C {
-                        let base = (n * C + c) * P
-                        let (a, b) = sumAndDot(gp.baseAddress! + base, hp.baseAddress! + base, count: P)
-                        sumG[c] += Double(a); sumGH[c] += Double(b)
+                sumG.withUnsafeMutableBufferPointer { sg in
+                    sumGH.withUnsafeMutableBufferPointer { sgh in
+                        parallelChunks(C, work: total) { channels in
+                            for c in channels {
+                                for n in 0..<N {
+                                    let base = (n * C + c) * P
+                                    let (a, b) = sumAndDot(gp.baseAddress! + base, hp.baseAddress! + base, count: P)
+                                    sg[c] += Double(a); sgh[c] += Double(b)
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -84,17 +104,19 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
         x.accumulateGrad { dx in
             g.withUnsafeBufferPointer { gp in
                 xhat.withUnsafeBufferPointer { hp in
-                    for n in 0..<N {
-                        for c in 0..<C {
-                            let base = (n * C + c) * P
+                    parallelChunks(C, work: total) { channels in
+                        for c in channels {
                             let scale = gamma[c] * invStd[c]
-                            if training {
-                                // dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat))
-                                addNormalizationGradient(gp.baseAddress! + base, hp.baseAddress! + base, count: P, scale: scale,
-                                                         meanG: Float(sumG[c] / Double(M)), meanGH: Float(sumGH[c] / Double(M)),
-                                                         dx: dx.baseAddress! + base)
-                            } else {
-                                for i in base..<(base + P) { dx[i] += scale * gp[i] }
+                            for n in 0..<N {
+                                let base = (n * C + c) * P
+                                if training {
+                                    // dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat))
+                                    addNormalizationGradient(gp.baseAddress! + base, hp.baseAddress! + base, count: P,
+                                                             scale: scale, meanG: Float(sumG[c] / Double(M)),
+                                                             meanGH: Float(sumGH[c] / Double(M)), dx: dx.baseAddress! + base)
+                                } else {
+                                    for i in base..<(base + P) { dx[i] += scale * gp[i] }
+                                }
                             }
                         }
                     }
