@@ -467,3 +467,12 @@ void qarep_f32_to_pixel_major(const float *input, int64_t batch, int64_t channel
                 memset(rows + p * row_stride + channels, 0, sizeof(float) * (size_t)(row_stride - channels));
     }
 }
+
+void qarep_f32_gather_patches(const qarep_f32_source *source, const int64_t *pixel_offsets, int64_t pixel_count,
+                              float *patches) {
+    const int64_t k = source->taps * source->segment;
+    for (int64_t j = 0; j < pixel_count; j++)
+        for (int64_t t = 0; t < source->taps; t++)
+            memcpy(patches + j * k + t * source->segment, source->source + pixel_offsets[j] + source->tap_offsets[t],
+                   sizeof(float) * (size_t)source->segment);
+}

@@ -193,10 +193,15 @@ public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloa
         // each pixel's patch into one row of K floats and run one long tap.
         let patches = UnsafeMutablePointer<Float>.allocate(capacity: max(1, pixels * k))
         defer { patches.deallocate() }
-        let taps = layout.tapOffsets
-        for j in 0..<pixels {
-            for (t, offset) in taps.enumerated() {
-                (patches + j * k + t * segment).update(from: paddedInput + Int(windowOffsets[j] + offset), count: segment)
+        layout.tapOffsets.withUnsafeBufferPointer { to in
+            windowOffsets.withUnsafeBufferPointer { wo in
+                let source = qarep_f32_source(source: paddedInput, tap_offsets: to.baseAddress, taps: Int64(g.kernelH),
+                                              segment: Int64(segment))
+                parallelFor(pixels, threads: threads) { _, range in
+                    var s = source
+                    qarep_f32_gather_patches(&s, wo.baseAddress! + range.lowerBound, Int64(range.count),
+                                             patches + range.lowerBound * k)
+                }
             }
         }
         let rows = ConvGeometry(batch: 1, inChannels: k, height: 1, width: pixels, outChannels: g.outChannels,

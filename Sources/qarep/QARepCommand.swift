@@ -16,6 +16,7 @@ struct QARepCommand: ParsableCommand {
         // thread themselves. OpenBLAS's idle workers spin for a while after
         // each call and would take a core from them.
         BLASThreads.set(1)
+        MemoryTuning.apply()
         main(nil)
     }
 

@@ -80,6 +80,11 @@ void qarep_f32_to_padded_nhwc(const float *input, int64_t first_image, int64_t i
 void qarep_f32_weight_gradient(const float *dy, int64_t dy_stride, const qarep_f32_source *source,
                                const int64_t *pixel_offsets, int64_t pixel_count, float *dwt, int isa);
 
+/// Each pixel's patch as one row of taps * segment floats: row j of
+/// `patches` is the segments at source + pixel_offsets[j] + tap_offsets[t].
+void qarep_f32_gather_patches(const qarep_f32_source *source, const int64_t *pixel_offsets, int64_t pixel_count,
+                              float *patches);
+
 /// NCHW `[N, C, P]` to pixel-major rows of `row_stride` floats, zero past C.
 void qarep_f32_to_pixel_major(const float *input, int64_t batch, int64_t channels, int64_t plane,
                               int64_t row_stride, float *output);
