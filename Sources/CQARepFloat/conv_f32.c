@@ -8,8 +8,8 @@
 // in registers. Per reduction index: the block's 16 weights are loaded once,
 // each pixel's input value is broadcast and multiplied into its accumulator.
 // AVX2 holds 16 channels in two ymm registers by 6 pixels (12 accumulators);
-// AVX-512 takes two blocks at once, 32 channels in two zmm registers by 6
-// pixels, and one block by 6 pixels for an odd last block.
+// AVX-512 takes two blocks at once, 32 channels in two zmm registers by 8
+// pixels (16 accumulators), and one block by 8 pixels for an odd last block.
 
 #include "CQARepFloat.h"
 
@@ -148,7 +148,6 @@ AVX512 static inline void store_avx512(__m512 v, __m512 bias, __mmask16 mask, in
     }
 }
 
-
 AVX512 static void tile_avx512(const float *w, const float *const a[AVX512_NR], int count, int rows, int64_t o0,
                                const qarep_f32_source *s, const qarep_f32_epilogue *e, const int64_t *out) {
     __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
@@ -177,8 +176,8 @@ AVX512 static void tile_avx512(const float *w, const float *const a[AVX512_NR], 
         store_avx512(acc[p], bias, mask, e->relu, e->output + out[p] + o0 * e->channel_stride, e->channel_stride, rows);
 }
 
-// Two weight blocks (32 channels) by 6 pixels: two weight loads and six
-// broadcasts feed twelve FMAs, the same loads per FMA as the AVX2 tile at
+// Two weight blocks (32 channels) by 8 pixels: two weight loads and eight
+// broadcasts feed sixteen FMAs, fewer loads per FMA than the AVX2 tile at
 // twice the width. Used while two blocks remain.
 #define AVX512_WIDE_NR 8
 

@@ -13,7 +13,7 @@ import CQARepFloat
 
 /// Which float convolution kernel runs.
 public enum FloatKernelPath: Sendable, Equatable, CaseIterable {
-    /// AVX-512 F, 16 channels x 8 pixels per micro-tile.
+    /// AVX-512 F, 32 channels (two blocks) x 8 pixels per micro-tile.
     case avx512
     /// AVX2 + FMA, 16 channels x 6 pixels.
     case avx2
@@ -158,14 +158,22 @@ public struct PaddedFloatNHWC: Sendable {
     }
 }
 
-/// Output pixel offsets of NCHW `[N, O, OH, OW]`: pixel (n, p) at `n * O * P + p`.
-public func nchwPixelOffsets(_ g: ConvGeometry) -> [Int64] {
+/// Where each output pixel of `g` is stored, pixels in (n, oy, ox) order:
+/// `offset(n, oy, ox)` for each.
+public func outputPixelOffsets(_ g: ConvGeometry, _ offset: (_ image: Int, _ y: Int, _ x: Int) -> Int) -> [Int64] {
     var offsets = [Int64]()
     offsets.reserveCapacity(g.columns)
     for n in 0..<g.batch {
-        for p in 0..<g.outPlane { offsets.append(Int64(n * g.outChannels * g.outPlane + p)) }
+        for y in 0..<g.outHeight {
+            for x in 0..<g.outWidth { offsets.append(Int64(offset(n, y, x))) }
+        }
     }
     return offsets
+}
+
+/// Output pixel offsets of NCHW `[N, O, OH, OW]`: pixel (n, p) at `n * O * P + p`.
+public func nchwPixelOffsets(_ g: ConvGeometry) -> [Int64] {
+    outputPixelOffsets(g) { n, y, x in n * g.outChannels * g.outPlane + y * g.outWidth + x }
 }
 
 /// The float convolution on an input already in padded NHWC:

@@ -141,18 +141,7 @@ struct Bench: ParsableCommand {
 
     /// Training images/s of the multi-branch model on synthetic images.
     func measureTraining(_ config: ModelConfig) throws -> Double {
-        let model = try RepVGGNet(config: config, seed: 1)
-        let opt = SGD(groups: ParameterGroup.standard(model, weightDecay: 1e-4), learningRate: 0.01)
-        var rng = SplitMix64(seed: 2)
-        let x = Tensor.uniform([batch, 1, 28, 28], bound: 1, rng: &rng, requiresGrad: false)
-        let labels = (0..<batch).map { Int32($0 % 10) }
-        let step = {
-            let loss = crossEntropy(model(x), labels: labels)
-            opt.zeroGrad(); loss.backward(); opt.step()
-        }
-        step()
-        let elapsed = ContinuousClock().measure { for _ in 0..<trainSteps { step() } }
-        return Double(trainSteps * batch) / seconds(elapsed)
+        trainingThroughput(try RepVGGNet(config: config, seed: 1))
     }
 
     /// QAT training images/s: the post-BN form with fake quantization on
@@ -162,12 +151,18 @@ struct Bench: ParsableCommand {
         let net = try QuantizedNet(from: RepVGGNet(config: config, seed: 1), form: .postBN)
         try net.calibrate(on: syntheticImages(64))
         net.train()
-        let opt = SGD(groups: ParameterGroup.standard(net, weightDecay: 1e-4), learningRate: 0.01)
+        return trainingThroughput(net)
+    }
+
+    /// Images/s of `trainSteps` SGD steps of `model` (forward, backward,
+    /// update) on one synthetic batch, after one untimed step.
+    func trainingThroughput(_ model: some Module & Layer) -> Double {
+        let opt = SGD(groups: ParameterGroup.standard(model, weightDecay: 1e-4), learningRate: 0.01)
         var rng = SplitMix64(seed: 2)
         let x = Tensor.uniform([batch, 1, 28, 28], bound: 1, rng: &rng, requiresGrad: false)
         let labels = (0..<batch).map { Int32($0 % 10) }
         let step = {
-            let loss = crossEntropy(net(x), labels: labels)
+            let loss = crossEntropy(model(x), labels: labels)
             opt.zeroGrad(); loss.backward(); opt.step()
         }
         step()

@@ -85,17 +85,10 @@ public final class Int8Engine {
         }
         let outputs = layouts.indices.map { i -> [Int64] in
             let g = layouts[i].geometry
-            var offsets = [Int64]()
-            offsets.reserveCapacity(g.columns)
-            for image in 0..<n {
-                for y in 0..<g.outHeight {
-                    for x in 0..<g.outWidth {
-                        offsets.append(Int64(i + 1 < layouts.count ? layouts[i + 1].offset(image: image, y: y, x: x)
-                                                                   : ((image * g.outHeight + y) * g.outWidth + x) * g.outChannels))
-                    }
-                }
+            return outputPixelOffsets(g) { image, y, x in
+                i + 1 < layouts.count ? layouts[i + 1].offset(image: image, y: y, x: x)
+                                      : ((image * g.outHeight + y) * g.outWidth + x) * g.outChannels
             }
-            return offsets
         }
         let plan = Plan(layouts: layouts, windows: layouts.map(\.windowOffsets), outputs: outputs)
         plans[[n, height, width]] = plan

@@ -67,18 +67,11 @@ public final class DeployedEngine {
         let layouts = geometries.map(PaddedFloatNHWC.init)
         let outputs = geometries.indices.map { i -> [Int64] in
             let g = geometries[i]
-            var offsets = [Int64]()
-            offsets.reserveCapacity(g.columns)
-            for image in 0..<g.batch {
-                for y in 0..<g.outHeight {
-                    for x in 0..<g.outWidth {
-                        // The next layer's padded input, or plain NHWC after the last.
-                        offsets.append(Int64(i + 1 < layouts.count ? layouts[i + 1].offset(image: image, y: y, x: x)
-                                                                   : ((image * g.outHeight + y) * g.outWidth + x) * g.outChannels))
-                    }
-                }
+            // The next layer's padded input, or plain NHWC after the last.
+            return outputPixelOffsets(g) { image, y, x in
+                i + 1 < layouts.count ? layouts[i + 1].offset(image: image, y: y, x: x)
+                                      : ((image * g.outHeight + y) * g.outWidth + x) * g.outChannels
             }
-            return offsets
         }
         let plan = Plan(geometries: geometries, layouts: layouts, windows: layouts.map(\.windowOffsets), outputs: outputs)
         plans[[n, height, width]] = plan
