@@ -107,21 +107,22 @@ struct FloatConvolutionTests {
     }
 }
 
-/// dx of a convolution by its definition, in Double.
-private func referenceInputGradient(_ dy: [Float], _ w: [Float], _ g: ConvGeometry) -> [Float] {
-    var dx = [Double](repeating: 0, count: g.batch * g.inChannels * g.height * g.width)
+/// Every multiply-add of a convolution by its definition: `visit(y, x, w)`
+/// with the NCHW index of the output, of the input it reads (in-image taps
+/// only) and the OIHW index of the weight.
+private func forEachProduct(_ g: ConvGeometry, _ visit: (_ y: Int, _ x: Int, _ w: Int) -> Void) {
     for n in 0..<g.batch {
         for o in 0..<g.outChannels {
             for oy in 0..<g.outHeight {
                 for ox in 0..<g.outWidth {
-                    let d = Double(dy[((n * g.outChannels + o) * g.outHeight + oy) * g.outWidth + ox])
                     for c in 0..<g.inChannels {
                         for i in 0..<g.kernelH {
                             for j in 0..<g.kernelW {
                                 let iy = oy * g.stride - g.padding + i, ix = ox * g.stride - g.padding + j
                                 guard iy >= 0, iy < g.height, ix >= 0, ix < g.width else { continue }
-                                dx[((n * g.inChannels + c) * g.height + iy) * g.width + ix] +=
-                                    d * Double(w[((o * g.inChannels + c) * g.kernelH + i) * g.kernelW + j])
+                                visit(((n * g.outChannels + o) * g.outHeight + oy) * g.outWidth + ox,
+                                      ((n * g.inChannels + c) * g.height + iy) * g.width + ix,
+                                      ((o * g.inChannels + c) * g.kernelH + i) * g.kernelW + j)
                             }
                         }
                     }
@@ -129,6 +130,12 @@ private func referenceInputGradient(_ dy: [Float], _ w: [Float], _ g: ConvGeomet
             }
         }
     }
+}
+
+/// dx of a convolution by its definition, in Double.
+private func referenceInputGradient(_ dy: [Float], _ w: [Float], _ g: ConvGeometry) -> [Float] {
+    var dx = [Double](repeating: 0, count: g.batch * g.inChannels * g.height * g.width)
+    forEachProduct(g) { y, x, k in dx[x] += Double(dy[y]) * Double(w[k]) }
     return dx.map { Float($0) }
 }
 
@@ -158,25 +165,7 @@ struct ConvolutionInputGradientTests {
 /// dw of a convolution by its definition, in Double.
 private func referenceWeightGradient(_ x: [Float], _ dy: [Float], _ g: ConvGeometry) -> [Float] {
     var dw = [Double](repeating: 0, count: g.outChannels * g.patchSize)
-    for n in 0..<g.batch {
-        for o in 0..<g.outChannels {
-            for oy in 0..<g.outHeight {
-                for ox in 0..<g.outWidth {
-                    let d = Double(dy[((n * g.outChannels + o) * g.outHeight + oy) * g.outWidth + ox])
-                    for c in 0..<g.inChannels {
-                        for i in 0..<g.kernelH {
-                            for j in 0..<g.kernelW {
-                                let iy = oy * g.stride - g.padding + i, ix = ox * g.stride - g.padding + j
-                                guard iy >= 0, iy < g.height, ix >= 0, ix < g.width else { continue }
-                                dw[((o * g.inChannels + c) * g.kernelH + i) * g.kernelW + j] +=
-                                    d * Double(x[((n * g.inChannels + c) * g.height + iy) * g.width + ix])
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    forEachProduct(g) { y, i, k in dw[k] += Double(dy[y]) * Double(x[i]) }
     return dw.map { Float($0) }
 }
 
