@@ -8,8 +8,8 @@ import CQARepFloat
 //
 // The C kernels in CQARepFloat pick AVX-512 or AVX2 + FMA at run time. That
 // matters on CPUs OpenBLAS 0.3.21 does not know (it falls back to its SSE3
-// "Prescott" kernels on Sapphire and Emerald Rapids), and it removes the
-// 9x patch matrix that im2col + sgemm writes and reads.
+// "Prescott" kernels on Sapphire and Emerald Rapids), and it writes no 9x
+// patch matrix, as an im2col + sgemm convolution does.
 
 /// Which float convolution kernel runs.
 public enum FloatKernelPath: Sendable, Equatable, CaseIterable {

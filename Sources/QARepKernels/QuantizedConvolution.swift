@@ -266,11 +266,6 @@ public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: Quan
     }
 }
 
-private func withOptionalPointer<R>(_ values: [Int64]?, _ body: (UnsafePointer<Int64>?) -> R) -> R {
-    guard let values else { return body(nil) }
-    return values.withUnsafeBufferPointer { body($0.baseAddress) }
-}
-
 private func checkQuantizedConv<Input: QuantizedActivation, Output: QuantizedActivation>(
     _: Input.Type, _: Output.Type, _ g: ConvGeometry, outChannels: Int, inputSize: Int,
     bias: [Int32], multipliers: [Float], inputZeroPoint: Int32,

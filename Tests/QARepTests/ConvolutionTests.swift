@@ -2,9 +2,8 @@ import QARep
 import QARepKernels
 import Testing
 
-// The GEMM convolution against the direct seven-loop reference, for every
-// shape the RepVGG models use, and im2col/col2im adjointness (col2im is the
-// backward pass of im2col, so <col2im(c), x> must equal <c, im2col(x)>).
+// conv2d (the implicit-GEMM kernel) against the direct seven-loop reference,
+// for every shape the RepVGG models use, and the sgemm wrapper.
 
 struct ConvCase: Sendable, CustomTestStringConvertible {
     var batch: Int, inChannels: Int, outChannels: Int, height: Int, width: Int
@@ -56,7 +55,7 @@ private func referenceConv(_ x: [Float], _ w: [Float], _ b: [Float]?, _ g: ConvG
     return y
 }
 
-@Suite("Convolution: GEMM path against the direct reference")
+@Suite("Convolution: conv2d against the direct reference")
 struct ConvolutionTests {
     @Test("conv2d equals naiveConv2d", arguments: modelConvCases)
     func gemmMatchesNaive(_ c: ConvCase) {
@@ -91,60 +90,6 @@ struct ConvolutionTests {
         let s = conv2d(x, weight: w, stride: 2, padding: 1)
         #expect(s.shape == [1, 1, 2, 2])
         #expect(s.data == [12, 16, 24, 28])
-    }
-
-    static let adjointGeometries: [ConvGeometry] = [
-        ConvGeometry(batch: 2, inChannels: 3, height: 5, width: 6, outChannels: 1, kernelH: 3, kernelW: 3, stride: 1, padding: 1),
-        ConvGeometry(batch: 2, inChannels: 2, height: 7, width: 7, outChannels: 1, kernelH: 3, kernelW: 3, stride: 2, padding: 1),
-        ConvGeometry(batch: 1, inChannels: 2, height: 6, width: 5, outChannels: 1, kernelH: 3, kernelW: 3, stride: 2, padding: 0),
-        ConvGeometry(batch: 2, inChannels: 3, height: 4, width: 4, outChannels: 1, kernelH: 3, kernelW: 3, stride: 1, padding: 0),
-        ConvGeometry(batch: 2, inChannels: 3, height: 5, width: 7, outChannels: 1, kernelH: 1, kernelW: 1, stride: 2, padding: 0),
-        ConvGeometry(batch: 1, inChannels: 2, height: 4, width: 5, outChannels: 1, kernelH: 1, kernelW: 1, stride: 1, padding: 1),
-        ConvGeometry(batch: 1, inChannels: 1, height: 28, width: 28, outChannels: 1, kernelH: 3, kernelW: 3, stride: 2, padding: 1),
-        ConvGeometry(batch: 2, inChannels: 2, height: 6, width: 7, outChannels: 1, kernelH: 5, kernelW: 3, stride: 2, padding: 2),
-    ]
-
-    @Test("im2col and col2im are adjoint", arguments: adjointGeometries)
-    func adjointness(_ g: ConvGeometry) {
-        let xCount = g.batch * g.inChannels * g.height * g.width
-        let colCount = g.patchSize * g.columns
-        let x = randomFloats(xCount, seed: 51)
-        let c = randomFloats(colCount, seed: 52)
-
-        var colOfX = [Float](repeating: .nan, count: colCount)
-        x.withUnsafeBufferPointer { xp in colOfX.withUnsafeMutableBufferPointer { im2col(xp.baseAddress!, $0.baseAddress!, g) } }
-        var imOfC = [Float](repeating: 0, count: xCount)
-        c.withUnsafeBufferPointer { cp in imOfC.withUnsafeMutableBufferPointer { col2im(cp.baseAddress!, $0.baseAddress!, g) } }
-
-        #expect(!colOfX.contains { $0.isNaN }, "im2col left entries unwritten")
-        let lhs = dot(imOfC, x), rhs = dot(c, colOfX)
-        #expect(abs(lhs - rhs) <= 1e-5 * max(abs(lhs), abs(rhs), 1), "<col2im(c), x> = \(lhs), <c, im2col(x)> = \(rhs)")
-    }
-
-    @Test("im2col zero-fills the padding taps")
-    func im2colPadding() {
-        // One 2x2 image, 3x3 kernel, padding 1: the patch matrix has 9 rows and 4
-        // columns; tap (0, 0) sees the image only at output (1, 1).
-        let g = ConvGeometry(batch: 1, inChannels: 1, height: 2, width: 2, outChannels: 1,
-                             kernelH: 3, kernelW: 3, stride: 1, padding: 1)
-        let x: [Float] = [1, 2, 3, 4]
-        var col = [Float](repeating: .nan, count: 36)
-        x.withUnsafeBufferPointer { xp in col.withUnsafeMutableBufferPointer { im2col(xp.baseAddress!, $0.baseAddress!, g) } }
-        #expect(Array(col[0 ..< 4]) == [0, 0, 0, 1])   // tap (0, 0)
-        #expect(Array(col[16 ..< 20]) == [1, 2, 3, 4]) // centre tap
-        #expect(Array(col[32 ..< 36]) == [4, 0, 0, 0]) // tap (2, 2)
-    }
-
-    @Test("batch-major and channel-major layouts are inverse copies")
-    func layoutRoundTrip() {
-        let (n, c, p) = (3, 4, 5)
-        let x = (0 ..< n * c * p).map(Float.init)
-        var cm = [Float](repeating: 0, count: x.count), back = [Float](repeating: 0, count: x.count)
-        x.withUnsafeBufferPointer { s in cm.withUnsafeMutableBufferPointer { batchToChannelMajor(s.baseAddress!, $0.baseAddress!, batch: n, channels: c, plane: p) } }
-        cm.withUnsafeBufferPointer { s in back.withUnsafeMutableBufferPointer { channelToBatchMajor(s.baseAddress!, $0.baseAddress!, batch: n, channels: c, plane: p) } }
-        // Element (n=1, c=2, i=3) moves to (c=2, n=1, i=3).
-        #expect(cm[(2 * n + 1) * p + 3] == x[(1 * c + 2) * p + 3])
-        #expect(back == x)
     }
 
     @Test("sgemm with every transpose combination and beta accumulation")
