@@ -11,7 +11,7 @@ public final class SGD: Optimizer {
     public let momentum: Float
     public let dampening: Float
     public let nesterov: Bool
-    private var buffers: [ObjectIdentifier: [Float]] = [:]
+    public let state = OptimizerState()
 
     public init(groups: [ParameterGroup], learningRate: Float, momentum: Float = 0.9,
                 dampening: Float = 0, nesterov: Bool = false) {
@@ -20,42 +20,26 @@ public final class SGD: Optimizer {
         self.momentum = momentum; self.dampening = dampening; self.nesterov = nesterov
     }
 
-    public func step() {
+    /// `momentum_buffer`, when there is momentum.
+    public func stateEntries(parameterCount: Int) -> [(name: String, count: Int)] {
+        momentum != 0 ? [("momentum_buffer", parameterCount)] : []
+    }
+
+    public func update(_ w: UnsafeMutableBufferPointer<Float>, gradient grad: [Float],
+                       state: inout [String: [Float]], weightDecay wd: Float) {
         let lr = learningRate
-        for group in groups {
-            let wd = group.weightDecay
-            for (_, p) in group.parameters {
-                guard let grad = p.grad else { continue }
-                let id = ObjectIdentifier(p)
-                let first = buffers[id] == nil
-                var buf = buffers[id] ?? [Float](repeating: 0, count: p.count)
-                p.data.withUnsafeMutableBufferPointer { w in
-                    for i in 0..<w.count {
-                        var d = grad[i] + wd * w[i]
-                        if momentum != 0 {
-                            buf[i] = first ? d : momentum * buf[i] + (1 - dampening) * d
-                            d = nesterov ? d + momentum * buf[i] : buf[i]
-                        }
-                        w[i] -= lr * d
-                    }
-                }
-                if momentum != 0 { buffers[id] = buf }
-            }
+        guard momentum != 0 else {
+            for i in 0..<w.count { w[i] -= lr * (grad[i] + wd * w[i]) }
+            return
         }
-    }
-
-    public func stateDict() -> [String: [Float]] {
-        var out: [String: [Float]] = [:]
-        for g in groups { for (key, p) in g.parameters { if let b = buffers[ObjectIdentifier(p)] { out[key + ".momentum_buffer"] = b } } }
-        return out
-    }
-
-    public func loadStateDict(_ state: [String: [Float]]) throws {
-        buffers = [:]
-        for g in groups {
-            for (key, p) in g.parameters {
-                if let b = try restore(state, key: key + ".momentum_buffer", count: p.count) { buffers[ObjectIdentifier(p)] = b }
-            }
+        let first = state["momentum_buffer"] == nil
+        var buf = state.removeValue(forKey: "momentum_buffer") ?? [Float](repeating: 0, count: w.count)
+        for i in 0..<w.count {
+            var d = grad[i] + wd * w[i]
+            buf[i] = first ? d : momentum * buf[i] + (1 - dampening) * d
+            d = nesterov ? d + momentum * buf[i] : buf[i]
+            w[i] -= lr * d
         }
+        state["momentum_buffer"] = buf
     }
 }
