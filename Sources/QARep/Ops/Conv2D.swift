@@ -10,7 +10,6 @@ import QARepKernels
 /// gradient is a convolution of dY on the forward kernel, one per stride
 /// phase (`convolutionInputGradient`). No patch matrix anywhere.
 public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int = 1, padding: Int = 0) -> Tensor {
-    MemoryTuning.apply()
     precondition(x.rank == 4, "conv2d input must be [N, C, H, W], got \(x.shape)")
     precondition(weight.rank == 4 && weight.shape[1] == x.shape[1],
                  "conv2d weight \(weight.shape) does not match input channels of \(x.shape)")
