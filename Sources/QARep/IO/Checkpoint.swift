@@ -92,12 +92,8 @@ public enum Checkpoint {
         let file = try SafeTensorsFile.read(from: path)
         let name = (path as NSString).lastPathComponent
         let meta = file.metadata
-        if let f = meta["format"], f != format {
-            throw CheckpointError("\(name): format '\(f)' is not a QARep model checkpoint")
-        }
-        if let v = meta["format_version"], (Int(v) ?? Int.max) > formatVersion {
-            throw CheckpointError("\(name): format version \(v) is newer than this qarep understands (\(formatVersion))")
-        }
+        // PyTorch's own files have no QARep metadata; anything that claims a format must be ours.
+        if meta["format"] != nil || meta["format_version"] != nil { try checkFormat(meta, file: name) }
         let deployedKeys = file.tensors.keys.contains { $0.hasSuffix("rbr_reparam.weight") }
         var kind: CheckpointKind = deployedKeys ? .deploy : .train
         if let k = meta["kind"] {
@@ -228,9 +224,25 @@ public enum Checkpoint {
         let file = try SafeTensorsFile.read(from: path)
         let name = (path as NSString).lastPathComponent
         guard file.metadata["kind"] == kind, let json = file.metadata[section], let modelJSON = file.metadata["model"] else {
+            if file.metadata["format"] == format { try checkFormat(file.metadata, file: name) }
             throw CheckpointError("\(name): not a \(hint) (kind is \(file.metadata["kind"] ?? "missing"))")
         }
+        try checkFormat(file.metadata, file: name)
         return (file, name, try decode(ModelConfig.self, modelJSON, what: "model", file: name), json)
+    }
+
+    /// Refuses metadata that is not QARep's `format`, or whose `format_version`
+    /// is missing, not a positive integer, or newer than this build reads.
+    static func checkFormat(_ meta: [String: String], file name: String) throws {
+        guard meta["format"] == format else {
+            throw CheckpointError("\(name): format '\(meta["format"] ?? "missing")' is not a QARep file (expected '\(format)')")
+        }
+        guard let v = meta["format_version"], let version = Int(v), version >= 1 else {
+            throw CheckpointError("\(name): format_version '\(meta["format_version"] ?? "missing")' is not a positive integer")
+        }
+        guard version <= formatVersion else {
+            throw CheckpointError("\(name): format version \(version) is newer than this qarep understands (\(formatVersion))")
+        }
     }
 
     /// A fresh run directory: created if needed, refused if it already holds a run's `last` file.
@@ -238,7 +250,7 @@ public enum Checkpoint {
         guard let directory else { return }
         let last = (directory as NSString).appendingPathComponent(lastFile)
         if FileManager.default.fileExists(atPath: last) {
-            throw CheckpointError("\(last) already exists: continue it with --resume \(directory), or choose another --out")
+            throw CheckpointError("\(last) already exists: resume that run, or choose another directory")
         }
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     }
