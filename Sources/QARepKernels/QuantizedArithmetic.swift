@@ -41,8 +41,50 @@ public func saturate(_ x: Int64, min: Int32, max: Int32) -> Int32 {
 public func quantize(_ x: Float, scale: Float, zeroPoint: Int32, min: Int32, max: Int32) -> Int32 {
     precondition(!x.isNaN, "cannot quantize NaN")
     precondition(scale > 0, "quantization scale must be positive, got \(scale)")
-    let r = Double(roundHalfEven(x / scale)) + Double(zeroPoint)
-    return Int32(Swift.min(Swift.max(r, Double(min)), Double(max)))
+    return Int32(clampedLevel(unclampedLevel(x, scale: scale, zeroPoint: zeroPoint), min: min, max: max))
+}
+
+/// `roundHalfEven(x / scale) + zeroPoint` before the clamp, in `Double`
+/// (exact for every `Float` quotient and `Int32` zero point): the first half
+/// of `quantize`, for the simulation, which also needs to know whether the
+/// value was clipped. NaN stays NaN.
+@inline(__always)
+public func unclampedLevel(_ x: Float, scale: Float, zeroPoint: Int32) -> Double {
+    Double(roundHalfEven(x / scale)) + Double(zeroPoint)
+}
+
+/// The second half of `quantize`: `level` clamped into `[min, max]`.
+/// - Precondition: `level` is not NaN.
+@inline(__always)
+public func clampedLevel(_ level: Double, min: Int32, max: Int32) -> Double {
+    Swift.min(Swift.max(level, Double(min)), Double(max))
+}
+
+/// Quantizes a bias to int32 in units of `inputScale * weightScale`, the
+/// accumulator's unit: `roundHalfEven(Double(b) / (Double(inputScale) * Double(weightScale)))`,
+/// saturated to the int32 range. The product of the scales is exact in
+/// `Double` (two 24-bit significands), so the only rounding is the final
+/// one. The simulation and the engine both take their bias from here:
+/// `b = 1`, `inputScale = 0.5`, `weightScale = 0.25` gives 8; `b = 0.3125`
+/// gives 2.5, a tie, so 2.
+@inline(__always)
+public func quantizeBias(_ b: Float, inputScale: Float, weightScale: Float) -> Int32 {
+    Int32(clampedLevel(unclampedBiasLevel(b, inputScale: inputScale, weightScale: weightScale),
+                       min: Int32.min, max: Int32.max))
+}
+
+/// `quantizeBias` before the saturation (NaN stays NaN).
+@inline(__always)
+public func unclampedBiasLevel(_ b: Float, inputScale: Float, weightScale: Float) -> Double {
+    roundHalfEven(Double(b) / (Double(inputScale) * Double(weightScale)))
+}
+
+/// The real value of a bias code, `q * inputScale * weightScale`, computed in
+/// `Double` and rounded once to `Float`: what the simulation adds to its
+/// float accumulator where the engine adds `q` to its integer one.
+@inline(__always)
+public func dequantizeBias(_ q: Int32, inputScale: Float, weightScale: Float) -> Float {
+    Float(Double(q) * (Double(inputScale) * Double(weightScale)))
 }
 
 /// Quantizes with the bounds of a `QuantRange`.

@@ -65,3 +65,32 @@ func printJSON(_ object: [String: Any]) throws {
 }
 
 func percent(_ v: Double) -> String { String(format: "%.2f%%", 100 * v) }
+
+extension Calibrator.Method: ExpressibleByArgument {}
+
+/// The quantization flags PTQ and QAT share, and the `QConfig` they make.
+struct QuantizationOptions: ParsableArguments {
+    @Option(help: "Activation calibrator: \(Calibrator.Method.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var calibrator: Calibrator.Method = .minmax
+    @Option(help: "Percentile of |x| for --calibrator percentile, in (0, 100].") var percentile = 99.99
+    @Option(help: "Calibration images (the first N training images).") var calibImages = 512
+    @Option(help: "Bit width of weights and activations, 2-8 (the integer engine runs 8).") var bits = 8
+    @Flag(help: "Unsigned asymmetric activations instead of signed symmetric.") var unsignedActivations = false
+
+    func validate() throws {
+        if calibImages <= 0 { throw ValidationError("--calib-images must be at least 1, got \(calibImages)") }
+        if !(2...8).contains(bits) { throw ValidationError("--bits must be between 2 and 8, got \(bits)") }
+        if !(percentile > 0 && percentile <= 100) { throw ValidationError("--percentile must be in (0, 100], got \(percentile)") }
+        if calibrator != .percentile && percentile != 99.99 {
+            throw ValidationError("--percentile applies to --calibrator percentile, not \(calibrator.rawValue)")
+        }
+    }
+
+    /// The activation calibrator with its settings.
+    var calibratorSettings: Calibrator { Calibrator(calibrator, percentile: percentile) }
+
+    /// TensorRT's schemes (or unsigned activations) at `--bits`, with the calibrator.
+    var qconfig: QConfig {
+        (unsignedActivations ? QConfig.unsignedActivations : .tensorRT).withBits(bits).with(calibrator: calibratorSettings)
+    }
+}

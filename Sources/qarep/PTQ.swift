@@ -9,37 +9,22 @@ struct PTQ: ParsableCommand {
         abstract: "Post-training quantization: fold, calibrate on a few training images, convert to INT8.")
 
     @Option(help: "FP32 checkpoint (multi-branch or deployed).") var checkpoint: String
-    @Option(help: "Activation calibrator: minmax, moving-average, percentile, mse or entropy.") var calibrator = "minmax"
-    @Option(help: "Calibration images (the first N training images).") var calibImages = 512
-    @Option(help: "Percentile for --calibrator percentile.") var percentile = 99.99
-    @Option(help: "Bit width of weights and activations, 2-8.") var bits = 8
-    @Flag(help: "Unsigned asymmetric 8-bit activations instead of signed symmetric.") var unsignedActivations = false
+    @OptionGroup var quantization: QuantizationOptions
     @Option(help: "Write the INT8 model (native safetensors) here.") var out: String?
     @Flag(help: "Print each activation quantizer's calibrated range on stderr.") var showRanges = false
     @OptionGroup var model: ModelOptions
     @OptionGroup var data: DataOptions
     @OptionGroup var runtime: RuntimeOptions
 
-    func validate() throws {
-        guard Calibrator(rawValue: calibrator) != nil else {
-            throw ValidationError("unknown calibrator '\(calibrator)'; expected one of \(Calibrator.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        if calibImages <= 0 { throw ValidationError("--calib-images must be at least 1, got \(calibImages)") }
-        if !(2...8).contains(bits) { throw ValidationError("--bits must be between 2 and 8, got \(bits)") }
-        if !(0 < percentile && percentile <= 100) { throw ValidationError("--percentile must be in (0, 100], got \(percentile)") }
-    }
-
     func run() throws {
         runtime.apply()
         let net = try Checkpoint.loadModel(checkpoint, fallback: model.fallback())
-        let calibration = try FashionMNIST.load(split: .train, root: data.dataRoot, limit: calibImages)
+        let calibration = try FashionMNIST.load(split: .train, root: data.dataRoot, limit: quantization.calibImages)
         let test = try data.test()
-        var qconfig = unsignedActivations ? QConfig.unsignedActivations : .tensorRT
-        qconfig = qconfig.withBits(bits)
+        let qconfig = quantization.qconfig, bits = quantization.bits, calibrator = qconfig.calibrator
         let progress = runtime.progress
-        progress.finish("calibrating \(Calibrator(rawValue: calibrator)!.rawValue) on \(calibration.count) training images")
-        let quantized = try postTrainingQuantize(net, calibration: calibration, qconfig: qconfig,
-                                                 calibrator: Calibrator(rawValue: calibrator)!)
+        progress.finish("calibrating \(calibrator) on \(calibration.count) training images")
+        let quantized = try postTrainingQuantize(net, calibration: calibration, qconfig: qconfig)
         if showRanges {
             for (path, m) in quantized.namedModules() {
                 guard let fq = m as? FakeQuantize, !fq.tracksCurrentValues, let o = fq.observers.first else { continue }
@@ -50,7 +35,7 @@ struct PTQ: ParsableCommand {
         }
         let fp32 = evaluate(net, on: test)
         let fake = evaluate(quantized, on: test)
-        var json: [String: Any] = ["top1": fp32.top1, "fake_quant_top1": fake.top1, "calibrator": calibrator,
+        var json: [String: Any] = ["top1": fp32.top1, "fake_quant_top1": fake.top1, "calibrator": calibrator.method.rawValue,
                                    "calib_images": calibration.count, "bits": bits, "images": test.count]
         var rows = [("FP32", fp32), ("INT8 fake-quant", fake)]
         if bits == 8 {

@@ -17,12 +17,9 @@ struct QAT: ParsableCommand {
     @Option(help: "Initial learning rate after warm-up.") var lr: Float = 0.01
     @Option(help: "Batch size.") var batchSize = 64
     @Option(help: "Weight decay.") var wd: Float = 1e-4
-    @Option(help: "Calibrator that initializes activation ranges.") var calibrator = "minmax"
-    @Option(help: "Calibration images.") var calibImages = 512
     @Option(help: "Freeze BN statistics from this epoch (0-based) on.") var freezeBnAfter: Int?
     @Option(help: "Freeze activation ranges from this epoch (0-based) on.") var freezeObserversAfter: Int?
-    @Option(help: "Bit width, 2-8 (the integer engine runs 8).") var bits = 8
-    @Flag(help: "Unsigned asymmetric 8-bit activations.") var unsignedActivations = false
+    @OptionGroup var quantization: QuantizationOptions
     @Option(help: "Seed for shuffling and augmentation.") var seed: UInt64 = 0
     @OptionGroup var model: ModelOptions
     @OptionGroup var data: DataOptions
@@ -31,10 +28,6 @@ struct QAT: ParsableCommand {
     func validate() throws {
         if (from == nil) == (resume == nil) { throw ValidationError("give either --from FP32_CHECKPOINT (a new run) or --resume DIR") }
         if resume != nil && out != nil { throw ValidationError("--resume continues in its own directory; drop --out") }
-        guard Calibrator(rawValue: calibrator) != nil else {
-            throw ValidationError("unknown calibrator '\(calibrator)'; expected one of \(Calibrator.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        if !(2...8).contains(bits) { throw ValidationError("--bits must be between 2 and 8, got \(bits)") }
     }
 
     func run() throws {
@@ -52,11 +45,11 @@ struct QAT: ParsableCommand {
             fp32Top1 = evaluate(fp32, on: test).top1
             var options = QATOptions()
             options.epochs = epochs; options.warmupEpochs = warmupEpochs; options.learningRate = lr
-            options.batchSize = batchSize; options.weightDecay = wd; options.calibrator = Calibrator(rawValue: calibrator)!
-            options.calibrationImages = calibImages; options.freezeBNAfter = freezeBnAfter
+            options.batchSize = batchSize; options.weightDecay = wd
+            options.calibrationImages = quantization.calibImages; options.freezeBNAfter = freezeBnAfter
             options.freezeObserversAfter = freezeObserversAfter; options.seed = seed
-            options.qconfig = (unsignedActivations ? QConfig.unsignedActivations : .tensorRT).withBits(bits)
-            let calibration = try FashionMNIST.load(split: .train, root: data.dataRoot, limit: calibImages)
+            options.qconfig = quantization.qconfig
+            let calibration = try FashionMNIST.load(split: .train, root: data.dataRoot, limit: quantization.calibImages)
             run = try QATRun(from: fp32, source: from!, options: options, calibration: calibration,
                              trainImages: train.count, directory: out, progress: progress)
             let form = run.model.hasPostBN ? "post-BN kept as a BN" : "fully folded"

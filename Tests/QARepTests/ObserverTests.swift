@@ -55,11 +55,11 @@ struct ObserverTests {
     @Test("min-max equals the extremes; moving average follows PyTorch's rule")
     func minMax() {
         let x = sampleActivations(1000, seed: 1)
-        let o = Observer(.minmax, scheme: .int8Activations)
+        let o = MinMaxObserver(scheme: .int8Activations)
         o.observe(Array(x[..<500])); o.observe(Array(x[500...]))
         #expect(o.range().lo == x.min()! && o.range().hi == x.max()!)
 
-        let m = Observer(.movingAverage, scheme: .int8Activations, averagingConstant: 0.1)
+        let m = MovingAverageMinMaxObserver(scheme: .int8Activations, averagingConstant: 0.1)
         m.observe([-1, 2]); m.observe([-3, 4])
         // First batch sets the range; then r += 0.1 * (batch - r).
         #expect(abs(m.minValue - (-1 + 0.1 * (-3 + 1))) < 1e-6)
@@ -70,7 +70,7 @@ struct ObserverTests {
     func percentile() {
         let x = sampleActivations(20_000, seed: 2)
         for p in [99.0, 99.9, 99.99] {
-            let o = Observer(.percentile, scheme: .int8Activations, percentile: p)
+            let o = PercentileObserver(scheme: .int8Activations, percentile: p)
             // Two batches, the second with a larger maximum, to exercise range growth.
             o.observe(Array(x[1000...])); o.observe(Array(x[..<1000]))
             let sorted = x.map(abs).sorted()
@@ -83,7 +83,7 @@ struct ObserverTests {
     @Test("MSE threshold is as good as a brute-force search on the raw data")
     func mse() {
         let x = sampleActivations(8000, seed: 3)
-        let o = Observer(.mse, scheme: .int8Activations)
+        let o = MSEObserver(scheme: .int8Activations)
         o.observe(x)
         let t = o.range().hi
         let amax = x.map(abs).max()!
@@ -102,7 +102,7 @@ struct ObserverTests {
     @Test("entropy threshold minimizes KL against a direct brute-force computation")
     func entropy() {
         let x = sampleActivations(20_000, seed: 4).map { abs($0) }
-        let o = Observer(.entropy, scheme: .int8Activations)
+        let o = EntropyObserver(scheme: .int8Activations)
         o.observe(x)
         let t = o.range().hi
         // Brute force: rebuild the 2048-bin histogram and evaluate KL at every cut with a plain
@@ -141,13 +141,51 @@ struct ObserverTests {
         #expect(fq.zeroPoints == [0, 0, 0])
     }
 
-    @Test("observer state round-trips (for QAT checkpoints)", arguments: Calibrator.allCases)
+    @Test("observer state round-trips (for QAT checkpoints)", arguments: Calibrator.allDefaults)
     func stateRoundTrip(_ calibrator: Calibrator) throws {
-        let a = Observer(calibrator, scheme: .int8Activations)
+        let a = calibrator.makeObserver(scheme: .int8Activations)
         a.observe(sampleActivations(3000, seed: 5))
-        let b = Observer(calibrator, scheme: .int8Activations)
+        let b = calibrator.makeObserver(scheme: .int8Activations)
+        #expect(b.calibrator == calibrator)
         try b.restore(a.state)
         #expect(a.range() == b.range())
         #expect(throws: QuantizationError.self) { try b.restore([1, 2, 3]) }
+    }
+
+    @Test("a calibrator's settings reach its observer: percentile 90 clips below 99.99")
+    func percentileSetting() throws {
+        let x = sampleActivations(20_000, seed: 6)
+        let fq90 = FakeQuantize(scheme: .int8Activations, calibrator: .percentile(90))
+        let fq9999 = FakeQuantize(scheme: .int8Activations, calibrator: .percentile(99.99))
+        fq90.observe(x); fq9999.observe(x)
+        #expect(fq90.scales[0] < fq9999.scales[0] * 0.8, "90th percentile \(fq90.scales[0]) vs 99.99th \(fq9999.scales[0])")
+        #expect(fq90.calibrator == .percentile(90))
+        #expect(throws: QuantizationError.self) { try Calibrator.percentile(0).validate() }
+        #expect(throws: QuantizationError.self) { try QConfig.tensorRT.with(calibrator: .percentile(101)).validate() }
+    }
+
+    @Test("calibrators encode their settings and read the bare names older files hold", arguments: Calibrator.allDefaults + [.percentile(90), .movingAverage(averagingConstant: 0.1)])
+    func calibratorCoding(_ calibrator: Calibrator) throws {
+        let data = try JSONEncoder().encode(QConfig.tensorRT.with(calibrator: calibrator))
+        #expect(try JSONDecoder().decode(QConfig.self, from: data).calibrator == calibrator)
+        let legacy = try JSONDecoder().decode(Calibrator.self, from: Data("\"\(calibrator.method.rawValue)\"".utf8))
+        #expect(legacy == Calibrator(calibrator.method))
+        // A qconfig without a calibrator (written before it had one) means min-max.
+        let old = #"{"weight":{"bits":8,"signed":true,"symmetric":true,"narrowRange":true,"perChannel":true},"activation":{"bits":8,"signed":true,"symmetric":true,"narrowRange":false,"perChannel":false}}"#
+        #expect(try JSONDecoder().decode(QConfig.self, from: Data(old.utf8)) == .tensorRT)
+    }
+
+    @Test("scale and zero point are computed when read, after any number of observations")
+    func qparamsOnDemand() {
+        let fq = FakeQuantize(scheme: .int8Activations, calibrator: .mse)
+        let x = sampleActivations(4000, seed: 7)
+        for k in 0..<4 { fq.observe(Array(x[(k * 1000)..<((k + 1) * 1000)])) }
+        let direct = MSEObserver(scheme: .int8Activations)
+        direct.observe(x)
+        #expect(fq.scales == [direct.qparams().scale])
+        // The state dict (what checkpoints save) is current too.
+        fq.observe(x.map { $0 * 3 })
+        let saved = fq.stateDict().first { $0.key == "scale" }!.tensor.data
+        #expect(saved == fq.scales)
     }
 }

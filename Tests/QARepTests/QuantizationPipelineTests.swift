@@ -1,5 +1,6 @@
 import Foundation
 import QARep
+import QARepKernels
 import Testing
 
 /// The repository's `checkpoints/` folder, found from this file's path.
@@ -19,7 +20,7 @@ struct QuantizationPipelineTests {
         let model = try Checkpoint.loadModel(shippedCheckpoints + "/tiny-qarepvgg.safetensors")
         let calibration = try FashionMNIST.load(split: .train, limit: 512)
         let test = try FashionMNIST.load(split: .test)
-        let quantized = try postTrainingQuantize(model, calibration: calibration, calibrator: .minmax)
+        let quantized = try postTrainingQuantize(model, calibration: calibration)
         let fp32 = evaluate(model, on: test), fake = evaluate(quantized, on: test)
         let engine = evaluate(try quantized.convertToInt8(), on: test)
         let same = zip(fake.predictions, engine.predictions).filter { $0 == $1 }.count
@@ -51,15 +52,12 @@ struct QuantizationPipelineTests {
         try run.run(train: data, test: nil)
 
         let int8 = try run.model.convertToInt8()
-        // The integer weights are exactly those the fake-quantized model evaluates.
+        // The integer weights and biases are exactly those the fake-quantized
+        // model evaluates, with the post-BN folded by its running statistics.
         run.model.eval()
+        expectSameCodes(run.model, int8)
         let evalData = syntheticBands(count: 200, seed: 22)
         let fake = evaluate(run.model, on: evalData)
-        for (unit, conv) in zip(run.model.units, int8.convs) {
-            // The weight quantizer observed the folded weight during the evaluation above.
-            let scales = unit.weightQuant.scales
-            #expect(scales == conv.weightScales, "\(conv.name): weight scales differ between QAT and conversion")
-        }
         let engine = evaluate(int8, on: evalData)
         let same = zip(fake.predictions, engine.predictions).filter { $0 == $1 }.count
         #expect(Double(same) / Double(evalData.count) >= 0.99, "agreement \(same)/\(evalData.count)")
@@ -89,6 +87,13 @@ struct QuantizationPipelineTests {
         }
         let ia = try Int8Model.read(from: dirA + "/int8.safetensors"), ib = try Int8Model.read(from: dirB + "/int8.safetensors")
         #expect(ia == ib)
+        // The QAT reader checks the format version too.
+        var file = try SafeTensorsFile.read(from: dirB + "/last.safetensors")
+        file.metadata["format_version"] = "2"
+        try file.write(to: dirB + "/newer.safetensors")
+        #expect {
+            _ = try QATRun.loadModel(from: dirB + "/newer.safetensors")
+        } throws: { error in "\(error)".contains("newer.safetensors") && "\(error)".contains("format version 2") }
     }
 
     @Test("the native INT8 file round-trips and refuses inconsistent scales")
@@ -108,6 +113,15 @@ struct QuantizationPipelineTests {
             _ = try Int8Model.read(from: dir + "/bad.safetensors")
         } throws: { error in
             "\(error)".contains("inconsistent scales") && "\(error)".contains("bad.safetensors")
+        }
+        // A newer, missing or malformed format version is refused, naming the file.
+        for version in ["2", "", "x", nil] {
+            var file = try SafeTensorsFile.read(from: dir + "/m.safetensors")
+            file.metadata["format_version"] = version
+            try file.write(to: dir + "/v.safetensors")
+            #expect {
+                _ = try Int8Model.read(from: dir + "/v.safetensors")
+            } throws: { error in "\(error)".contains("v.safetensors") && "\(error)".contains("format") }
         }
         // A negative scale and an int8 weight of -128 are refused too.
         var broken = model
@@ -134,15 +148,49 @@ struct QuantizationPipelineTests {
         #expect(throws: QuantizationError.self) { try QuantizedNet(from: fp32, form: .folded, qconfig: QConfig.tensorRT.withBits(9)) }
     }
 
-    @Test("4-bit fake quantization runs, and the engine refuses what it cannot run")
+    @Test("lower bit widths quantize to their levels and cost accuracy in order; the engine refuses them")
     func lowBitWidth() throws {
         let (fp32, data) = try smallTrainedModel()
-        let q4 = try postTrainingQuantize(fp32, calibration: data.subset(0..<64), qconfig: QConfig.tensorRT.withBits(4))
-        #expect(q4.units[0].weightQuant.scheme.qmax == 7)
-        let out = noGrad { q4(Tensor([Float](repeating: 0.5, count: 784), shape: [1, 1, 28, 28])) }
-        let finite = out.data.allSatisfy { $0.isFinite }
-        #expect(finite)
-        #expect(throws: QuantizationError.self) { try q4.convertToInt8() }
+        let evalData = syntheticBands(count: 400, seed: 24)
+        let reference = evaluate(fp32, on: evalData)
+        var agreements: [Int: Double] = [:]
+        for bits in [8, 4, 2] {
+            let q = try postTrainingQuantize(fp32, calibration: data.subset(0..<64), qconfig: QConfig.tensorRT.withBits(bits))
+            let qmax = Float((1 << (bits - 1)) - 1)
+            #expect(q.units[0].weightQuant.scheme.qmax == Int32(qmax))
+            // Every fake-quantized weight is an integer level in [-qmax, qmax] times its channel's scale.
+            for unit in q.units {
+                let w = noGrad { unit.deployedTensors().weight }
+                let scales = unit.weightQuant.scales, per = w.count / scales.count
+                let offLevel = w.data.indices.filter { i in
+                    let s = scales[i / per], level = (w.data[i] / s).rounded()
+                    return w.data[i] != level * s || abs(level) > qmax
+                }
+                #expect(offLevel.isEmpty, "\(bits) bits: \(offLevel.count) weights off the grid")
+            }
+            let e = evaluate(q, on: evalData)
+            agreements[bits] = Double(zip(e.predictions, reference.predictions).filter { $0 == $1 }.count) / Double(evalData.count)
+            if bits < 8 { #expect(throws: QuantizationError.self) { try q.convertToInt8() } }
+        }
+        // 8 bits keeps FP32's predictions (this small model has many near ties);
+        // 4 and 2 bits lose more and more of them.
+        #expect(agreements[8]! >= 0.93, "8-bit agreement with FP32 \(agreements[8]!)")
+        #expect(agreements[4]! <= agreements[8]! && agreements[2]! < agreements[4]!, "agreement by bit width: \(agreements)")
+    }
+
+    @Test("simulation and engine use identical integer weights and biases on the shipped checkpoints", arguments: ["tiny-qarepvgg", "tiny-repvgg"])
+    func shippedCodes(_ name: String) throws {
+        let model = try Checkpoint.loadModel(shippedCheckpoints + "/\(name).safetensors")
+        let calibration = fashionPresent ? try FashionMNIST.load(split: .train, limit: 256) : syntheticBands(count: 256, seed: 25)
+        // PTQ's fully folded form, and QAT's form with QARepVGG's post-BN kept.
+        for calibrator in [Calibrator.minmax, .percentile(99.9)] {
+            let ptq = try postTrainingQuantize(model, calibration: calibration, qconfig: QConfig.tensorRT.with(calibrator: calibrator))
+            expectSameCodes(ptq, try ptq.convertToInt8())
+        }
+        let qat = try QuantizedNet(from: model, form: .postBN)
+        try qat.calibrate(on: calibration)
+        qat.eval()
+        expectSameCodes(qat, try qat.convertToInt8())
     }
 
     @Test("unsigned asymmetric activations: simulation and engine agree")
@@ -154,5 +202,33 @@ struct QuantizationPipelineTests {
         let fake = evaluate(q, on: evalData), engine = evaluate(try q.convertToInt8(), on: evalData)
         let same = zip(fake.predictions, engine.predictions).filter { $0 == $1 }.count
         #expect(same >= 198, "agreement \(same)/200")
+    }
+}
+
+/// Checks, element by element and to the bit, that the weights and biases the
+/// fake-quantized model computes with (in evaluation mode) are the converted
+/// model's integer codes times their scales, for every convolution and the head.
+func expectSameCodes(_ model: QuantizedNet, _ int8: Int8Model, sourceLocation: SourceLocation = #_sourceLocation) {
+    func check(_ name: String, weight: Tensor, bias: Tensor, codes: [Int8], biasCodes: [Int32], weightScales: [Float], inputScale: Float) {
+        let per = codes.count / weightScales.count
+        let weightMismatches = codes.indices.filter {
+            weight.data[$0].bitPattern != dequantize(Int32(codes[$0]), scale: weightScales[$0 / per], zeroPoint: 0).bitPattern
+        }
+        let biasMismatches = biasCodes.indices.filter {
+            bias.data[$0].bitPattern != dequantizeBias(biasCodes[$0], inputScale: inputScale, weightScale: weightScales[$0]).bitPattern
+        }
+        #expect(weightMismatches.isEmpty && biasMismatches.isEmpty,
+                "\(name): \(weightMismatches.count) weight and \(biasMismatches.count) bias codes differ", sourceLocation: sourceLocation)
+    }
+    noGrad {
+        #expect(model.units.count == int8.convs.count, sourceLocation: sourceLocation)
+        for (unit, conv) in zip(model.units, int8.convs) {
+            let (w, b) = unit.deployedTensors()
+            #expect(unit.weightQuant.scales == conv.weightScales, "\(conv.name): weight scales", sourceLocation: sourceLocation)
+            check(conv.name, weight: w, bias: b, codes: conv.weight, biasCodes: conv.bias, weightScales: conv.weightScales, inputScale: conv.inputScale)
+        }
+        let (w, b) = model.linear.deployedTensors()
+        check("head", weight: w, bias: b, codes: int8.head.weight, biasCodes: int8.head.bias,
+              weightScales: int8.head.weightScales, inputScale: int8.head.inputScale)
     }
 }

@@ -1,3 +1,5 @@
+import QARepKernels
+
 /// Fake quantization: `y = (clamp(roundHalfEven(x / s) + z, qmin, qmax) - z) * s`,
 /// per tensor (one scale) or per channel along axis 0 (one scale per
 /// outermost index, for `[O, I, kh, kw]` weights).
@@ -11,21 +13,41 @@ public func fakeQuantize(_ x: Tensor, scales: [Float], zeroPoints: [Int32], qmin
     let xd = x.data, n = xd.count
     let per = scales.count == 1 ? n : n / scales.count
     var inRange = [Bool](repeating: true, count: x.requiresGrad ? n : 0)
-    let lo = Float(qmin), hi = Float(qmax)
     let y = [Float](unsafeUninitializedCapacity: n) { out, count in
         for c in 0..<scales.count {
-            let s = scales[c], z = Float(zeroPoints[c])
+            let s = scales[c], z = zeroPoints[c]
             for i in (c * per)..<((c + 1) * per) {
-                // Divide rather than multiply by 1/s: the same operation as quantize() in the engine.
-                let q = (xd[i] / s).rounded(.toNearestOrEven) + z
-                if !inRange.isEmpty { inRange[i] = q >= lo && q <= hi }
-                out[i] = (min(max(q, lo), hi) - z) * s
+                // The engine's quantize(), split so the clip is visible to the gradient.
+                let level = unclampedLevel(xd[i], scale: s, zeroPoint: z)
+                guard !level.isNaN else { out[i] = .nan; continue }
+                if !inRange.isEmpty { inRange[i] = level >= Double(qmin) && level <= Double(qmax) }
+                out[i] = dequantize(Int32(clampedLevel(level, min: qmin, max: qmax)), scale: s, zeroPoint: z)
             }
         }
         count = n
     }
     return Tensor.result(y, shape: x.shape, inputs: [x]) { g in
         x.accumulateGrad { dx in for i in 0..<n where inRange[i] { dx[i] += g[i] } }
+    }
+}
+
+/// A bias as the integer engine adds it: `quantizeBias` to int32 units of
+/// `inputScale * weightScales[o]`, then `dequantizeBias` back to float, per
+/// output channel. Straight-through gradient (zero only where the int32 range
+/// saturated).
+public func fakeQuantizeBias(_ b: Tensor, inputScale: Float, weightScales: [Float]) -> Tensor {
+    precondition(b.rank == 1 && b.count == weightScales.count, "fakeQuantizeBias: \(weightScales.count) scales for a bias of shape \(b.shape)")
+    let bd = b.data
+    var inRange = [Bool](repeating: true, count: b.count)
+    let y = (0..<b.count).map { o -> Float in
+        let level = unclampedBiasLevel(bd[o], inputScale: inputScale, weightScale: weightScales[o])
+        guard !level.isNaN else { return .nan }
+        inRange[o] = level >= Double(Int32.min) && level <= Double(Int32.max)
+        return dequantizeBias(quantizeBias(bd[o], inputScale: inputScale, weightScale: weightScales[o]),
+                              inputScale: inputScale, weightScale: weightScales[o])
+    }
+    return Tensor.result(y, shape: b.shape, inputs: [b]) { g in
+        b.accumulateGrad { db in for o in 0..<db.count where inRange[o] { db[o] += g[o] } }
     }
 }
 

@@ -5,10 +5,13 @@
 ///
 /// `scale` and `zero_point` are buffers (one entry per channel, or one), so
 /// they travel in checkpoints under `<path>.scale` and `<path>.zero_point`.
+/// They are computed from the observers on demand (when read, or when the
+/// module's state is read), not after every observation: a histogram
+/// calibrator's threshold search runs once per calibration, not per batch.
 public final class FakeQuantize: Module, Layer {
     public let scheme: QuantScheme
     /// One observer per tensor, or one per channel (axis 0) for per-channel schemes.
-    public private(set) var observers: [Observer]
+    public private(set) var observers: [any Observer]
     /// Observe the values that pass (calibration, QAT range tracking).
     public var observerEnabled = true
     /// Replace the values by their quantized-dequantized version.
@@ -17,25 +20,39 @@ public final class FakeQuantize: Module, Layer {
     /// of the current tensor: for weights, whose range is a function of the
     /// weights alone, so the deployed integers equal those QAT evaluated.
     public let tracksCurrentValues: Bool
-    public let scale: Tensor
-    @Key("zero_point") public var zeroPoint: Tensor
+    let scale: Tensor
+    @Key("zero_point") var zeroPoint: Tensor
+    /// Observations since `scale` and `zero_point` were last computed.
+    private var qparamsStale = false
 
-    public init(scheme: QuantScheme, calibrator: Calibrator, channels: Int = 1, tracksCurrentValues: Bool = false,
-                percentile: Double = 99.99) {
+    /// - Parameters:
+    ///   - calibrator: the observers' method and settings.
+    ///   - channels: the size of axis 0, for a per-channel scheme.
+    public init(scheme: QuantScheme, calibrator: Calibrator, channels: Int = 1, tracksCurrentValues: Bool = false) {
         let n = scheme.perChannel ? channels : 1
         self.scheme = scheme
         self.tracksCurrentValues = tracksCurrentValues
-        observers = (0..<n).map { _ in Observer(calibrator, scheme: scheme, percentile: percentile) }
+        observers = (0..<n).map { _ in calibrator.makeObserver(scheme: scheme) }
         scale = Tensor(repeating: 1, shape: [n])
         _zeroPoint.wrappedValue = Tensor(repeating: 0, shape: [n])
     }
 
-    /// Scales as floats.
-    public var scales: [Float] { scale.data }
-    /// Zero points as integers.
-    public var zeroPoints: [Int32] { zeroPoint.data.map { Int32($0) } }
+    /// The observers' method and settings.
+    public var calibrator: Calibrator { observers[0].calibrator }
 
-    /// Observes `values` (all channels), then refreshes `scale` and `zero_point`.
+    /// Scales as floats, current with every observation so far.
+    public var scales: [Float] {
+        updateQParamsIfStale()
+        return scale.data
+    }
+
+    /// Zero points as integers, current with every observation so far.
+    public var zeroPoints: [Int32] {
+        updateQParamsIfStale()
+        return zeroPoint.data.map { Int32($0) }
+    }
+
+    /// Observes `values` (all channels); `scale` and `zero_point` follow when next read.
     public func observe(_ values: [Float]) {
         if tracksCurrentValues { resetObservers() }
         let per = values.count / observers.count
@@ -44,24 +61,34 @@ public final class FakeQuantize: Module, Layer {
                 o.observe(UnsafeBufferPointer(rebasing: buf[(c * per)..<((c + 1) * per)]))
             }
         }
-        updateQParams()
+        qparamsStale = true
     }
 
-    /// Recomputes `scale` and `zero_point` from the observers.
+    /// Recomputes `scale` and `zero_point` from the observers that have seen values.
     public func updateQParams() {
         for (c, o) in observers.enumerated() where o.hasObserved {
             let (s, z) = o.qparams()
             scale.data[c] = s
             zeroPoint.data[c] = Float(z)
         }
+        qparamsStale = false
+    }
+
+    private func updateQParamsIfStale() { if qparamsStale { updateQParams() } }
+
+    /// Checkpoints read `scale` and `zero_point` as tensors: bring them up to date first.
+    public override func namedTensors() -> [(name: String, tensor: Tensor)] {
+        updateQParamsIfStale()
+        return super.namedTensors()
     }
 
     /// Replaces the observers by moving-average ones that start from the
     /// current ranges: QAT keeps tracking activations smoothly after a
     /// calibration with any method.
     public func switchToMovingAverage(averagingConstant: Float = 0.01) {
+        updateQParamsIfStale()
         observers = observers.map { old in
-            let o = Observer(.movingAverage, scheme: scheme, averagingConstant: averagingConstant)
+            let o = MovingAverageMinMaxObserver(scheme: scheme, averagingConstant: averagingConstant)
             if old.hasObserved {
                 let r = old.range()
                 o.observe([r.lo, r.hi])
@@ -72,7 +99,7 @@ public final class FakeQuantize: Module, Layer {
     }
 
     func resetObservers() {
-        observers = observers.map { Observer($0.calibrator, scheme: scheme, percentile: $0.percentile, averagingConstant: $0.averagingConstant) }
+        observers = observers.map { $0.calibrator.makeObserver(scheme: scheme) }
     }
 
     /// Whether this call observes: when enabled, and either calibrating

@@ -1,4 +1,5 @@
 import Foundation
+import QARepKernels
 
 /// One deployed INT8 convolution with fused bias, requantization and ReLU:
 ///
@@ -103,30 +104,28 @@ public struct Int8Model: Sendable, Equatable {
     }
 }
 
-/// Per-channel symmetric int8 quantization of a weight, `[-127, 127]`.
+/// Per-channel symmetric int8 quantization of a weight, `[-127, 127]`: the
+/// min-max scale of each output channel and `quantize` of every element, as
+/// the simulation's weight quantizer has them.
 func quantizeWeights(_ w: [Float], channels: Int, scheme: QuantScheme) -> (values: [Int8], scales: [Float]) {
     let per = w.count / channels
     var q = [Int8](repeating: 0, count: w.count)
     var scales = [Float](repeating: 1, count: channels)
     for c in 0..<channels {
-        let slice = w[(c * per)..<((c + 1) * per)]
-        let o = Observer(.minmax, scheme: scheme)
-        o.observe(Array(slice))
+        let o = MinMaxObserver(scheme: scheme)
+        o.observe(Array(w[(c * per)..<((c + 1) * per)]))
         let s = o.qparams().scale
         scales[c] = s
         for i in (c * per)..<((c + 1) * per) {
-            q[i] = Int8(min(max((w[i] / s).rounded(.toNearestOrEven), Float(scheme.qmin)), Float(scheme.qmax)))
+            q[i] = Int8(quantize(w[i], scale: s, zeroPoint: 0, min: scheme.qmin, max: scheme.qmax))
         }
     }
     return (q, scales)
 }
 
-/// `roundHalfEven(b / (s_in * s_w))`, saturated to int32.
+/// `quantizeBias` of each output channel.
 func quantizeBias(_ b: [Float], inputScale: Float, weightScales: [Float]) -> [Int32] {
-    zip(b, weightScales).map { v, sw in
-        let q = (Double(v) / (Double(inputScale) * Double(sw))).rounded(.toNearestOrEven)
-        return Int32(min(max(q, Double(Int32.min)), Double(Int32.max)))
-    }
+    zip(b, weightScales).map { quantizeBias($0, inputScale: inputScale, weightScale: $1) }
 }
 
 extension QuantizedNet {

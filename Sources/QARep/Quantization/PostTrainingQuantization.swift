@@ -5,11 +5,11 @@
 /// - Parameters:
 ///   - model: an FP32 model, multi-branch or deployed.
 ///   - calibration: the calibration images (the first `N` training images, say).
+///   - qconfig: schemes and the activation calibrator (`.minmax` by default).
 /// - Returns: the calibrated fake-quantized model, in evaluation mode, ready
 ///   for `convertToInt8()`.
-public func postTrainingQuantize(_ model: RepVGGNet, calibration: FashionMNIST, qconfig: QConfig = .tensorRT,
-                                 calibrator: Calibrator = .minmax) throws -> QuantizedNet {
-    let quantized = try QuantizedNet(from: model, form: .folded, qconfig: qconfig, calibrator: calibrator)
+public func postTrainingQuantize(_ model: RepVGGNet, calibration: FashionMNIST, qconfig: QConfig = .tensorRT) throws -> QuantizedNet {
+    let quantized = try QuantizedNet(from: model, form: .folded, qconfig: qconfig)
     try quantized.calibrate(on: calibration)
     quantized.eval()
     return quantized

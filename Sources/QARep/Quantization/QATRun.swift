@@ -10,9 +10,9 @@ public struct QATOptions: Codable, Sendable, Equatable {
     public var batchSize = 64
     public var momentum: Float = 0.9
     public var weightDecay: Float = 1e-4
+    /// Schemes, and the calibrator that initializes activation ranges before
+    /// QAT (they are then tracked by moving averages).
     public var qconfig = QConfig.tensorRT
-    /// How activation ranges are initialized before QAT (then tracked by moving averages).
-    public var calibrator = Calibrator.minmax
     public var calibrationImages = 512
     /// From this epoch on (0-based), BN uses and keeps its running statistics.
     public var freezeBNAfter: Int?
@@ -69,7 +69,7 @@ public final class QATRun {
         try Checkpoint.prepareRunDirectory(directory, lastFile: Self.lastFile)
         let steps = trainImages / options.batchSize
         guard steps > 0 else { throw QuantizationError("training set of \(trainImages) images is smaller than one batch of \(options.batchSize)") }
-        let model = try QuantizedNet(from: fp32, form: .postBN, qconfig: options.qconfig, calibrator: options.calibrator)
+        let model = try QuantizedNet(from: fp32, form: .postBN, qconfig: options.qconfig)
         try model.calibrate(on: calibration)
         // After calibration, activation ranges follow the data by moving averages.
         for fq in model.fakeQuantizers where !fq.tracksCurrentValues {
@@ -123,7 +123,7 @@ public final class QATRun {
         let state = try Checkpoint.decode(QATState.self, qatJSON, what: "qat", file: name)
         // The structure from a fresh model; every value comes from the file.
         let model = try QuantizedNet(from: RepVGGNet(config: config), form: state.form,
-                                     qconfig: state.options.qconfig, calibrator: .movingAverage)
+                                     qconfig: state.options.qconfig.with(calibrator: .movingAverage()))
         guard model.hasPostBN == (state.form == .postBN) else {
             throw CheckpointError("\(name): the checkpoint's form \(state.form.rawValue) does not fit block kind \(config.block.rawValue)")
         }

@@ -1,3 +1,5 @@
+import QARepKernels
+
 /// How a tensor is quantized: bit width, signedness, symmetry, granularity.
 ///
 /// Integer range for `bits = b`:
@@ -53,7 +55,7 @@ public struct QuantScheme: Codable, Sendable, Equatable, Hashable {
             return (max(amax / Float(qmax), Float.ulpOfOne), signed ? 0 : 0)
         }
         let scale = max((hi - lo) / Float(qmax - qmin), Float.ulpOfOne)
-        let zp = Int32(Float(qmin) - (lo / scale).rounded(.toNearestOrEven))
+        let zp = Int32(Float(qmin) - roundHalfEven(lo / scale))
         return (scale, min(max(zp, qmin), qmax))
     }
 }
@@ -64,15 +66,20 @@ public struct QuantizationError: Error, CustomStringConvertible, Sendable {
     public init(_ description: String) { self.description = description }
 }
 
-/// A weight scheme and an activation scheme, PyTorch's `QConfig` without the
-/// factory machinery. `.tensorRT` is the default: int8 symmetric per-channel
-/// weights in [-127, 127], int8 symmetric per-tensor activations.
-public struct QConfig: Codable, Sendable, Equatable {
+/// What to quantize how: a weight scheme, an activation scheme and the
+/// activation observers' calibrator with its settings, PyTorch's `QConfig`
+/// without the factory machinery. Weights are always observed by per-channel
+/// min-max on the current weight (what TensorRT and the integer engine use).
+/// `.tensorRT` is the default: int8 symmetric per-channel weights in
+/// [-127, 127], int8 symmetric per-tensor activations, min-max calibration.
+public struct QConfig: Sendable, Equatable {
     public var weight: QuantScheme
     public var activation: QuantScheme
+    /// How activation ranges are calibrated (QAT then tracks them by moving averages).
+    public var calibrator: Calibrator
 
-    public init(weight: QuantScheme = .int8Weights, activation: QuantScheme = .int8Activations) {
-        self.weight = weight; self.activation = activation
+    public init(weight: QuantScheme = .int8Weights, activation: QuantScheme = .int8Activations, calibrator: Calibrator = .minmax) {
+        self.weight = weight; self.activation = activation; self.calibrator = calibrator
     }
 
     public static let tensorRT = QConfig()
@@ -86,11 +93,30 @@ public struct QConfig: Codable, Sendable, Equatable {
         return c
     }
 
+    /// The same schemes with another calibrator.
+    public func with(calibrator: Calibrator) -> QConfig {
+        var c = self
+        c.calibrator = calibrator
+        return c
+    }
+
     public func validate() throws {
-        try weight.validate(); try activation.validate()
+        try weight.validate(); try activation.validate(); try calibrator.validate()
         guard weight.signed && weight.symmetric else {
             throw QuantizationError("weights must be signed symmetric (the integer engine has no weight zero point)")
         }
         guard !activation.perChannel else { throw QuantizationError("activations are quantized per tensor") }
+    }
+}
+
+extension QConfig: Codable {
+    private enum CodingKeys: String, CodingKey { case weight, activation, calibrator }
+
+    /// Files written before the calibrator was part of the qconfig have none: min-max.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(weight: try c.decode(QuantScheme.self, forKey: .weight),
+                  activation: try c.decode(QuantScheme.self, forKey: .activation),
+                  calibrator: try c.decodeIfPresent(Calibrator.self, forKey: .calibrator) ?? .minmax)
     }
 }

@@ -16,11 +16,13 @@ public final class QuantConvUnit: Module, Layer {
     @Key("weight_fake_quant") public var weightQuant: FakeQuantize
     @Key("bn") public var postBN: BatchNorm2d?
 
-    public init(conv: Conv2d, postBN: BatchNorm2d?, qconfig: QConfig, calibrator: Calibrator) {
+    /// Activation observers from `qconfig.calibrator`; per-channel min-max
+    /// weight observers that track the current weight.
+    public init(conv: Conv2d, postBN: BatchNorm2d?, qconfig: QConfig) {
         precondition(conv.bias != nil, "QuantConvUnit needs a convolution with bias")
         _conv.wrappedValue = conv
         _postBN.wrappedValue = postBN
-        _inputQuant.wrappedValue = FakeQuantize(scheme: qconfig.activation, calibrator: calibrator)
+        _inputQuant.wrappedValue = FakeQuantize(scheme: qconfig.activation, calibrator: qconfig.calibrator)
         _weightQuant.wrappedValue = FakeQuantize(scheme: qconfig.weight, calibrator: .minmax,
                                                  channels: conv.outChannels, tracksCurrentValues: true)
     }
@@ -42,12 +44,21 @@ public final class QuantConvUnit: Module, Layer {
             let invT = Tensor(repeating: 1, shape: [bn.channels]) / t
             return bn(channelAffine(y, scale: invT, shift: conv.bias)).relu()
         }
-        // Running statistics (or no BN): exactly the deployed convolution,
-        // bias quantized to int32 units of s_in * s_w as the engine has it.
+        // Running statistics (or no BN): exactly the deployed convolution.
+        let (wq, bq) = deployedTensors()
+        return conv2d(xq, weight: wq, bias: bq, stride: conv.stride, padding: conv.padding).relu()
+    }
+
+    /// The weight and bias this unit convolves with outside BN training: the
+    /// post-BN folded in, the weight fake-quantized (observing it first when
+    /// the weight observer is on) and, once the input is quantized, the bias
+    /// quantized to int32 units of `s_in * s_w` as the engine has it. Their
+    /// values are `dequantize` of the converted model's codes, element by element.
+    public func deployedTensors() -> (weight: Tensor, bias: Tensor) {
         let (w, b) = foldedTensors()
         let wq = weightQuant(w)
         let bq = inputQuant.fakeQuantEnabled ? fakeQuantizeBias(b, inputScale: inputQuant.scales[0], weightScales: weightQuant.scales) : b
-        return conv2d(xq, weight: wq, bias: bq, stride: conv.stride, padding: conv.padding).relu()
+        return (wq, bq)
     }
 
     /// Weight and bias with the post-BN (running statistics) folded in, as
@@ -58,10 +69,14 @@ public final class QuantConvUnit: Module, Layer {
         return (scaleChannels(conv.weight, by: t), (conv.bias! - bn.runningMean.detached()) * t + bn.bias)
     }
 
-    /// The deployable weight and bias: the post-BN folded in (if any).
+    /// The deployable weight and bias: the post-BN folded in (if any), by the
+    /// same operations as `foldedTensors()`, so conversion quantizes exactly
+    /// the values the simulation does.
     public func foldedWeights() -> (weight: [Float], bias: [Float]) {
-        guard let bn = postBN else { return (conv.weight.data, conv.bias!.data) }
-        return foldBatchNorm(weight: conv.weight.data, bias: conv.bias!.data, outChannels: conv.outChannels, bn: bn)
+        noGrad {
+            let (w, b) = foldedTensors()
+            return (w.data, b.data)
+        }
     }
 }
 
@@ -77,11 +92,11 @@ public final class QuantLinearHead: Module, Layer {
     @Key("input_fake_quant") public var inputQuant: FakeQuantize
     @Key("weight_fake_quant") public var weightQuant: FakeQuantize
 
-    public init(linear: Linear, qconfig: QConfig, calibrator: Calibrator) {
+    public init(linear: Linear, qconfig: QConfig) {
         weight = linear.weight.detachedParameter()
         bias = linear.bias?.detachedParameter() ?? Tensor(repeating: 0, shape: [linear.weight.shape[0]], requiresGrad: true)
-        _featureQuant.wrappedValue = FakeQuantize(scheme: qconfig.activation, calibrator: calibrator)
-        _inputQuant.wrappedValue = FakeQuantize(scheme: qconfig.activation, calibrator: calibrator)
+        _featureQuant.wrappedValue = FakeQuantize(scheme: qconfig.activation, calibrator: qconfig.calibrator)
+        _inputQuant.wrappedValue = FakeQuantize(scheme: qconfig.activation, calibrator: qconfig.calibrator)
         _weightQuant.wrappedValue = FakeQuantize(scheme: qconfig.weight, calibrator: .minmax,
                                                  channels: weight.shape[0], tracksCurrentValues: true)
     }
@@ -89,15 +104,14 @@ public final class QuantLinearHead: Module, Layer {
     /// `[N, C, H, W]` features to `[N, classes]` logits.
     public func callAsFunction(_ x: Tensor) -> Tensor {
         let xq = inputQuant(globalAveragePool(featureQuant(x)))
-        let wq = weightQuant(weight)
-        let bq = inputQuant.fakeQuantEnabled ? fakeQuantizeBias(bias, inputScale: inputQuant.scales[0], weightScales: weightQuant.scales) : bias
+        let (wq, bq) = deployedTensors()
         return linear(xq, weight: wq, bias: bq)
     }
-}
 
-/// The bias as the integer engine sees it: `roundHalfEven(b / (s_in * s_w[o])) * s_in * s_w[o]`,
-/// with a straight-through gradient.
-func fakeQuantizeBias(_ b: Tensor, inputScale: Float, weightScales: [Float]) -> Tensor {
-    let scales = weightScales.map { inputScale * $0 }
-    return fakeQuantize(b, scales: scales, zeroPoints: [Int32](repeating: 0, count: scales.count), qmin: Int32.min, qmax: Int32.max)
+    /// The weight and bias the head multiplies with, as `QuantConvUnit.deployedTensors()`.
+    public func deployedTensors() -> (weight: Tensor, bias: Tensor) {
+        let wq = weightQuant(weight)
+        let bq = inputQuant.fakeQuantEnabled ? fakeQuantizeBias(bias, inputScale: inputQuant.scales[0], weightScales: weightQuant.scales) : bias
+        return (wq, bq)
+    }
 }

@@ -22,8 +22,8 @@ public final class QuantizedNet: Module, Layer {
     /// Prepares `model` (multi-branch or deployed) for quantization.
     /// - Parameters:
     ///   - form: `.postBN` keeps QARepVGG's post-BN (ignored for kinds without one).
-    ///   - calibrator: the activation observers' method.
-    public init(from model: RepVGGNet, form: Form, qconfig: QConfig = .tensorRT, calibrator: Calibrator = .minmax) throws {
+    ///   - qconfig: schemes, and the activation observers' calibrator.
+    public init(from model: RepVGGNet, form: Form, qconfig: QConfig = .tensorRT) throws {
         try qconfig.validate()
         config = model.config
         self.qconfig = qconfig
@@ -34,12 +34,12 @@ public final class QuantizedNet: Module, Layer {
                     let (w, b) = keepBN ? block.mergedBranches() : block.reparameterized()
                     let conv = Conv2d(weight: Tensor(w, shape: [block.outChannels, block.inChannels, 3, 3], requiresGrad: true),
                                       bias: Tensor(b, shape: [block.outChannels], requiresGrad: true), stride: block.stride, padding: 1)
-                    return QuantConvUnit(conv: conv, postBN: keepBN ? block.postBN!.copy() : nil, qconfig: qconfig, calibrator: calibrator)
+                    return QuantConvUnit(conv: conv, postBN: keepBN ? block.postBN!.copy() : nil, qconfig: qconfig)
                 }
                 let reparam = (layer as! ReparamBlock).conv
                 let conv = Conv2d(weight: reparam.weight.detachedParameter(), bias: reparam.bias!.detachedParameter(),
                                   stride: reparam.stride, padding: reparam.padding)
-                return QuantConvUnit(conv: conv, postBN: nil, qconfig: qconfig, calibrator: calibrator)
+                return QuantConvUnit(conv: conv, postBN: nil, qconfig: qconfig)
             }
         }
         _stage0.wrappedValue = units[0][0]
@@ -47,7 +47,7 @@ public final class QuantizedNet: Module, Layer {
         _stage2.wrappedValue = units[2]
         _stage3.wrappedValue = units[3]
         _stage4.wrappedValue = units[4]
-        linear = QuantLinearHead(linear: model.linear, qconfig: qconfig, calibrator: calibrator)
+        linear = QuantLinearHead(linear: model.linear, qconfig: qconfig)
     }
 
     /// Units in order, stage 0 first.
