@@ -132,7 +132,7 @@ struct CheckpointTests {
         // Strict load is all-or-nothing: a file with one bad key leaves the model untouched.
         let target = try RepVGGNet(config: config, seed: 2)
         let before = target.stateDict().map(\.tensor.data)
-        var file = try SafeTensorsFile(tensors: Checkpoint.stateTensors(of: try RepVGGNet(config: config, seed: 3)))
+        var file = SafeTensorsFile(tensors: Checkpoint.stateTensors(of: try RepVGGNet(config: config, seed: 3)))
         file.tensors["linear.bias"] = nil
         #expect(throws: CheckpointError.self) { try Checkpoint.load(file, into: target, source: "x") }
         #expect(target.stateDict().map(\.tensor.data) == before)

@@ -1,15 +1,13 @@
 import Foundation
 
-/// Settings of quantization-aware training. Defaults are the paper's
-/// (Table 7): 10 epochs, the first 3 a linear warm-up, initial LR 0.01, then
-/// cosine; QARepVGG's post-BN is kept as a BN.
-public struct QATOptions: Codable, Sendable, Equatable {
-    public var epochs = 10
-    public var warmupEpochs = 3
-    public var learningRate: Float = 0.01
-    public var batchSize = 64
-    public var momentum: Float = 0.9
-    public var weightDecay: Float = 1e-4
+/// Settings of quantization-aware training: the shared `TrainingSettings`
+/// (readable and writable directly, `options.epochs = 5`) plus the
+/// quantization. Defaults are the paper's (Table 7): 10 epochs, the first 3 a
+/// linear warm-up, initial LR 0.01, then cosine; QARepVGG's post-BN is kept
+/// as a BN.
+@dynamicMemberLookup
+public struct QATOptions: Sendable, Equatable {
+    public var settings = TrainingSettings(epochs: 10, batchSize: 64, learningRate: 0.01, warmupEpochs: 3)
     /// Schemes, and the calibrator that initializes activation ranges before
     /// QAT (they are then tracked by moving averages).
     public var qconfig = QConfig.tensorRT
@@ -18,18 +16,44 @@ public struct QATOptions: Codable, Sendable, Equatable {
     public var freezeBNAfter: Int?
     /// From this epoch on, activation ranges stop moving.
     public var freezeObserversAfter: Int?
-    public var augment = true
-    public var seed: UInt64 = 0
 
     public init() {}
 
+    public subscript<T>(dynamicMember keyPath: WritableKeyPath<TrainingSettings, T>) -> T {
+        get { settings[keyPath: keyPath] }
+        set { settings[keyPath: keyPath] = newValue }
+    }
+
     public func validate() throws {
         try qconfig.validate()
-        guard epochs > 0 else { throw QuantizationError("--epochs must be positive, got \(epochs)") }
-        guard (0...epochs).contains(warmupEpochs) else { throw QuantizationError("--warmup-epochs must be between 0 and --epochs, got \(warmupEpochs)") }
-        guard learningRate > 0, learningRate.isFinite else { throw QuantizationError("--lr must be a positive number, got \(learningRate)") }
-        guard batchSize > 1 else { throw QuantizationError("--batch-size must be at least 2, got \(batchSize)") }
-        guard calibrationImages > 0 else { throw QuantizationError("calibration needs at least one image, got \(calibrationImages)") }
+        try settings.validate()
+        guard calibrationImages > 0 else { throw QuantizationError("calibrationImages must be at least 1, got \(calibrationImages)") }
+        for (name, epoch) in [("freezeBNAfter", freezeBNAfter), ("freezeObserversAfter", freezeObserversAfter)] {
+            if let epoch, epoch < 0 { throw QuantizationError("\(name) must be an epoch >= 0, got \(epoch)") }
+        }
+    }
+}
+
+extension QATOptions: Codable {
+    private enum CodingKeys: String, CodingKey { case qconfig, calibrationImages, freezeBNAfter, freezeObserversAfter }
+
+    /// One flat object: the training settings' keys beside the quantization's.
+    public init(from decoder: any Decoder) throws {
+        settings = try TrainingSettings(from: decoder)
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        qconfig = try c.decode(QConfig.self, forKey: .qconfig)
+        calibrationImages = try c.decode(Int.self, forKey: .calibrationImages)
+        freezeBNAfter = try c.decodeIfPresent(Int.self, forKey: .freezeBNAfter)
+        freezeObserversAfter = try c.decodeIfPresent(Int.self, forKey: .freezeObserversAfter)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try settings.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(qconfig, forKey: .qconfig)
+        try c.encode(calibrationImages, forKey: .calibrationImages)
+        try c.encodeIfPresent(freezeBNAfter, forKey: .freezeBNAfter)
+        try c.encodeIfPresent(freezeObserversAfter, forKey: .freezeObserversAfter)
     }
 }
 
@@ -41,34 +65,50 @@ public struct QATState: Codable, Sendable {
     public var epoch = 0
     public var step = 0
     public var lastTop1: Double?
+    /// Best test top-1 of the fake-quantized model so far and its epoch.
+    public var bestTop1: Double?
+    public var bestEpoch: Int?
     /// The FP32 checkpoint it started from.
     public var source: String
 }
 
-/// Quantization-aware training from an FP32 model: partial fold (QARepVGG's
-/// post-BN kept), calibration to initialize the ranges, fine-tuning with
-/// fake quantization, and conversion to INT8 at the end. Checkpoints in a
-/// directory (`last.safetensors`, kind `qat`) hold weights, BN statistics,
+/// Quantization-aware training from an FP32 model: FP32 training's run
+/// (`CheckpointedRun`: the same loop, SGD, schedule, `last`/`best`
+/// checkpoints and exact resume) on a prepared model, with three hooks:
+/// partial fold and calibration before the first epoch (QARepVGG's post-BN
+/// kept), BN and observer freezes before each epoch, and conversion to INT8
+/// after the last. Checkpoints (kind `qat`) hold weights, BN statistics,
 /// scales, observer state and optimizer state, so `resume(from:)` continues
 /// without recalibrating.
 public final class QATRun {
     public let model: QuantizedNet
-    public let trainer: Trainer<QuantizedNet>
-    public private(set) var state: QATState
-    public let directory: String?
-    let optimizer: SGD
+    private let core: CheckpointedRun<QuantizedNet>
+    private let base: QATState
 
-    public static let lastFile = "last.safetensors"
+    public static let lastFile = CheckpointedRun<QuantizedNet>.lastFile
+    public static let bestFile = CheckpointedRun<QuantizedNet>.bestFile
     public static let int8File = "int8.safetensors"
     public static let kind = "qat"
+
+    public var trainer: Trainer<QuantizedNet> { core.trainer }
+    public var directory: String? { core.directory }
+    var optimizer: SGD { core.optimizer }
+
+    /// Where the run stands, as its checkpoints record it.
+    public var state: QATState {
+        var s = base
+        let p = core.progress
+        s.epoch = p.epoch; s.step = p.step
+        s.lastTop1 = p.lastTop1; s.bestTop1 = p.bestTop1; s.bestEpoch = p.bestEpoch
+        return s
+    }
 
     /// Prepares and calibrates a new QAT run from `fp32`.
     public convenience init(from fp32: RepVGGNet, source: String, options: QATOptions, calibration: FashionMNIST,
                             trainImages: Int, directory: String?, progress: ProgressReporter = ProgressReporter()) throws {
         try options.validate()
-        try Checkpoint.prepareRunDirectory(directory, lastFile: Self.lastFile)
-        let steps = trainImages / options.batchSize
-        guard steps > 0 else { throw QuantizationError("training set of \(trainImages) images is smaller than one batch of \(options.batchSize)") }
+        let training = try options.settings.trainingConfig(trainImages: trainImages)
+        try CheckpointedRun<QuantizedNet>.prepare(directory)
         let model = try QuantizedNet(from: fp32, form: .postBN, qconfig: options.qconfig)
         try model.calibrate(on: calibration)
         // After calibration, activation ranges follow the data by moving averages.
@@ -76,35 +116,29 @@ public final class QATRun {
             fq.switchToMovingAverage()
             fq.observerEnabled = true
         }
-        let schedule = LearningRateSchedule.warmupCosine(base: options.learningRate, warmup: options.warmupEpochs * steps,
-                                                         total: options.epochs * steps)
-        let training = TrainingConfig(epochs: options.epochs, batchSize: options.batchSize, schedule: schedule,
-                                      augment: options.augment, seed: options.seed)
         let state = QATState(options: options, training: training, form: model.hasPostBN ? .postBN : .folded, source: source)
         self.init(model: model, state: state, directory: directory, progress: progress)
     }
 
     init(model: QuantizedNet, state: QATState, directory: String?, progress: ProgressReporter) {
         self.model = model
-        self.state = state
-        self.directory = directory
-        optimizer = SGD(groups: ParameterGroup.standard(model, weightDecay: state.options.weightDecay),
-                        learningRate: state.training.schedule.base, momentum: state.options.momentum)
-        trainer = Trainer(model: model, optimizer: optimizer, config: state.training, progress: progress)
-        trainer.epoch = state.epoch
-        trainer.step = state.step
+        base = state
+        let settings = state.options.settings
+        core = CheckpointedRun(
+            model: model, groups: ParameterGroup.standard(model, weightDecay: settings.weightDecay), config: state.training,
+            momentum: settings.momentum, nesterov: settings.nesterov,
+            progress: RunProgress(epoch: state.epoch, step: state.step, lastTop1: state.lastTop1,
+                                  bestTop1: state.bestTop1, bestEpoch: state.bestEpoch),
+            directory: directory, reporter: progress)
     }
 
     /// Continues the QAT run saved in `directory`, without recalibrating.
     public static func resume(from directory: String, progress: ProgressReporter = ProgressReporter()) throws -> QATRun {
-        let path = (directory as NSString).appendingPathComponent(lastFile)
-        guard FileManager.default.fileExists(atPath: path) else {
-            throw CheckpointError("\(path): no such file: nothing to resume in \(directory)")
-        }
+        let path = try CheckpointedRun<QuantizedNet>.lastCheckpoint(in: directory)
         let (model, state, file) = try loadCheckpoint(path)
         let run = QATRun(model: model, state: state, directory: directory, progress: progress)
         try run.optimizer.loadStateDict(Checkpoint.optimizerState(file, source: (path as NSString).lastPathComponent))
-        run.applyFreezes()
+        run.applyFreezes(epoch: state.epoch)
         return run
     }
 
@@ -144,10 +178,9 @@ public final class QATRun {
     }
 
     /// Sets BN and observer freezes for the epoch about to run.
-    func applyFreezes() {
-        let e = trainer.epoch
-        if let k = state.options.freezeBNAfter, e >= k { for u in model.units { u.postBN?.freezeStatistics = true } }
-        if let k = state.options.freezeObserversAfter, e >= k {
+    func applyFreezes(epoch e: Int) {
+        if let k = base.options.freezeBNAfter, e >= k { for u in model.units { u.postBN?.freezeStatistics = true } }
+        if let k = base.options.freezeObserversAfter, e >= k {
             for fq in model.fakeQuantizers where !fq.tracksCurrentValues { fq.observerEnabled = false }
         }
     }
@@ -156,36 +189,30 @@ public final class QATRun {
     /// each; when the last epoch is done, converts to INT8 and writes
     /// `int8.safetensors` beside the checkpoint.
     @discardableResult
-    public func run(train: FashionMNIST, test: FashionMNIST?, until: Int? = nil) throws -> [EpochSummary] {
-        var summaries: [EpochSummary] = []
-        while trainer.epoch < min(until ?? state.training.epochs, state.training.epochs) {
-            applyFreezes()
-            let s = try trainer.trainEpoch(on: train, test: test)
-            summaries.append(s)
-            state.epoch = trainer.epoch
-            state.step = trainer.step
-            state.lastTop1 = s.test?.top1
-            try saveCheckpoint()
-        }
-        if trainer.epoch == state.training.epochs, let directory {
-            try model.convertToInt8().write(to: (directory as NSString).appendingPathComponent(Self.int8File))
+    public func run(train: FashionMNIST, test: FashionMNIST?, until: Int? = nil,
+                    onEpochEnd: (EpochSummary) -> Void = { _ in }) throws -> [EpochSummary] {
+        let summaries = try core.run(train: train, test: test, until: until, beforeEpoch: applyFreezes(epoch:),
+                                     save: saveCheckpoint(to:withOptimizer:), onEpochEnd: onEpochEnd)
+        if trainer.epoch == base.training.epochs, let path = core.path(Self.int8File) {
+            try model.convertToInt8().write(to: path)
         }
         return summaries
     }
 
-    func saveCheckpoint() throws {
-        guard let directory else { return }
+    func saveCheckpoint(to path: String, withOptimizer: Bool) throws {
         var tensors = Checkpoint.stateTensors(of: model)
-        for (path, m) in model.namedModules() {
+        for (key, m) in model.namedModules() {
             guard let fq = m as? FakeQuantize else { continue }
             let values = fq.observers.flatMap(\.state)
-            tensors[path + Self.observerStateSuffix] = SafeTensor(floats: values, shape: [values.count])
+            tensors[key + Self.observerStateSuffix] = SafeTensor(floats: values, shape: [values.count])
         }
-        for (key, values) in optimizer.stateDict() {
-            tensors[Checkpoint.optimizerPrefix + key] = SafeTensor(floats: values, shape: [values.count])
+        if withOptimizer {
+            for (key, values) in optimizer.stateDict() {
+                tensors[Checkpoint.optimizerPrefix + key] = SafeTensor(floats: values, shape: [values.count])
+            }
         }
         var metadata = try Checkpoint.header(kind: Self.kind, config: model.config)
         metadata["qat"] = try Checkpoint.jsonString(state)
-        try SafeTensorsFile(tensors: tensors, metadata: metadata).write(to: (directory as NSString).appendingPathComponent(Self.lastFile))
+        try SafeTensorsFile(tensors: tensors, metadata: metadata).write(to: path)
     }
 }
