@@ -72,55 +72,10 @@ enum ElementCodec {
 
     /// Each value rounded to the nearest binary16, ties to even; beyond
     /// ±65504 after rounding gives ±inf; NaN stays NaN.
-    static func encodeF16(_ values: [Float]) -> [UInt8] { encode(values.map(floatToHalfBits)) }
+    static func encodeF16(_ values: [Float]) -> [UInt8] { encode(values.map { Float16($0).bitPattern }) }
 
     /// Exact: every binary16 value is a `Float`.
-    static func decodeF16(_ bytes: [UInt8]) -> [Float] { decode(bytes, as: UInt16.self).map(halfBitsToFloat) }
-}
-
-/// IEEE 754 binary16 bits to `Float` (exact: every binary16 value is a `Float`).
-private func halfBitsToFloat(_ h: UInt16) -> Float {
-    let sign = UInt32(h & 0x8000) << 16
-    let exponent = UInt32((h >> 10) & 0x1F)
-    let mantissa = UInt32(h & 0x3FF)
-    switch exponent {
-    case 0:
-        // Zero or subnormal: mantissa * 2^-24, exact in Float.
-        let magnitude = Float(mantissa) * 0x1p-24
-        return Float(bitPattern: sign | magnitude.bitPattern)
-    case 0x1F:
-        // Infinity or NaN (payload kept).
-        return Float(bitPattern: sign | 0x7F80_0000 | (mantissa << 13))
-    default:
-        return Float(bitPattern: sign | ((exponent + 112) << 23) | (mantissa << 13))
+    static func decodeF16(_ bytes: [UInt8]) -> [Float] {
+        decode(bytes, as: UInt16.self).map { Float(Float16(bitPattern: $0)) }
     }
-}
-
-/// `Float` to binary16 bits, rounding to nearest, ties to even.
-private func floatToHalfBits(_ f: Float) -> UInt16 {
-    let bits = f.bitPattern
-    let sign = UInt16(truncatingIfNeeded: (bits >> 16) & 0x8000)
-    let exponent = Int((bits >> 23) & 0xFF)
-    let mantissa = bits & 0x7F_FFFF
-    if exponent == 0xFF {
-        if mantissa == 0 { return sign | 0x7C00 }  // infinity
-        return sign | 0x7E00 | UInt16(truncatingIfNeeded: mantissa >> 13)  // quiet NaN
-    }
-    let e = exponent - 127 + 15  // biased binary16 exponent
-    if e >= 0x1F { return sign | 0x7C00 }  // |f| >= 65536: overflow
-    if e <= 0 {
-        // Subnormal binary16 (or zero): value / 2^-24 = significand >> (14 - e).
-        if e < -10 { return sign }  // below half the smallest subnormal: rounds to 0
-        let significand = mantissa | 0x80_0000
-        let shift = UInt32(14 - e)
-        var h = significand >> shift
-        let remainder = significand & ((1 << shift) - 1)
-        let halfway = UInt32(1) << (shift - 1)
-        if remainder > halfway || (remainder == halfway && h & 1 == 1) { h += 1 }
-        return sign | UInt16(h)  // a carry into bit 10 is the smallest normal, correctly
-    }
-    var h = (UInt32(e) << 10) | (mantissa >> 13)
-    let remainder = mantissa & 0x1FFF
-    if remainder > 0x1000 || (remainder == 0x1000 && h & 1 == 1) { h += 1 }  // a carry may reach inf, correctly
-    return sign | UInt16(h)
 }
