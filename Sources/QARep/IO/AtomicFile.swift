@@ -21,8 +21,21 @@ import Darwin
 /// is replaced.
 ///
 /// Failures throw a ``CheckpointError`` whose one-line message starts with the
-/// path and ends with the system's reason.
-enum AtomicFile {
+/// path and ends with the system's reason, for example
+/// `out/model.onnx: write to temporary file out/.model.onnx.tmp-41-9f3c… failed: No space left on device`.
+public enum AtomicFile {
+    /// Replaces the file at `path` with `bytes`, atomically.
+    /// - Throws: ``CheckpointError`` whose message starts with `path`.
+    public static func write(_ bytes: [UInt8], to path: String) throws {
+        try write(to: path) { emit in try bytes.withUnsafeBytes(emit) }
+    }
+
+    /// Replaces the file at `path` with `data`, atomically.
+    /// - Throws: ``CheckpointError`` whose message starts with `path`.
+    public static func write(_ data: Data, to path: String) throws {
+        try write(to: path) { emit in try data.withUnsafeBytes(emit) }
+    }
+
     /// Replaces the file at `path` with the chunks that `body` passes to
     /// `emit`, in order, so that large files need not be joined in memory first.
     static func write(

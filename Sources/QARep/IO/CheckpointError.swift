@@ -1,4 +1,4 @@
-// The one error type of checkpoint I/O: every problem reading, validating,
+// The one error type of QARep's file I/O: every problem reading, validating,
 // writing or applying a checkpoint is one line that starts with the file name.
 
 import Foundation
@@ -10,7 +10,8 @@ import Foundation
 /// but shape [2, 3] with dtype F32 needs 24`. The same type serves the model
 /// checkpoint loader; see ``missingKey(_:file:)``, ``unexpectedKey(_:file:)``,
 /// ``shapeMismatch(key:file:fileShape:modelShape:)`` and
-/// ``dtypeMismatch(key:file:fileDType:expected:)``.
+/// ``dtypeMismatch(key:file:fileDType:expected:)``. ``AtomicFile`` throws it
+/// too, for any file it writes.
 public struct CheckpointError: Error, CustomStringConvertible, LocalizedError, Sendable, Hashable {
     /// The whole human-readable message, without a trailing newline.
     public let message: String
