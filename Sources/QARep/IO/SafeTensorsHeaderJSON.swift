@@ -1,5 +1,24 @@
 // The safetensors header's JSON reader: strict RFC 8259, in one pass over the
 // header bytes.
+//
+// Why not Foundation's JSONDecoder or JSONSerialization: with Swift 6.3.1's
+// Foundation on Linux both accept headers that this reader must refuse (each
+// case below is a test in SafeTensorsTests.swift):
+//
+//   - trailing commas: `{"w":{"shape":[2,],…},}` parses (RFC 8259 has none);
+//   - duplicate keys: `{"w":…,"w":…}` keeps one value silently (the first for
+//     JSONDecoder, the last for JSONSerialization), so two entries for one
+//     name would pass as one;
+//   - integers written as `2.0` or `1e3`: JSONDecoder returns the Int 2 and
+//     1000, and JSONSerialization a Double, neither the literal the error
+//     message should show; past Int64 the decoder only says "not valid JSON";
+//   - a leading byte-order mark is skipped.
+//
+// Catching the first two needs a tokenizer that follows strings, escapes and
+// nesting, which is most of a parser already; this one also keeps number
+// literals as text (exact up to Int.max, never through Double) and reports
+// each error with its byte offset. It is used by the reader only; the writer
+// emits its fixed layout directly (SafeTensorsFile+Writing.swift).
 
 /// A parsed JSON value. Numbers keep their literal text so that integers are
 /// read exactly, with no trip through `Double`; objects keep their order.
