@@ -190,6 +190,14 @@ struct SafeTensorsTests {
         #expect(parsed.tensors["big"]!.shape == [3_000_000_000, 0, 5_000_000_000])
     }
 
+    @Test("integers beyond 2^53 are exact, never rounded through Double")
+    func integersBeyondDouble() throws {
+        // 2^53 + 1 and Int.max have no Double; the leading 0 keeps the tensor empty.
+        let bytes = rawFile(#"{"e":{"dtype":"U8","shape":[0,9007199254740993,9223372036854775807],"data_offsets":[0,0]}}"#)
+        let parsed = try SafeTensorsFile(parsing: bytes, source: "e")
+        #expect(parsed.tensors["e"]!.shape == [0, 9_007_199_254_740_993, Int.max])
+    }
+
     @Test("the reader accepts what other writers produce: any order, whitespace, escapes")
     func foreignLayout() throws {
         // Data order differs from key order; the header has whitespace and escapes.
@@ -446,6 +454,12 @@ let malformedCases: [MalformedCase] = [
     MalformedCase("deep nesting", rawFile("{\"a\":" + String(repeating: "[", count: 100) + String(repeating: "]", count: 100) + "}"), "nesting deeper than 64"),
     MalformedCase("not an object", rawFile("[1, 2]"), "header is not a JSON object (found an array)"),
     MalformedCase("duplicate key", rawFile(#"{"w":{},"w":{}}"#), "duplicate key \"w\""),
+    // Inputs that Foundation's JSON readers accept (see SafeTensorsHeaderJSON.swift).
+    MalformedCase("trailing comma in array", entry: #"{"dtype":"F32","shape":[0,],"data_offsets":[0,0]}"#, "header is not valid JSON", "unexpected character ']', expected a value"),
+    MalformedCase("byte-order mark", rawFile("\u{FEFF}{}"), "header is not valid JSON", "unexpected byte 0xEF, expected a value"),
+    MalformedCase("escaped duplicate key", rawFile(#"{"w":{},"\u0077":{}}"#), "duplicate key \"w\""),
+    MalformedCase("duplicate field", entry: #"{"dtype":"F32","shape":[0],"dtype":"F32","data_offsets":[0,0]}"#, "duplicate key \"dtype\""),
+    MalformedCase("duplicate metadata key", rawFile(#"{"__metadata__":{"a":"1","a":"2"}}"#), "duplicate key \"a\""),
 
     // Metadata
     MalformedCase("metadata not object", rawFile(#"{"__metadata__":"x"}"#), "__metadata__ must be an object of strings"),
@@ -476,6 +490,8 @@ let malformedCases: [MalformedCase] = [
     MalformedCase("fractional dim", entry: #"{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}"#, data: [UInt8](repeating: 0, count: 8), "shape[0] must be an integer, found 2.0"),
     MalformedCase("exponent offset", entry: #"{"dtype":"F32","shape":[0],"data_offsets":[0,1e3]}"#, "data_offsets[1] must be an integer, found 1e3"),
     MalformedCase("offset beyond Int64", entry: #"{"dtype":"F32","shape":[0],"data_offsets":[0,99999999999999999999]}"#, "data_offsets[1] = 99999999999999999999 does not fit in a 64-bit integer"),
+    MalformedCase("fractional offset", entry: #"{"dtype":"F32","shape":[0],"data_offsets":[0,0.0]}"#, "data_offsets[1] must be an integer, found 0.0"),
+    MalformedCase("offset beyond 2^53", entry: #"{"dtype":"U8","shape":[9007199254740993],"data_offsets":[0,9007199254740993]}"#, "data_offsets [0, 9007199254740993] run past the end of the data buffer (0 bytes)"),
     MalformedCase("offset beyond 2^32", entry: #"{"dtype":"F32","shape":[0],"data_offsets":[0,5000000000]}"#, "data_offsets [0, 5000000000] run past the end of the data buffer (0 bytes)"),
     MalformedCase("shape overflow", entry: #"{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]}"#, "tensor 'w': shape [4611686018427387904, 4] has too many elements"),
     MalformedCase("bytes overflow", entry: #"{"dtype":"I64","shape":[4611686018427387904],"data_offsets":[0,0]}"#, "tensor 'w': shape [4611686018427387904] with dtype I64 is too large"),
