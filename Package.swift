@@ -20,9 +20,11 @@ let package = Package(
             name: "QARepONNX",
             dependencies: ["QARep", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             exclude: ["Generated/onnx.proto"]),
-        .executableTarget(
-            name: "qarep",
-            dependencies: ["QARep", "QARepONNX", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // The command line: a library, so tests run its commands in-process; `qarep` only calls it.
+        .target(
+            name: "QARepCLI",
+            dependencies: ["QARep", "QARepONNX", "QARepKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(name: "qarep", dependencies: ["QARepCLI"]),
 
         // MARK: Implementation details
         // Hot loops (im2col, GEMM calls, reductions) live apart from the model code.
@@ -38,7 +40,7 @@ let package = Package(
         .executableTarget(name: "train-fashion-mnist", dependencies: ["QARep"], path: "recipes/train-fashion-mnist"),
 
         // MARK: Tests
-        .testTarget(name: "QARepTests", dependencies: ["QARep", "QARepKernels", "QARepONNX", "CZlib"],
+        .testTarget(name: "QARepTests", dependencies: ["QARep", "QARepKernels", "QARepONNX", "QARepCLI", "CZlib"],
                     resources: [.copy("Fixtures")]),
     ]
 )

@@ -4,8 +4,8 @@ import QARep
 import QARepONNX
 
 /// `qarep export`: deployable files for other runtimes.
-struct Export: ParsableCommand {
-    static let configuration = CommandConfiguration(
+public struct Export: ParsableCommand {
+    public static let configuration = CommandConfiguration(
         abstract: "Export a model: ONNX QDQ (INT8), ONNX FP32 (deployed float), or the native INT8 file.",
         discussion: "--from takes an INT8 native file or a QAT checkpoint for onnx and native, an FP32 checkpoint (multi-branch or deployed) for onnx-fp32.")
 
@@ -18,7 +18,9 @@ struct Export: ParsableCommand {
     @Option(help: "Output file.") var out: String
     @OptionGroup var model: ModelOptions
 
-    func run() throws {
+    public init() {}
+
+    public func run() throws {
         let kind = try SafeTensorsFile.read(from: from).metadata["kind"]
         let name = (from as NSString).lastPathComponent
         switch format {
@@ -43,7 +45,7 @@ struct Export: ParsableCommand {
     }
 
     func write(_ data: Data) throws {
-        try data.write(to: URL(fileURLWithPath: out), options: .atomic)
+        try AtomicFile.write(data, to: out)
     }
 }
 
@@ -58,5 +60,5 @@ func writeNumPy(_ values: [Float], rows: Int, columns: Int, to path: String) thr
     data.append(contentsOf: [UInt8(length & 0xFF), UInt8(length >> 8)])
     data.append(contentsOf: Array(header.utf8))
     values.withUnsafeBufferPointer { data.append(Data(buffer: $0)) }
-    try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+    try AtomicFile.write(data, to: path)
 }

@@ -5,30 +5,30 @@ import QARepKernels
 
 /// `qarep bench`: convolution GFLOP/s beside sgemm on the same GEMM shapes,
 /// and training throughput, measured side by side in one run.
-struct Bench: ParsableCommand {
-    static let configuration = CommandConfiguration(
+public struct Bench: ParsableCommand {
+    public static let configuration = CommandConfiguration(
         abstract: "Measure convolution and training throughput against OpenBLAS sgemm.")
 
     @Option(help: "Batch size of the convolution shapes.") var batch = 128
     @Option(help: "Timed repetitions per measurement (the median is reported).") var repeats = 5
     @Option(help: "Training steps timed for images/s.") var trainSteps = 5
-    @Option(parsing: .upToNextOption, help: "Models for the training and inference measurements (tiny, a0-half, a0).")
-    var models = ["tiny", "a0-half"]
+    @Option(parsing: .upToNextOption, help: "Models for the training and inference measurements (\(ConfigName.allValueStrings.joined(separator: ", "))).")
+    var models: [ConfigName] = [.tiny, .a0Half]
     @Flag(help: "Skip the per-layer convolution table (training and inference only).") var skipLayers = false
     @Option(help: "Worker threads of QARep's kernels.") var threads = KernelThreads.count
     @Flag(help: "Print one JSON object on stdout instead of tables.") var json = false
 
-    func validate() throws {
+    public init() {}
+
+    public func validate() throws {
         for (flag, value) in [("--batch", batch), ("--repeats", repeats), ("--train-steps", trainSteps), ("--threads", threads)]
             where value < 1 {
             throw ValidationError("\(flag) must be at least 1, got \(value)")
         }
-        for name in models where ModelConfig.namedConfigs[name] == nil {
-            throw ValidationError("unknown model '\(name)' in --models; expected \(ModelConfig.namedConfigs.keys.sorted().joined(separator: ", "))")
-        }
+        if models.isEmpty { throw ValidationError("--models needs at least one of \(ConfigName.allValueStrings.joined(separator: ", "))") }
     }
 
-    func run() throws {
+    public func run() throws {
         KernelThreads.count = threads
         var rows: [[String: Double]] = []
         var names: [String] = []
@@ -53,28 +53,21 @@ struct Bench: ParsableCommand {
         let fwdRatio = weighted("fwd") / weighted("sgemm")
         let bwdRatio = weighted("fwdbwd") / weighted("sgemm3")
         var training: [String: Double] = [:], qat: [String: Double] = [:], inference: [String: [String: Double]] = [:]
-        for name in models {
+        for name in models.map(\.rawValue) {
             let config = try ModelConfig.named(name, block: .qarepvgg)
             training[name] = try measureTraining(config)
             qat[name] = try measureQAT(config)
             inference[name] = try measureInference(config)
         }
         if json {
-            var obj: [String: Any] = ["batch": batch, "train_images_per_second": training, "qat_images_per_second": qat,
-                                      "inference_images_per_second": inference,
-                                      "blas_core": BLASCore.name, "float_kernel": "\(FloatKernelPath.best)",
-                                      "integer_kernel": "\(IntegerKernelPath.best)"]
-            if !skipLayers {
-                obj["conv_forward_vs_sgemm"] = fwdRatio
-                obj["conv_forward_backward_vs_sgemm"] = bwdRatio
+            let layers = zip(names, rows).map { name, r in
+                Report.Layer(name: name, fwd: r["fwd"]!, sgemm: r["sgemm"]!, fwdbwd: r["fwdbwd"]!, sgemm3: r["sgemm3"]!)
             }
-            obj["layers"] = zip(names, rows).map { name, r -> [String: Any] in
-                var d: [String: Any] = r
-                d["name"] = name
-                return d
-            }
-            let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
-            print(String(decoding: data, as: UTF8.self))
+            try printJSON(Report(batch: batch, trainImagesPerSecond: training, qatImagesPerSecond: qat,
+                                 inferenceImagesPerSecond: inference, blasCore: BLASCore.name,
+                                 floatKernel: "\(FloatKernelPath.best)", integerKernel: "\(IntegerKernelPath.best)",
+                                 convForwardVsSgemm: skipLayers ? nil : fwdRatio,
+                                 convForwardBackwardVsSgemm: skipLayers ? nil : bwdRatio, layers: layers))
         } else {
             if !skipLayers {
                 print(String(format: "all layers: forward %.0f%% of sgemm, forward+backward %.0f%% of sgemm", 100 * fwdRatio, 100 * bwdRatio))
@@ -84,7 +77,7 @@ struct Bench: ParsableCommand {
                   + "OpenBLAS \(BLASCore.name), float \(FloatKernelPath.best), integer \(IntegerKernelPath.best) kernels")
             print(pad("model", 10) + pad("train", 8) + pad("QAT", 8) + pad("FP32 deploy b\(batch)", 18) + pad("INT8 b\(batch)", 12) + pad("ratio", 7)
                   + pad("FP32 deploy b1", 16) + pad("INT8 b1", 9) + pad("ratio", 7))
-            for name in models {
+            for name in models.map(\.rawValue) {
                 let i = inference[name]!
                 print(pad(name, 10) + pad(String(format: "%.0f", training[name]!), 8) + pad(String(format: "%.0f", qat[name]!), 8)
                       + pad(String(format: "%.0f", i["fp32_batch"]!), 18) + pad(String(format: "%.0f", i["int8_batch"]!), 12)
@@ -92,6 +85,29 @@ struct Bench: ParsableCommand {
                       + pad(String(format: "%.0f", i["fp32_1"]!), 16) + pad(String(format: "%.0f", i["int8_1"]!), 9)
                       + pad(String(format: "%.2fx", i["int8_1"]! / i["fp32_1"]!), 7))
             }
+        }
+    }
+
+    /// What `qarep bench --json` prints (`scripts/bench-peers` reads it).
+    public struct Report: Codable, Sendable {
+        public var batch: Int
+        /// Per model name: images/s of a multi-branch training step and a QAT step.
+        public var trainImagesPerSecond: [String: Double]
+        public var qatImagesPerSecond: [String: Double]
+        /// Per model name: `fp32_batch`, `int8_batch`, `fp32_1`, `int8_1` images/s.
+        public var inferenceImagesPerSecond: [String: [String: Double]]
+        public var blasCore: String
+        public var floatKernel: String
+        public var integerKernel: String
+        /// Whole-network conv GFLOP/s over sgemm's on the same GEMMs.
+        public var convForwardVsSgemm: Double?
+        public var convForwardBackwardVsSgemm: Double?
+        public var layers: [Layer]
+
+        /// GFLOP/s of one convolution shape: forward, sgemm, forward+backward, 3 sgemms.
+        public struct Layer: Codable, Sendable {
+            public var name: String
+            public var fwd: Double, sgemm: Double, fwdbwd: Double, sgemm3: Double
         }
     }
 

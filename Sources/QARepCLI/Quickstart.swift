@@ -5,8 +5,8 @@ import QARepONNX
 
 /// `qarep quickstart`: the whole pipeline on the real data, small enough to
 /// finish in a few minutes on two cores: train, fold, PTQ, QAT, export.
-struct Quickstart: ParsableCommand {
-    static let configuration = CommandConfiguration(
+public struct Quickstart: ParsableCommand {
+    public static let configuration = CommandConfiguration(
         abstract: "Train tiny QARepVGG on Fashion-MNIST, quantize it (PTQ and QAT), export it, and print FP32 vs INT8 top-1.")
 
     @Option(help: "FP32 training epochs.") var epochs = 2
@@ -19,10 +19,28 @@ struct Quickstart: ParsableCommand {
     /// Everything the quickstart writes under `--out`.
     static let outputs = ["fp32", "qat", "fp32-deploy.safetensors", "ptq-int8.safetensors", "qat-int8.onnx", "fp32.onnx"]
 
-    func run() throws {
+    public init() {}
+
+    public func validate() throws {
+        for (flag, value) in [("--epochs", epochs), ("--qat-epochs", qatEpochs), ("--qat-images", qatImages)] where value < 1 {
+            throw ValidationError("\(flag) must be at least 1, got \(value)")
+        }
+    }
+
+    /// What `qarep quickstart --json` prints.
+    public struct Report: Codable, Sendable {
+        public var top1: Double
+        public var deployedTop1: Double
+        public var ptqInt8Top1: Double
+        public var qatInt8Top1: Double
+        public var seconds: Double
+        public var directory: String
+    }
+
+    public func run() throws {
         runtime.apply()
         let progress = runtime.progress
-        let start = Date()
+        let clock = ContinuousClock(), start = clock.now
         let train = try data.train(), test = try data.test()
         func path(_ name: String) -> String { (out as NSString).appendingPathComponent(name) }
         // Start clean, removing only what an earlier quickstart wrote here.
@@ -30,7 +48,7 @@ struct Quickstart: ParsableCommand {
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
 
         progress.finish("1/5 training tiny QARepVGG (FP32, multi-branch) for \(epochs) epoch(s) on \(train.count) images")
-        var options = TrainingRunOptions(model: try ModelConfig.named("tiny", block: .qarepvgg), epochs: epochs)
+        var options = TrainingRunOptions(model: try ConfigName.tiny.config(block: .qarepvgg), epochs: epochs)
         options.batchSize = 64
         options.learningRate = 0.1
         let fp32Run = try TrainingRun(options: options, trainImages: train.count, directory: path("fp32"), progress: progress)
@@ -62,13 +80,14 @@ struct Quickstart: ParsableCommand {
         let qatEngine = evaluate(qatInt8, on: test)
 
         progress.finish("5/5 exporting ONNX (INT8 QDQ and FP32)")
-        try ONNXExport.int8(qatInt8).write(to: URL(fileURLWithPath: path("qat-int8.onnx")), options: .atomic)
-        try ONNXExport.fp32(deployed).write(to: URL(fileURLWithPath: path("fp32.onnx")), options: .atomic)
-        let seconds = Date().timeIntervalSince(start)
+        try AtomicFile.write(ONNXExport.int8(qatInt8), to: path("qat-int8.onnx"))
+        try AtomicFile.write(ONNXExport.fp32(deployed), to: path("fp32.onnx"))
+        let elapsed = start.duration(to: clock.now)
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
 
         if runtime.json {
-            try printJSON(["top1": fp32.top1, "deployed_top1": folded.top1, "ptq_int8_top1": ptqEngine.top1,
-                           "qat_int8_top1": qatEngine.top1, "seconds": seconds, "directory": out])
+            try printJSON(Report(top1: fp32.top1, deployedTop1: folded.top1, ptqInt8Top1: ptqEngine.top1,
+                                 qatInt8Top1: qatEngine.top1, seconds: seconds, directory: out))
         } else {
             print("")
             print("tiny QARepVGG on Fashion-MNIST, \(test.count) test images (\(String(format: "%.0f", seconds)) s)")

@@ -3,14 +3,20 @@ import Foundation
 import QARep
 import QARepKernels
 
-@main
-struct QARepCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
+/// `qarep`: the command-line interface. `main()` is what the executable runs;
+/// tests parse and run the subcommands in-process.
+public struct QARepCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
         commandName: "qarep",
         abstract: "Quantization-aware training for QARepVGG on Linux CPUs.",
         subcommands: [Train.self, Eval.self, PTQ.self, QAT.self, Export.self, Bench.self, Quickstart.self])
 
-    static func main() {
+    public init() {}
+
+    /// Runs the command line of this process, after the process-wide settings
+    /// a library never changes by itself: OpenBLAS's core type and threads,
+    /// and glibc's allocator tuning.
+    public static func main() {
         selectBLASCore()
         // Only the small linear head still runs on OpenBLAS; QARep's kernels
         // thread themselves. OpenBLAS's idle workers spin for a while after

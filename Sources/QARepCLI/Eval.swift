@@ -1,0 +1,82 @@
+import ArgumentParser
+import Foundation
+import QARep
+
+/// `qarep eval`: test top-1 of a checkpoint, multi-branch or deployed, or of an INT8 model.
+public struct Eval: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        abstract: "Evaluate a checkpoint (multi-branch or deployed) or an INT8 model on the Fashion-MNIST test set.")
+
+    @Option(help: "A safetensors FP32 checkpoint.") var checkpoint: String?
+    @Option(help: "A native INT8 model (from qarep ptq --out or qarep qat), run on the integer engine.") var int8: String?
+    @Flag(help: "Also fold the model into its deploy form and evaluate that.") var deploy = false
+    @Option(help: "Write the logits ([images, classes] float32, of the deployed form with --deploy) as a NumPy .npy file.") var logitsOut: String?
+    @OptionGroup var model: ModelOptions
+    @OptionGroup var data: DataOptions
+    @OptionGroup var runtime: RuntimeOptions
+
+    public init() {}
+
+    public func validate() throws {
+        if (checkpoint == nil) == (int8 == nil) { throw ValidationError("give either --checkpoint FILE or --int8 FILE") }
+        if int8 != nil && deploy { throw ValidationError("--deploy folds an FP32 checkpoint; an INT8 model is already deployed") }
+    }
+
+    /// What `qarep eval --json` prints. `top1` and `loss` are those of the
+    /// file as given (FP32), `int8Top1` that of an INT8 model.
+    public struct Report: Codable, Sendable {
+        public var images: Int
+        public var config: String
+        public var block: String
+        /// `multi-branch`, `deployed` or `int8`.
+        public var form: String
+        public var top1: Double?
+        public var loss: Double?
+        /// With `--deploy`: the folded model's top-1, and the fraction of images
+        /// on which it predicts what the multi-branch model does.
+        public var deployedTop1: Double?
+        public var deployedAgreement: Double?
+        public var int8Top1: Double?
+    }
+
+    public func execute() throws -> Report {
+        runtime.apply()
+        let test = try data.test()
+        if let int8 {
+            let model = try Int8Model.read(from: int8)
+            let result = evaluate(model, on: test, keepLogits: logitsOut != nil)
+            if let logitsOut { try writeNumPy(result.logits!, rows: result.count, columns: model.head.classes, to: logitsOut) }
+            return Report(images: result.count, config: model.config.name, block: model.config.block.rawValue, form: "int8",
+                          int8Top1: result.top1)
+        }
+        let net = try Checkpoint.loadModel(checkpoint!, fallback: model.fallback())
+        let foldHere = deploy && !net.isDeployed
+        let result = net.isDeployed ? evaluate(try DeployedEngine(net), on: test, keepLogits: logitsOut != nil)
+                                    : evaluate(net, on: test, keepLogits: logitsOut != nil && !foldHere)
+        var report = Report(images: result.count, config: net.config.name, block: net.config.block.rawValue,
+                            form: net.isDeployed ? "deployed" : "multi-branch", top1: result.top1, loss: result.loss)
+        var logits = result
+        if foldHere {
+            let folded = evaluate(try DeployedEngine(net.deployed()), on: test, keepLogits: logitsOut != nil)
+            report.deployedTop1 = folded.top1
+            report.deployedAgreement = agreement(folded, result)
+            logits = folded
+        }
+        if let logitsOut { try writeNumPy(logits.logits!, rows: logits.count, columns: net.config.classes, to: logitsOut) }
+        return report
+    }
+
+    public func run() throws {
+        let r = try execute()
+        if runtime.json { return try printJSON(r) }
+        let file = checkpoint ?? int8!
+        print("\(file): \(r.form == "int8" ? "INT8 " : "")\(r.config) \(r.block), \(r.images) test images")
+        if let t = r.int8Top1 { print(String(format: "INT8 engine  top-1 %@", percent(t))) }
+        if let t = r.top1, let loss = r.loss {
+            print(String(format: "%-20@ top-1 %@  loss %.4f", r.form == "deployed" ? "deployed FP32" : "multi-branch FP32", percent(t), loss))
+        }
+        if let t = r.deployedTop1, let a = r.deployedAgreement {
+            print(String(format: "%-20@ top-1 %@  (same prediction on %@ of images)", "deployed FP32", percent(t), percent(a)))
+        }
+    }
+}

@@ -1,0 +1,115 @@
+import ArgumentParser
+import Foundation
+import QARep
+import QARepCLI
+import Testing
+
+/// A data root holding synthetic-band IDX files (512 training, 200 test
+/// images), so the commands run end to end without the real dataset.
+private func syntheticDataRoot() throws -> String {
+    let dir = temporaryDirectory("cli-data")
+    func bigEndian(_ values: [UInt32]) -> [UInt8] {
+        values.flatMap { v in [UInt8(v >> 24), UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)] }
+    }
+    for (prefix, data) in [("train", syntheticBands(count: 512, seed: 31)), ("t10k", syntheticBands(count: 200, seed: 32))] {
+        try Data(bigEndian([0x0803, UInt32(data.count), 28, 28]) + data.images)
+            .write(to: URL(fileURLWithPath: dir + "/\(prefix)-images-idx3-ubyte"))
+        try Data(bigEndian([0x0801, UInt32(data.count)]) + data.labels)
+            .write(to: URL(fileURLWithPath: dir + "/\(prefix)-labels-idx1-ubyte"))
+    }
+    return dir
+}
+
+/// Parses `arguments` as `C` (validation included) and runs it in-process.
+private func execute<C: ParsableCommand>(_: C.Type, _ arguments: [String], _ body: (C) throws -> Void) throws {
+    try body(try C.parse(arguments + ["--quiet"]))
+}
+
+@Suite("Command line: the qarep commands run in-process", .serialized)
+struct CommandLineTests {
+    @Test("ptq --percentile reaches the observers: 90 clips activations tighter than 99.99")
+    func percentileFlag() throws {
+        let data = try syntheticDataRoot(), out = temporaryDirectory("cli-ptq")
+        defer { try? FileManager.default.removeItem(atPath: data); try? FileManager.default.removeItem(atPath: out) }
+        var scales: [Double: [Float]] = [:]
+        for p in [90.0, 99.99] {
+            let file = out + "/p\(p).safetensors"
+            let report = try PTQ.parse(["--checkpoint", shippedCheckpoints + "/tiny-qarepvgg.safetensors", "--calibrator", "percentile",
+                                        "--percentile", "\(p)", "--calib-images", "128", "--data-root", data, "--out", file, "--quiet"]).execute()
+            #expect(report.percentile == p && report.calibrator == "percentile")
+            #expect(report.engineAgreement ?? 0 >= 0.99)
+            scales[p] = try Int8Model.read(from: file).convs.map(\.inputScale)
+        }
+        let tighter = zip(scales[90]!, scales[99.99]!).dropFirst().filter { $0 < $1 }.count
+        #expect(tighter == scales[90]!.count - 1, "input scales at 90: \(scales[90]!), at 99.99: \(scales[99.99]!)")
+    }
+
+    @Test("impossible flags are refused before any work, with a message naming the flag", arguments: [
+        (["ptq", "--checkpoint", "x", "--calibrator", "percentile", "--percentile", "0"], "--percentile"),
+        (["ptq", "--checkpoint", "x", "--percentile", "90"], "--percentile"),
+        (["ptq", "--checkpoint", "x", "--calibrator", "median"], "--calibrator"),
+        (["ptq", "--checkpoint", "x", "--bits", "9"], "--bits"),
+        (["ptq", "--checkpoint", "x", "--bits", "4", "--out", "y"], "--out"),
+        (["bench", "--batch", "0"], "--batch"),
+        (["bench", "--models", "b0"], "--models"),
+        (["train", "--config", "b0"], "--config"),
+        (["train", "--epochs", "0"], "--epochs"),
+        (["train", "--lr", "nan"], "--lr"),
+        (["train", "--momentum", "1"], "--momentum"),
+        (["train", "--batch-size", "1"], "--batch-size"),
+        (["train", "--epochs", "2", "--warmup-epochs", "3"], "--warmup-epochs"),
+        (["train", "--weight-decay", "custom-l2", "--block", "qarepvgg"], "--weight-decay"),
+        (["train", "--label-smoothing", "1"], "--label-smoothing"),
+        (["qat", "--resume", "d", "--epochs", "3"], "--epochs"),
+        (["qat", "--from", "a", "--freeze-bn-after", "-1"], "--freeze-bn-after"),
+        (["eval", "--int8", "m", "--deploy"], "--deploy"),
+        (["quickstart", "--epochs", "0"], "--epochs"),
+    ])
+    func refusedFlags(_ arguments: [String], _ flag: String) {
+        #expect {
+            _ = try QARepCommand.parseAsRoot(arguments)
+        } throws: { error in
+            QARepCommand.message(for: error).contains(flag)
+        }
+    }
+
+    @Test("train, eval --deploy, ptq, qat, eval --int8 and export chain through their files")
+    func pipeline() throws {
+        let data = try syntheticDataRoot(), dir = temporaryDirectory("cli-run")
+        defer { try? FileManager.default.removeItem(atPath: data); try? FileManager.default.removeItem(atPath: dir) }
+        let common = ["--data-root", data, "--threads", "2", "--quiet"]
+
+        let train = try Train.parse(["--config", "tiny", "--epochs", "2", "--batch-size", "32", "--out", dir + "/fp32"] + common).execute()
+        #expect(train.epochs == 2 && train.steps == 2 * (512 / 32))
+        #expect(train.summaries.count == 2 && train.summaries[1].trainLoss < train.summaries[0].trainLoss, "training loss falls")
+        #expect((train.top1 ?? 0) > 0.5, "synthetic bands are learnable: top-1 \(train.top1 ?? 0)")
+        let last = try #require(train.checkpoint)
+        #expect(FileManager.default.fileExists(atPath: dir + "/fp32/best.safetensors"))
+        // The same directory again is refused: it already holds a run.
+        #expect(throws: (any Error).self) { _ = try Train.parse(["--out", dir + "/fp32"] + common) }
+
+        let eval = try Eval.parse(["--checkpoint", last, "--deploy"] + common).execute()
+        #expect(eval.top1 == train.top1 && eval.form == "multi-branch")
+        #expect(eval.deployedAgreement ?? 0 >= 0.99)
+
+        let ptq = try PTQ.parse(["--checkpoint", last, "--calib-images", "64", "--out", dir + "/ptq.safetensors"] + common).execute()
+        #expect(ptq.top1 == train.top1 && ptq.engineAgreement ?? 0 >= 0.99)
+
+        let qat = try QAT.parse(["--from", last, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "32", "--nesterov",
+                                 "--label-smoothing", "0.1", "--calib-images", "64", "--out", dir + "/qat"] + common).execute()
+        #expect(qat.top1 == train.top1 && qat.epochs == 1)
+        #expect(qat.engineAgreement ?? 0 >= 0.99, "engine agreement \(qat.engineAgreement ?? 0)")
+        for file in ["last", "best", "int8"] {
+            #expect(FileManager.default.fileExists(atPath: dir + "/qat/\(file).safetensors"), "qat wrote \(file).safetensors")
+        }
+        let int8 = try Eval.parse(["--int8", try #require(qat.int8Model)] + common).execute()
+        #expect(int8.int8Top1 == qat.int8Top1 && int8.form == "int8")
+
+        try Export.parse(["--from", dir + "/qat/last.safetensors", "--format", "onnx", "--out", dir + "/qat.onnx"]).run()
+        let onnx = try Data(contentsOf: URL(fileURLWithPath: dir + "/qat.onnx"))
+        #expect(onnx.count > 1000)
+        #expect(throws: (any Error).self) {
+            try Export.parse(["--from", last, "--format", "native", "--out", dir + "/x.safetensors"]).run()
+        }
+    }
+}
