@@ -49,7 +49,7 @@ public struct Eval: ParsableCommand {
             return Report(images: result.count, config: model.config.name, block: model.config.block.rawValue, form: "int8",
                           int8Top1: result.top1)
         }
-        let net = try Checkpoint.loadModel(checkpoint!, fallback: model.fallback())
+        let net = try model.load(checkpoint!)
         let foldHere = deploy && !net.isDeployed
         let result = net.isDeployed ? evaluate(try DeployedEngine(net), on: test, keepLogits: logitsOut != nil)
                                     : evaluate(net, on: test, keepLogits: logitsOut != nil && !foldHere)

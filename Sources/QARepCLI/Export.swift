@@ -28,7 +28,7 @@ public struct Export: ParsableCommand {
             guard kind != Int8Model.kind, kind != QATRun.kind else {
                 throw CommandError("\(name) is a \(kind!) model; onnx-fp32 exports an FP32 checkpoint")
             }
-            let net = try Checkpoint.loadModel(from, fallback: model.fallback())
+            let net = try model.load(from)
             try write(ONNXExport.fp32(net))
         case .onnx, .native:
             let int8: Int8Model

@@ -56,6 +56,19 @@ struct ModelOptions: ParsableArguments {
         guard config != nil || block != nil else { return nil }
         return try (config ?? .tiny).config(block: block ?? .qarepvgg)
     }
+
+    /// Reads an FP32 checkpoint, with `--config`/`--block` as the fallback
+    /// for files that carry no QARep metadata.
+    func read(_ path: String) throws -> ModelCheckpoint {
+        do {
+            return try Checkpoint.read(path, fallback: fallback())
+        } catch let error as CheckpointError where error.message.hasSuffix(Checkpoint.noConfigHint) {
+            throw CommandError(error.message.replacingOccurrences(of: Checkpoint.noConfigHint, with: "pass --config and --block"))
+        }
+    }
+
+    /// `read`, then the model with its weights.
+    func load(_ path: String) throws -> RepVGGNet { try Checkpoint.makeModel(read(path)) }
 }
 
 /// The SGD and data settings FP32 training and QAT share, with the same

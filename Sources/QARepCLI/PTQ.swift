@@ -42,7 +42,7 @@ public struct PTQ: ParsableCommand {
 
     public func execute() throws -> Report {
         runtime.apply()
-        let net = try Checkpoint.loadModel(checkpoint, fallback: model.fallback())
+        let net = try model.load(checkpoint)
         let calibration = try FashionMNIST.load(split: .train, root: data.dataRoot, limit: quantization.calibImages)
         let test = try data.test()
         let qconfig = quantization.qconfig

@@ -62,7 +62,7 @@ public struct QAT: ParsableCommand {
             run = try QATRun.resume(from: resume, progress: progress)
             progress.finish("resuming QAT in \(resume) at epoch \(run.trainer.epoch + 1) of \(run.trainer.config.epochs)")
         } else {
-            let fp32 = try Checkpoint.makeModel(Checkpoint.read(from!, fallback: model.fallback()))
+            let fp32 = try model.load(from!)
             fp32Top1 = evaluate(fp32, on: test).top1
             var options = QATOptions()
             options.settings = sgd.settings(epochs: epochs ?? 10, learningRate: lr, warmupEpochs: warmupEpochs)

@@ -177,6 +177,10 @@ public enum Checkpoint {
         return out
     }
 
+    /// How a file without metadata or inferable names is made readable: the
+    /// end of the error `read(_:fallback:)` throws for it.
+    public static let noConfigHint = "give its model config as the fallback"
+
     /// Infers widths, block counts and block kind from PyTorch names and
     /// shapes (files written without QARep metadata).
     static func inferConfig(from file: SafeTensorsFile, name: String) throws -> ModelConfig {
@@ -184,7 +188,7 @@ public enum Checkpoint {
         func shape(_ k: String) -> [Int]? { file.tensors[k]?.shape }
         guard let stem = shape("stage0.rbr_dense.conv.weight") ?? shape("stage0.rbr_reparam.weight"),
               let head = shape("linear.weight"), stem.count == 4, head.count == 2 else {
-            throw CheckpointError("\(name): no QARep metadata and no RepVGG stage0/linear tensors to infer the model from; pass --config and --block")
+            throw CheckpointError("\(name): no QARep metadata and no RepVGG stage0/linear tensors to infer the model from; \(noConfigHint)")
         }
         var widths = [stem[0]], blocks = [1]
         for s in 1...4 {

@@ -53,7 +53,7 @@ extension Int8Model {
     ///   tensor, a wrong dtype or shape, inconsistent scales, ...).
     public static func read(from path: String) throws -> Int8Model {
         let (file, name, config, layoutJSON) = try Checkpoint.open(
-            path, kind: kind, section: "int8", hint: "QARep INT8 model; make one with qarep ptq --out or qarep qat")
+            path, kind: kind, section: "int8", hint: "QARep INT8 model")
         let layout = try Checkpoint.decode(Layout.self, layoutJSON, what: "int8", file: name)
         func tensor(_ key: String, _ shape: [Int]) throws -> SafeTensor {
             guard let t = file.tensors[key] else { throw CheckpointError.missingKey(key, file: name) }

@@ -68,7 +68,11 @@ public final class Trainer<Model: Layer> {
             throw TrainingError(description: "training set of \(train.count) images is smaller than one batch of \(config.batchSize)")
         }
         model.train()
-        let start = Date()
+        let clock = ContinuousClock(), start = clock.now
+        func secondsSinceStart() -> Double {
+            let d = start.duration(to: clock.now)
+            return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+        }
         var seen = 0, correct = 0, lossSum = 0.0
         for (i, batch) in loader.batches(epoch: epoch).enumerated() {
             let lr = config.schedule.learningRate(step: step, stepsPerEpoch: steps)
@@ -93,13 +97,13 @@ public final class Trainer<Model: Layer> {
             correct += zip(logits.argmaxRows(), batch.labels).filter { $0 == $1 }.count
             seen += batch.count
             lossSum += Double(loss.item) * Double(batch.count)
-            let elapsed = Date().timeIntervalSince(start)
+            let elapsed = secondsSinceStart()
             let rate = Double(seen) / max(elapsed, 1e-9)
             let eta = Double((steps - i - 1) * config.batchSize) / rate
             progress.update(String(format: "epoch %d/%d  step %d/%d  loss %.4f  lr %.4g  %.0f img/s  ETA %@",
                                    epoch + 1, config.epochs, i + 1, steps, lossSum / Double(seen), lr, rate, formatDuration(eta)))
         }
-        let seconds = Date().timeIntervalSince(start)
+        let seconds = secondsSinceStart()
         let lastLR = optimizer.learningRate
         epoch += 1
         let testEval = test.map { evaluate(model, on: $0) }
