@@ -5,8 +5,8 @@ import QARepKernels
 
 /// Where the data is and how much of it to use.
 struct DataOptions: ParsableArguments {
-    @Option(help: "Directory with the Fashion-MNIST IDX files (gzipped or not).")
-    var dataRoot = FashionMNIST.defaultRoot
+    @Option(name: .customLong("data-root"), help: "Directory with the Fashion-MNIST IDX files, gzipped or not (default \(FashionMNIST.defaultRoot)).")
+    var givenRoot: String?
     @Option(help: "Use only the first N training images.") var trainLimit: Int?
     @Option(help: "Use only the first N test images.") var testLimit: Int?
 
@@ -15,22 +15,69 @@ struct DataOptions: ParsableArguments {
         if let n = testLimit, n <= 0 { throw ValidationError("--test-limit must be positive, got \(n)") }
     }
 
+    var dataRoot: String { givenRoot ?? FashionMNIST.defaultRoot }
+    /// What a new run records, so that `--resume` reloads the same data.
+    var origin: DataOrigin { DataOrigin(root: dataRoot, trainLimit: trainLimit, testLimit: testLimit) }
+
     func train() throws -> FashionMNIST { try FashionMNIST.load(split: .train, root: dataRoot, limit: trainLimit) }
     func test() throws -> FashionMNIST { try FashionMNIST.load(split: .test, root: dataRoot, limit: testLimit) }
+
+    /// On resume: the saved run's data, refusing flags that contradict it.
+    func resumed(from saved: DataOrigin?, _ check: inout ResumeCheck) -> DataOptions {
+        guard let saved else { return self }
+        check.compare("--data-root", givenRoot, saved.root)
+        check.compare("--train-limit", trainLimit, saved.trainLimit)
+        check.compare("--test-limit", testLimit, saved.testLimit)
+        var d = self
+        d.givenRoot = saved.root; d.trainLimit = saved.trainLimit; d.testLimit = saved.testLimit
+        return d
+    }
+}
+
+/// Collects the flags given with `--resume` that contradict the saved run.
+struct ResumeCheck {
+    let directory: String
+    private(set) var problems: [String] = []
+
+    init(directory: String) { self.directory = directory }
+
+    /// Notes `flag` when it was given (`given` not nil) with another value than the run's.
+    mutating func compare<T: Equatable>(_ flag: String, _ given: T?, _ saved: T?) {
+        guard let given, given != saved else { return }
+        problems.append("\(flag) \(given) (the run has \(saved.map { "\($0)" } ?? "none"))")
+    }
+
+    /// Notes a flag that cannot be given with `--resume` at all.
+    mutating func refuse(_ flag: String, given: Bool, _ why: String) {
+        if given { problems.append("\(flag) (\(why))") }
+    }
+
+    func verify() throws {
+        guard !problems.isEmpty else { return }
+        throw CommandError("\(directory) holds a run started with other settings: \(problems.joined(separator: "; ")); "
+                           + "drop these flags to continue it, or start a new run with --out")
+    }
 }
 
 /// Threads and output format shared by every command.
 struct RuntimeOptions: ParsableArguments {
-    @Option(help: "Worker threads of the convolution kernels (results are reproducible for a fixed count).")
-    var threads = KernelThreads.count
+    @Option(help: "Worker threads of the convolution kernels (default \(KernelThreads.count); results are reproducible for a fixed count).")
+    var threads: Int?
     @Flag(help: "Print one JSON object on stdout.") var json = false
     @Flag(help: "No progress lines on stderr.") var quiet = false
 
     func validate() throws {
-        if threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads)") }
     }
 
-    func apply() { KernelThreads.count = threads }
+    func apply() { if let threads { KernelThreads.count = threads } }
+
+    /// On resume: the run's own thread count (weight gradients are summed per
+    /// thread, so another count would not continue it bit for bit).
+    func applyResumed(saved: Int?, _ check: inout ResumeCheck) {
+        check.compare("--threads", threads, saved)
+        KernelThreads.count = saved ?? threads ?? KernelThreads.count
+    }
     var progress: ProgressReporter { ProgressReporter(enabled: !quiet) }
 }
 
@@ -71,40 +118,67 @@ struct ModelOptions: ParsableArguments {
     func load(_ path: String) throws -> RepVGGNet { try Checkpoint.makeModel(read(path)) }
 }
 
-/// The SGD and data settings FP32 training and QAT share, with the same
-/// defaults in both (length and learning rate differ, so each command has its own).
+/// The training flags FP32 training and QAT share, with the same defaults
+/// in both except the schedule's (`Defaults`). Every value is optional here,
+/// so that `--resume` can tell a flag that was given from a default.
 struct SGDOptions: ParsableArguments {
-    @Option(help: "Batch size.") var batchSize = 64
-    @Option(help: "SGD momentum, in [0, 1).") var momentum: Float = 0.9
+    @Option(help: "Epochs.") var epochs: Int?
+    @Option(help: "Peak learning rate (SGD), after the warm-up.") var lr: Float?
+    @Option(help: "Linear warm-up epochs before the cosine decay.") var warmupEpochs: Int?
+    @Option(help: "Batch size (default 64).") var batchSize: Int?
+    @Option(help: "SGD momentum, in [0, 1) (default 0.9).") var momentum: Float?
     @Flag(help: "Nesterov momentum.") var nesterov = false
-    @Option(help: "Weight decay coefficient (kernels only).") var wd: Float = 1e-4
-    @Option(help: "Label smoothing, in [0, 1).") var labelSmoothing: Float = 0
+    @Option(help: "Weight decay coefficient, kernels only (default 1e-4).") var wd: Float?
+    @Option(help: "Label smoothing, in [0, 1) (default 0).") var labelSmoothing: Float?
     @Flag(help: "No random crop / flip.") var noAugment = false
-    @Option(help: "Seed for initialization, shuffling and augmentation.") var seed: UInt64 = 0
+    @Option(help: "Seed for initialization, shuffling and augmentation (default 0).") var seed: UInt64?
+    @Option(help: "Also checkpoint every N optimizer steps (mid-epoch), so a kill loses at most N steps.")
+    var checkpointEvery: Int?
+
+    /// A command's defaults for the schedule.
+    struct Defaults { var epochs: Int, learningRate: Float, warmupEpochs: Int }
 
     func validate() throws {
-        if batchSize < 2 { throw ValidationError("--batch-size must be at least 2 (batch norm needs a batch), got \(batchSize)") }
-        if !(momentum >= 0 && momentum < 1) { throw ValidationError("--momentum must be in [0, 1), got \(momentum)") }
+        if let e = epochs, e <= 0 { throw ValidationError("--epochs must be positive, got \(e)") }
+        if let lr, !(lr > 0 && lr.isFinite) { throw ValidationError("--lr must be a positive number, got \(lr)") }
+        if let w = warmupEpochs, w < 0 { throw ValidationError("--warmup-epochs must be >= 0, got \(w)") }
+        if let b = batchSize, b < 2 { throw ValidationError("--batch-size must be at least 2 (batch norm needs a batch), got \(b)") }
+        if let m = momentum, !(m >= 0 && m < 1) { throw ValidationError("--momentum must be in [0, 1), got \(m)") }
         if nesterov && momentum == 0 { throw ValidationError("--nesterov needs --momentum above 0") }
-        if !(wd >= 0 && wd.isFinite) { throw ValidationError("--wd must be a number >= 0, got \(wd)") }
-        if !(labelSmoothing >= 0 && labelSmoothing < 1) { throw ValidationError("--label-smoothing must be in [0, 1), got \(labelSmoothing)") }
+        if let wd, !(wd >= 0 && wd.isFinite) { throw ValidationError("--wd must be a number >= 0, got \(wd)") }
+        if let l = labelSmoothing, !(l >= 0 && l < 1) { throw ValidationError("--label-smoothing must be in [0, 1), got \(l)") }
+        if let n = checkpointEvery, n < 1 { throw ValidationError("--checkpoint-every must be at least 1, got \(n)") }
     }
 
-    /// The training settings of a run of `epochs` epochs at learning rate `lr`.
-    func settings(epochs: Int, learningRate: Float, warmupEpochs: Int) -> TrainingSettings {
-        var s = TrainingSettings(epochs: epochs, batchSize: batchSize, learningRate: learningRate, warmupEpochs: warmupEpochs)
-        s.momentum = momentum; s.nesterov = nesterov; s.weightDecay = wd
-        s.labelSmoothing = labelSmoothing; s.augment = !noAugment; s.seed = seed
+    /// Validation that needs the command's defaults: the warm-up within the run.
+    func validate(_ defaults: Defaults) throws {
+        let e = epochs ?? defaults.epochs, w = warmupEpochs ?? defaults.warmupEpochs
+        if w > e { throw ValidationError("--warmup-epochs (\(w)) must not exceed --epochs (\(e))") }
+    }
+
+    /// The settings of a new run.
+    func settings(_ defaults: Defaults) -> TrainingSettings {
+        var s = TrainingSettings(epochs: epochs ?? defaults.epochs, batchSize: batchSize ?? 64,
+                                 learningRate: lr ?? defaults.learningRate, warmupEpochs: warmupEpochs ?? defaults.warmupEpochs)
+        s.momentum = momentum ?? 0.9; s.nesterov = nesterov; s.weightDecay = wd ?? 1e-4
+        s.labelSmoothing = labelSmoothing ?? 0; s.augment = !noAugment; s.seed = seed ?? 0
         return s
     }
-}
 
-/// Checks the length and learning-rate flags every training command has.
-func validateSchedule(epochs: Int?, lr: Float, warmupEpochs: Int) throws {
-    if let e = epochs, e <= 0 { throw ValidationError("--epochs must be positive, got \(e)") }
-    if !(lr > 0 && lr.isFinite) { throw ValidationError("--lr must be a positive number, got \(lr)") }
-    if warmupEpochs < 0 { throw ValidationError("--warmup-epochs must be >= 0, got \(warmupEpochs)") }
-    if let e = epochs, warmupEpochs > e { throw ValidationError("--warmup-epochs (\(warmupEpochs)) must not exceed --epochs (\(e))") }
+    /// On resume: notes every given flag that contradicts `saved` (`--epochs`
+    /// only when `epochsMayChange` is false).
+    func compare(with saved: TrainingSettings, epochsMayChange: Bool, _ check: inout ResumeCheck) {
+        if !epochsMayChange { check.compare("--epochs", epochs, saved.epochs) }
+        check.compare("--lr", lr, saved.learningRate)
+        check.compare("--warmup-epochs", warmupEpochs, saved.warmupEpochs)
+        check.compare("--batch-size", batchSize, saved.batchSize)
+        check.compare("--momentum", momentum, saved.momentum)
+        check.compare("--nesterov", nesterov ? true : nil, saved.nesterov)
+        check.compare("--wd", wd, saved.weightDecay)
+        check.compare("--label-smoothing", labelSmoothing, saved.labelSmoothing)
+        check.compare("--no-augment", noAugment ? true : nil, !saved.augment)
+        check.compare("--seed", seed, saved.seed)
+    }
 }
 
 /// Refuses `--out DIR` when DIR already holds a run, before any work starts.
@@ -115,28 +189,42 @@ func validateFreshRunDirectory(_ out: String?) throws {
 
 /// The quantization flags PTQ and QAT share, and the `QConfig` they make.
 struct QuantizationOptions: ParsableArguments {
-    @Option(help: "Activation calibrator: \(Calibrator.Method.allValueStrings.joined(separator: ", ")).")
-    var calibrator: Calibrator.Method = .minmax
-    @Option(help: "Percentile of |x| for --calibrator percentile, in (0, 100].") var percentile: Double?
-    @Option(help: "Calibration images (the first N training images).") var calibImages = 512
-    @Option(help: "Bit width of weights and activations, 2-8 (the integer engine runs 8).") var bits = 8
+    @Option(help: "Activation calibrator: \(Calibrator.Method.allValueStrings.joined(separator: ", ")) (default minmax).")
+    var calibrator: Calibrator.Method?
+    @Option(help: "Percentile of |x| for --calibrator percentile, in (0, 100] (default 99.99).") var percentile: Double?
+    @Option(help: "Calibration images, the first N training images (default 512).") var calibImages: Int?
+    @Option(help: "Bit width of weights and activations, 2-8; the integer engine runs 8 (default 8).") var bits: Int?
     @Flag(help: "Unsigned asymmetric activations instead of signed symmetric.") var unsignedActivations = false
 
     func validate() throws {
-        if calibImages <= 0 { throw ValidationError("--calib-images must be at least 1, got \(calibImages)") }
-        if !(2...8).contains(bits) { throw ValidationError("--bits must be between 2 and 8, got \(bits)") }
+        if let n = calibImages, n <= 0 { throw ValidationError("--calib-images must be at least 1, got \(n)") }
+        if let b = bits, !(2...8).contains(b) { throw ValidationError("--bits must be between 2 and 8, got \(b)") }
         if let p = percentile {
             if !(p > 0 && p <= 100) { throw ValidationError("--percentile must be in (0, 100], got \(p)") }
-            if calibrator != .percentile { throw ValidationError("--percentile applies to --calibrator percentile, not \(calibrator.rawValue)") }
+            if method != .percentile { throw ValidationError("--percentile applies to --calibrator percentile, not \(method.rawValue)") }
         }
     }
 
+    var method: Calibrator.Method { calibrator ?? .minmax }
+    var bitWidth: Int { bits ?? 8 }
+    var calibrationImages: Int { calibImages ?? 512 }
+
     /// The activation calibrator with its settings.
-    var calibratorSettings: Calibrator { Calibrator(calibrator, percentile: percentile ?? 99.99) }
+    var calibratorSettings: Calibrator { Calibrator(method, percentile: percentile ?? 99.99) }
 
     /// TensorRT's schemes (or unsigned activations) at `--bits`, with the calibrator.
     var qconfig: QConfig {
-        (unsignedActivations ? QConfig.unsignedActivations : .tensorRT).withBits(bits).with(calibrator: calibratorSettings)
+        (unsignedActivations ? QConfig.unsignedActivations : .tensorRT).withBits(bitWidth).with(calibrator: calibratorSettings)
+    }
+
+    /// On resume: notes every given flag that contradicts the saved run's settings.
+    func compare(with saved: QATOptions, _ check: inout ResumeCheck) {
+        check.compare("--calibrator", calibrator, saved.qconfig.calibrator.method)
+        if case .percentile(let p) = saved.qconfig.calibrator { check.compare("--percentile", percentile, p) }
+        else { check.compare("--percentile", percentile, nil) }
+        check.compare("--calib-images", calibImages, saved.calibrationImages)
+        check.compare("--bits", bits, saved.qconfig.activation.bits)
+        check.compare("--unsigned-activations", unsignedActivations ? true : nil, !saved.qconfig.activation.signed)
     }
 }
 

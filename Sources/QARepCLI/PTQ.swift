@@ -19,7 +19,7 @@ public struct PTQ: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        if out != nil && quantization.bits != 8 { throw ValidationError("--out writes an INT8 model, which needs --bits 8, got \(quantization.bits)") }
+        if out != nil && quantization.bitWidth != 8 { throw ValidationError("--out writes an INT8 model, which needs --bits 8, got \(quantization.bitWidth)") }
     }
 
     /// What `qarep ptq --json` prints.
@@ -43,7 +43,7 @@ public struct PTQ: ParsableCommand {
     public func execute() throws -> Report {
         runtime.apply()
         let net = try model.load(checkpoint)
-        let calibration = try FashionMNIST.load(split: .train, root: data.dataRoot, limit: quantization.calibImages)
+        let calibration = try FashionMNIST.load(split: .train, root: data.dataRoot, limit: quantization.calibrationImages)
         let test = try data.test()
         let qconfig = quantization.qconfig
         runtime.progress.finish("calibrating \(qconfig.calibrator) on \(calibration.count) training images")
@@ -52,9 +52,9 @@ public struct PTQ: ParsableCommand {
         let fp32 = evaluate(net, on: test)
         let fake = evaluate(quantized, on: test)
         var report = Report(top1: fp32.top1, fakeQuantTop1: fake.top1, calibrator: qconfig.calibrator.method.rawValue,
-                            calibImages: calibration.count, bits: quantization.bits, images: test.count)
+                            calibImages: calibration.count, bits: quantization.bitWidth, images: test.count)
         if case .percentile(let p) = qconfig.calibrator { report.percentile = p }
-        if quantization.bits == 8 {
+        if quantization.bitWidth == 8 {
             let int8 = try quantized.convertToInt8()
             let engine = evaluate(int8, on: test)
             report.int8Top1 = engine.top1

@@ -23,7 +23,16 @@ public struct QARepCommand: ParsableCommand {
         // each call and would take a core from them.
         BLASThreads.set(1)
         MemoryTuning.apply()
-        main(nil)
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let stop as ExitWithMessage {
+            // A run stopped by a signal: its checkpoint is written; say how to go on.
+            writeStandardError("\(stop.message)\n")
+            Foundation.exit(stop.code)
+        } catch {
+            exit(withError: error)
+        }
     }
 
     /// Re-executes this process once with OPENBLAS_CORETYPE set when OpenBLAS

@@ -6,16 +6,19 @@ import QARep
 public struct QAT: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "qat",
-        abstract: "Quantization-aware training from an FP32 checkpoint; writes DIR/last.safetensors, DIR/best.safetensors (QAT) and DIR/int8.safetensors.",
-        discussion: "QARepVGG keeps its post-BN as a BN during QAT, with BN folding simulated in the fake-quantized weights. Defaults follow the paper: 10 epochs, 3 of warm-up, LR 0.01, then cosine.")
+        abstract: "Quantization-aware training from an FP32 checkpoint; writes DIR/last.safetensors, DIR/best.safetensors (QAT), DIR/metrics.jsonl and DIR/int8.safetensors.",
+        discussion: """
+            QARepVGG keeps its post-BN as a BN during QAT, with BN folding simulated in the fake-quantized weights. Defaults \
+            follow the paper: 10 epochs, 3 of warm-up, LR 0.01, then cosine. --resume DIR continues with the run's own data, \
+            threads and settings (no recalibration); SIGINT or SIGTERM stops after the current step with a checkpoint.
+            """)
+
+    static let defaults = SGDOptions.Defaults(epochs: 10, learningRate: 0.01, warmupEpochs: 3)
 
     @Option(help: "FP32 checkpoint to start from.") var from: String?
     @Option(help: "Directory for QAT checkpoints and the INT8 model.") var out: String?
     @Option(help: "Continue the QAT run saved in this directory (no recalibration).") var resume: String?
-    @Option(help: "Epochs (default 10).") var epochs: Int?
-    @Option(help: "Linear warm-up epochs.") var warmupEpochs = 3
-    @Option(help: "Initial learning rate after warm-up.") var lr: Float = 0.01
-    @OptionGroup var sgd: SGDOptions
+    @OptionGroup(title: "Training (defaults: 10 epochs, 3 of warm-up, LR 0.01)") var sgd: SGDOptions
     @Option(help: "Freeze BN statistics from this epoch (0-based) on.") var freezeBnAfter: Int?
     @Option(help: "Freeze activation ranges from this epoch (0-based) on.") var freezeObserversAfter: Int?
     @OptionGroup var quantization: QuantizationOptions
@@ -28,8 +31,8 @@ public struct QAT: ParsableCommand {
     public func validate() throws {
         if (from == nil) == (resume == nil) { throw ValidationError("give either --from FP32_CHECKPOINT (a new run) or --resume DIR") }
         if resume != nil && out != nil { throw ValidationError("--resume continues in its own directory; drop --out") }
-        if resume != nil && epochs != nil { throw ValidationError("--epochs is fixed by the saved QAT run; drop it with --resume") }
-        try validateSchedule(epochs: epochs ?? 10, lr: lr, warmupEpochs: warmupEpochs)
+        if resume != nil && sgd.epochs != nil { throw ValidationError("--epochs is fixed by the saved QAT run; drop it with --resume") }
+        try sgd.validate(Self.defaults)
         for (flag, value) in [("--freeze-bn-after", freezeBnAfter), ("--freeze-observers-after", freezeObserversAfter)] {
             if let v = value, v < 0 { throw ValidationError("\(flag) must be an epoch >= 0, got \(v)") }
         }
@@ -52,31 +55,45 @@ public struct QAT: ParsableCommand {
         public var summaries: [EpochSummary]
     }
 
+    /// Runs (or resumes) QAT and returns what was done.
+    /// - Throws: `ExitWithMessage` when a signal stopped the run (after its checkpoint).
     public func execute() throws -> Report {
-        runtime.apply()
         let progress = runtime.progress
-        let train = try data.train(), test = try data.test()
-        let run: QATRun
+        let run: QATRun, train: FashionMNIST, test: FashionMNIST
         var fp32Top1: Double?
         if let resume {
+            let (state, _) = try QATRun.savedState(in: resume)
+            var check = ResumeCheck(directory: resume)
+            sgd.compare(with: state.options.settings, epochsMayChange: false, &check)
+            quantization.compare(with: state.options, &check)
+            check.compare("--freeze-bn-after", freezeBnAfter, state.options.freezeBNAfter)
+            check.compare("--freeze-observers-after", freezeObserversAfter, state.options.freezeObserversAfter)
+            let data = self.data.resumed(from: state.data?.origin, &check)
+            runtime.applyResumed(saved: state.threads, &check)
+            try check.verify()
+            train = try data.train(); test = try data.test()
             run = try QATRun.resume(from: resume, progress: progress)
-            progress.finish("resuming QAT in \(resume) at epoch \(run.trainer.epoch + 1) of \(run.trainer.config.epochs)")
+            progress.finish("resuming QAT in \(resume) at epoch \(run.trainer.epoch + 1) of \(run.trainer.config.epochs), step \(run.trainer.step)")
         } else {
+            runtime.apply()
+            train = try data.train(); test = try data.test()
             let fp32 = try model.load(from!)
             fp32Top1 = evaluate(fp32, on: test).top1
             var options = QATOptions()
-            options.settings = sgd.settings(epochs: epochs ?? 10, learningRate: lr, warmupEpochs: warmupEpochs)
-            options.calibrationImages = quantization.calibImages
+            options.settings = sgd.settings(Self.defaults)
+            options.calibrationImages = quantization.calibrationImages
             options.freezeBNAfter = freezeBnAfter
             options.freezeObserversAfter = freezeObserversAfter
             options.qconfig = quantization.qconfig
-            let calibration = try FashionMNIST.load(split: .train, root: data.dataRoot, limit: quantization.calibImages)
+            let calibration = try FashionMNIST.load(split: .train, root: data.dataRoot, limit: quantization.calibrationImages)
             run = try QATRun(from: fp32, source: from!, options: options, calibration: calibration,
-                             trainImages: train.count, directory: out, progress: progress)
+                             trainImages: train.count, directory: out, dataOrigin: data.origin, progress: progress)
             let form = run.model.hasPostBN ? "post-BN kept as a BN" : "fully folded"
             progress.finish("QAT of \(fp32.config.name) \(fp32.config.block.rawValue) (\(form)) for \(options.epochs) epochs, calibrated on \(calibration.count) images")
         }
-        let summaries = try run.run(train: train, test: test)
+        run.checkpointEvery = sgd.checkpointEvery
+        run.shouldStop = { StopSignals.isRequested }
+        let summaries = try stoppable(resumeCommand: "qarep qat") { try run.run(train: train, test: test) }
         let fake = evaluate(run.model, on: test)
         var report = Report(top1: fp32Top1, qatTop1: fake.top1, epochs: run.state.epoch, images: test.count,
                             checkpoint: run.directory.map { ($0 as NSString).appendingPathComponent(QATRun.lastFile) },

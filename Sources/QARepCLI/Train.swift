@@ -6,15 +6,20 @@ import QARep
 public struct Train: ParsableCommand {
     public static let configuration = CommandConfiguration(
         abstract: "Train a RepVGG-family model in FP32 on Fashion-MNIST.",
-        discussion: "Writes DIR/last.safetensors after every epoch and DIR/best.safetensors when test top-1 improves; --resume DIR continues exactly.")
+        discussion: """
+            Writes DIR/last.safetensors after every epoch (and every --checkpoint-every steps), DIR/best.safetensors when \
+            test top-1 improves, and DIR/metrics.jsonl. --resume DIR continues exactly where the run stopped, with the \
+            run's own data, limits, threads and settings; only --epochs (to extend it) may be given again. SIGINT or \
+            SIGTERM stops after the current step with a checkpoint.
+            """)
 
-    @Option(help: "Model config: \(ConfigName.allValueStrings.joined(separator: ", ")).") var config: ConfigName = .tiny
-    @Option(help: "Block kind: \(BlockKind.allValueStrings.joined(separator: ", ")).") var block: BlockKind = .qarepvgg
-    @Option(name: .customLong("weight-decay"), help: "Regularization: l2 or custom-l2 (RepVGG's S0).") var weightDecayMode: WeightDecayMode = .l2
-    @Option(help: "Epochs (with --resume: the new total).") var epochs: Int?
-    @Option(help: "Peak learning rate (SGD).") var lr: Float = 0.1
-    @Option(help: "Linear warm-up epochs before the cosine decay.") var warmupEpochs = 0
-    @OptionGroup var sgd: SGDOptions
+    static let defaults = SGDOptions.Defaults(epochs: 10, learningRate: 0.1, warmupEpochs: 0)
+
+    @Option(help: "Model config: \(ConfigName.allValueStrings.joined(separator: ", ")) (default tiny).") var config: ConfigName?
+    @Option(help: "Block kind: \(BlockKind.allValueStrings.joined(separator: ", ")) (default qarepvgg).") var block: BlockKind?
+    @Option(name: .customLong("weight-decay"), help: "Regularization: l2 or custom-l2, RepVGG's S0 (default l2).")
+    var weightDecayMode: WeightDecayMode?
+    @OptionGroup(title: "Training (defaults: 10 epochs, LR 0.1, no warm-up)") var sgd: SGDOptions
     @Option(help: "Directory for checkpoints.") var out: String?
     @Option(help: "Continue the run saved in this directory.") var resume: String?
     @OptionGroup var data: DataOptions
@@ -24,9 +29,9 @@ public struct Train: ParsableCommand {
 
     public func validate() throws {
         if out != nil && resume != nil { throw ValidationError("give either --out (a new run) or --resume (continue one), not both") }
-        try validateSchedule(epochs: resume == nil ? epochs ?? 10 : epochs, lr: lr, warmupEpochs: warmupEpochs)
-        if weightDecayMode == .customL2 && !block.pointwiseHasBN {
-            throw ValidationError("--weight-decay custom-l2 needs a BN on the 1x1 branch: use --block repvgg or s2, not \(block.rawValue)")
+        try sgd.validate(Self.defaults)
+        if (weightDecayMode ?? .l2) == .customL2 && !(block ?? .qarepvgg).pointwiseHasBN {
+            throw ValidationError("--weight-decay custom-l2 needs a BN on the 1x1 branch: use --block repvgg or s2, not \((block ?? .qarepvgg).rawValue)")
         }
         try validateFreshRunDirectory(out)
     }
@@ -49,23 +54,37 @@ public struct Train: ParsableCommand {
     }
 
     /// Trains (or resumes) and returns what was done.
+    /// - Throws: `ExitWithMessage` when a signal stopped the run (after its checkpoint).
     public func execute() throws -> Report {
-        runtime.apply()
-        let train = try data.train(), test = try data.test()
         let progress = runtime.progress
-        let run: TrainingRun
+        let run: TrainingRun, train: FashionMNIST, test: FashionMNIST
         if let resume {
-            run = try TrainingRun.resume(from: resume, epochs: epochs, progress: progress)
-            progress.finish("resuming \(resume) at epoch \(run.trainer.epoch + 1) of \(run.trainer.config.epochs)")
+            let saved = try TrainingRun.checkpointToResume(in: resume)
+            guard let state = saved.training else { throw CommandError("\(saved.source): not a training checkpoint (no training state to resume)") }
+            var check = ResumeCheck(directory: resume)
+            check.compare("--config", config?.rawValue, saved.config.name)
+            check.compare("--block", block, saved.config.block)
+            check.compare("--weight-decay", weightDecayMode?.rawValue, state.regularization)
+            sgd.compare(with: state.settings, epochsMayChange: true, &check)
+            let data = self.data.resumed(from: state.data?.origin, &check)
+            runtime.applyResumed(saved: state.threads, &check)
+            try check.verify()
+            train = try data.train(); test = try data.test()
+            run = try TrainingRun.resume(from: resume, epochs: sgd.epochs, progress: progress)
+            progress.finish("resuming \(resume) at epoch \(run.trainer.epoch + 1) of \(run.trainer.config.epochs), step \(run.trainer.step)")
         } else {
-            var options = TrainingRunOptions(model: try config.config(block: block), epochs: epochs ?? 10)
-            options.settings = sgd.settings(epochs: epochs ?? 10, learningRate: lr, warmupEpochs: warmupEpochs)
-            options.weightDecayMode = weightDecayMode
-            run = try TrainingRun(options: options, trainImages: train.count, directory: out, progress: progress)
+            runtime.apply()
+            train = try data.train(); test = try data.test()
+            var options = TrainingRunOptions(model: try (config ?? .tiny).config(block: block ?? .qarepvgg), epochs: 1)
+            options.settings = sgd.settings(Self.defaults)
+            options.weightDecayMode = weightDecayMode ?? .l2
+            run = try TrainingRun(options: options, trainImages: train.count, directory: out, dataOrigin: data.origin, progress: progress)
             let params = run.model.parameters().reduce(0) { $0 + $1.tensor.count }
-            progress.finish("training \(config.rawValue) \(block.rawValue) (\(params) parameters) on \(train.count) images, testing on \(test.count)")
+            progress.finish("training \(options.model.name) \(options.model.block.rawValue) (\(params) parameters) on \(train.count) images, testing on \(test.count)")
         }
-        let summaries = try run.run(train: train, test: test)
+        run.checkpointEvery = sgd.checkpointEvery
+        run.shouldStop = { StopSignals.isRequested }
+        let summaries = try stoppable(resumeCommand: "qarep train") { try run.run(train: train, test: test) }
         let state = run.state
         return Report(top1: state.lastTop1, bestTop1: state.bestTop1, bestEpoch: state.bestEpoch, epochs: state.epoch, steps: state.step,
                       imagesPerSecond: summaries.last?.imagesPerSecond, trainLoss: summaries.last?.trainLoss,

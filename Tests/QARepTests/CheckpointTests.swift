@@ -166,6 +166,68 @@ struct CheckpointTests {
         #expect(fa.tensors == fb.tensors, "final checkpoints (weights and optimizer state) differ")
     }
 
+    @Test("a run stopped mid-epoch (checkpoints every 4 steps, stop after step 9) resumes bit-identically, epoch summary and metrics log included")
+    func midEpochResume() throws {
+        let train = syntheticBands(count: 96, seed: 13), test = syntheticBands(count: 32, seed: 14)
+        var options = TrainingRunOptions(model: config, epochs: 2)
+        options.batchSize = 16; options.learningRate = 0.05; options.warmupEpochs = 1; options.seed = 6
+        let quiet = ProgressReporter(enabled: false)
+        let dirA = temporaryDirectory("ma"), dirB = temporaryDirectory("mb")
+        defer { try? FileManager.default.removeItem(atPath: dirA); try? FileManager.default.removeItem(atPath: dirB) }
+
+        let straight = try TrainingRun(options: options, trainImages: train.count, directory: dirA, progress: quiet)
+        straight.metricsEvery = 2
+        let all = try straight.run(train: train, test: test)
+
+        // 6 steps per epoch: step 9 is in the middle of epoch 2.
+        let first = try TrainingRun(options: options, trainImages: train.count, directory: dirB, progress: quiet)
+        first.metricsEvery = 2
+        first.checkpointEvery = 4
+        first.shouldStop = { [unowned first] in first.trainer.step == 9 }
+        #expect(throws: RunInterrupted.self) { try first.run(train: train, test: test) }
+        let saved = try #require(try Checkpoint.read(dirB + "/last.safetensors").training)
+        #expect(saved.step == 9 && saved.epoch == 1 && saved.totals?.seen == 3 * 16, "checkpoint at the stop: \(saved.step)")
+        #expect(saved.data?.trainFingerprint == train.fingerprint)
+
+        let resumed = try TrainingRun.resume(from: dirB, progress: quiet)
+        resumed.metricsEvery = 2
+        #expect(resumed.trainer.step == 9 && resumed.trainer.epoch == 1)
+        let rest = try resumed.run(train: train, test: test)
+        for (x, y) in zip(straight.model.stateDict(), resumed.model.stateDict()) {
+            #expect(x.tensor.data == y.tensor.data, "\(x.key) differs after a mid-epoch resume")
+        }
+        let fa = try SafeTensorsFile.read(from: dirA + "/last.safetensors"), fb = try SafeTensorsFile.read(from: dirB + "/last.safetensors")
+        #expect(fa.tensors == fb.tensors, "final checkpoints (weights and optimizer state) differ")
+        // The resumed epoch reports what the uninterrupted one did (its time aside).
+        #expect(rest.count == 1 && rest[0].trainLoss == all[1].trainLoss && rest[0].trainAccuracy == all[1].trainAccuracy)
+        #expect(rest[0].test?.top1 == all[1].test?.top1)
+        // The metrics logs hold the same records, one per step logged and per epoch, none twice.
+        func records(_ dir: String) throws -> [String] {
+            try String(contentsOfFile: dir + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map { line in
+                let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+                return "\(object["kind"]!) \(object["step"]!) \(object["loss"]!)"
+            }
+        }
+        #expect(try records(dirA) == records(dirB))
+        // Steps 2, 4, 8 and 10 (6 and 12 end their epochs, which have a record of their own).
+        let logged = try records(dirA)
+        #expect(logged.count == 4 + 2, "\(logged)")
+    }
+
+    @Test("resuming on another training set is refused")
+    func resumeChecksData() throws {
+        let train = syntheticBands(count: 64, seed: 15)
+        var options = TrainingRunOptions(model: config, epochs: 2)
+        options.batchSize = 16
+        let dir = temporaryDirectory("md"); defer { try? FileManager.default.removeItem(atPath: dir) }
+        let run = try TrainingRun(options: options, trainImages: train.count, directory: dir, progress: ProgressReporter(enabled: false))
+        try run.run(train: train, test: nil, until: 1)
+        let resumed = try TrainingRun.resume(from: dir, progress: ProgressReporter(enabled: false))
+        #expect {
+            try resumed.run(train: syntheticBands(count: 64, seed: 16), test: nil)
+        } throws: { error in "\(error)".contains("not the one this run started with") }
+    }
+
     @Test("a new run refuses a directory that already holds one")
     func refusesOverwrite() throws {
         let dir = temporaryDirectory(); defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import QARep
 import QARepCLI
+import QARepKernels
 import Testing
 
 /// A data root holding synthetic-band IDX files (512 training, 200 test
@@ -77,7 +78,8 @@ struct CommandLineTests {
     func pipeline() throws {
         let data = try syntheticDataRoot(), dir = temporaryDirectory("cli-run")
         defer { try? FileManager.default.removeItem(atPath: data); try? FileManager.default.removeItem(atPath: dir) }
-        let common = ["--data-root", data, "--threads", "2", "--quiet"]
+        // No --threads: the kernels' thread count is process-wide, and other suites run beside this one.
+        let common = ["--data-root", data, "--quiet"]
 
         let train = try Train.parse(["--config", "tiny", "--epochs", "2", "--batch-size", "32", "--out", dir + "/fp32"] + common).execute()
         #expect(train.epochs == 2 && train.steps == 2 * (512 / 32))
@@ -111,5 +113,72 @@ struct CommandLineTests {
         #expect(throws: (any Error).self) {
             try Export.parse(["--from", last, "--format", "native", "--out", dir + "/x.safetensors"]).run()
         }
+    }
+}
+
+@Suite("Command line: resume without repeating flags, stop on a signal", .serialized)
+struct CommandLineResumeTests {
+    @Test("train --resume restores data root, limits and threads; a contradicting flag is refused")
+    func resumeRemembersTheRun() throws {
+        let data = try syntheticDataRoot(), dir = temporaryDirectory("cli-resume")
+        defer { try? FileManager.default.removeItem(atPath: data); try? FileManager.default.removeItem(atPath: dir) }
+        let flags = ["--config", "tiny", "--batch-size", "32", "--lr", "0.05", "--data-root", data,
+                     "--train-limit", "320", "--test-limit", "60", "--quiet"]
+        _ = try Train.parse(flags + ["--epochs", "1", "--out", dir + "/a"]).execute()
+        _ = try Train.parse(flags + ["--epochs", "1", "--out", dir + "/b"]).execute()
+
+        // Any flag that defines the run and differs from it is refused, naming it.
+        for (extra, flag) in [(["--train-limit", "100"], "--train-limit"), (["--lr", "0.1"], "--lr"), (["--threads", "\(KernelThreads.count + 1)"], "--threads"),
+                              (["--data-root", dir], "--data-root"), (["--seed", "3"], "--seed"), (["--block", "repvgg"], "--block")] {
+            #expect {
+                _ = try Train.parse(["--resume", dir + "/b", "--quiet"] + extra).execute()
+            } throws: { error in "\(error)".contains(flag) && "\(error)".contains("other settings") }
+        }
+        // Extending both by one epoch: with every flag repeated, and with none (the run's own
+        // data root, limits and threads restored) give the same bits. Without the limits the
+        // second would train on all 512 images, with other threads other sums.
+        let repeated = try Train.parse(flags + ["--resume", dir + "/a", "--epochs", "2"]).execute()
+        let bare = try Train.parse(["--resume", dir + "/b", "--epochs", "2", "--quiet"]).execute()
+        #expect(bare.steps == repeated.steps && bare.steps == 2 * (320 / 32) && bare.top1 == repeated.top1)
+        let a = try SafeTensorsFile.read(from: dir + "/a/last.safetensors"), b = try SafeTensorsFile.read(from: dir + "/b/last.safetensors")
+        #expect(a.tensors == b.tensors, "a run resumed without its data flags continues bit for bit")
+    }
+
+    /// The `qarep` executable built beside this test bundle.
+    static let binary: String? = {
+        let dir = (CommandLine.arguments[0] as NSString).deletingLastPathComponent
+        for candidate in [dir + "/qarep", (dir as NSString).deletingLastPathComponent + "/qarep"]
+            where FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        return nil
+    }()
+
+    @Test("SIGTERM stops qarep train after a step with a checkpoint and says how to resume; the resume finishes the run",
+          .enabled(if: binary != nil))
+    func signalStop() throws {
+        let data = try syntheticDataRoot(), dir = temporaryDirectory("cli-signal")
+        defer { try? FileManager.default.removeItem(atPath: data); try? FileManager.default.removeItem(atPath: dir) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary!)
+        process.arguments = ["train", "--epochs", "50", "--batch-size", "16", "--data-root", data, "--threads", "1",
+                             "--out", dir + "/run", "--quiet"]
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        // Wait for the first epoch's checkpoint, then ask it to stop.
+        let deadline = Date().addingTimeInterval(120)
+        while !FileManager.default.fileExists(atPath: dir + "/run/last.safetensors") && Date() < deadline && process.isRunning {
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        process.terminate()  // SIGTERM
+        process.waitUntilExit()
+        let message = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(process.terminationStatus == 130, "exit status \(process.terminationStatus): \(message)")
+        #expect(message.contains("qarep train --resume \(dir)/run"), "\(message)")
+        let state = try #require(try Checkpoint.read(dir + "/run/last.safetensors").training)
+        #expect(state.step >= 32 && state.epoch < 50, "stopped at step \(state.step)")
+
+        let resumed = try Train.parse(["--resume", dir + "/run", "--epochs", "\(state.epoch + 1)", "--quiet"]).execute()
+        #expect(resumed.epochs == state.epoch + 1 && resumed.steps == (state.epoch + 1) * 32)
     }
 }

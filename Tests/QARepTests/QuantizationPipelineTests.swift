@@ -64,8 +64,8 @@ struct QuantizationPipelineTests {
         #expect(abs(fake.top1 - engine.top1) <= 0.01)
     }
 
-    @Test("QAT resumes without recalibrating: 2 epochs straight equal 1 + resume + 1")
-    func qatResume() throws {
+    @Test("QAT resumes without recalibrating, at an epoch boundary or mid-epoch: bit-identical to a run never stopped", arguments: [false, true])
+    func qatResume(midEpoch: Bool) throws {
         let (fp32, data) = try smallTrainedModel()
         var options = QATOptions()
         options.epochs = 2; options.warmupEpochs = 1; options.batchSize = 32; options.calibrationImages = 64
@@ -77,10 +77,16 @@ struct QuantizationPipelineTests {
         try straight.run(train: data, test: nil)
         let first = try QATRun(from: fp32, source: "t", options: options, calibration: data.subset(0..<64),
                                trainImages: data.count, directory: dirB, progress: quiet)
-        try first.run(train: data, test: nil, until: 1)
+        if midEpoch {
+            // 8 steps per epoch: stop after step 11, in the second epoch (observers and BN mid-flight).
+            first.shouldStop = { [unowned first] in first.trainer.step == 11 }
+            #expect(throws: RunInterrupted.self) { try first.run(train: data, test: nil) }
+        } else {
+            try first.run(train: data, test: nil, until: 1)
+        }
         #expect(!FileManager.default.fileExists(atPath: dirB + "/int8.safetensors"), "no INT8 model before the last epoch")
         let resumed = try QATRun.resume(from: dirB, progress: quiet)
-        #expect(resumed.trainer.epoch == 1)
+        #expect(resumed.trainer.epoch == 1 && resumed.trainer.step == (midEpoch ? 11 : 8))
         try resumed.run(train: data, test: nil)
         for (a, b) in zip(straight.model.stateDict(), resumed.model.stateDict()) {
             #expect(a.tensor.data == b.tensor.data, "\(a.key) differs after resume")

@@ -135,8 +135,17 @@ public final class DataLoader: Sendable {
     ///
     /// - Precondition: `epoch >= 0`.
     public func batches(epoch: Int) -> Epoch {
+        batches(epoch: epoch, from: 0)
+    }
+
+    /// The batches of epoch `epoch` from batch `first` on: exactly the tail
+    /// of `batches(epoch:)`, for a run resumed in the middle of an epoch.
+    ///
+    /// - Precondition: `epoch >= 0` and `0 <= first <= batchesPerEpoch`.
+    public func batches(epoch: Int, from first: Int) -> Epoch {
         precondition(epoch >= 0, "DataLoader: epoch must be >= 0, got \(epoch)")
-        return Epoch(loader: self, epoch: epoch)
+        precondition(first >= 0 && first <= batchesPerEpoch, "DataLoader: batch \(first) is outside an epoch of \(batchesPerEpoch)")
+        return Epoch(loader: self, epoch: epoch, first: first)
     }
 
     /// Builds batch `index` of an epoch whose sample order is `order`.
@@ -203,14 +212,16 @@ public final class DataLoader: Sendable {
         let loader: DataLoader
         /// The epoch number.
         public let epoch: Int
+        /// The index of the first batch this sequence yields.
+        public let first: Int
 
         /// Starts iterating; see `DataLoader.batches(epoch:)`.
         public func makeIterator() -> Iterator {
-            Iterator(loader: loader, epoch: epoch)
+            Iterator(loader: loader, epoch: epoch, first: first)
         }
 
-        /// `loader.batchesPerEpoch`.
-        public var underestimatedCount: Int { loader.batchesPerEpoch }
+        /// The batches left from `first` on.
+        public var underestimatedCount: Int { loader.batchesPerEpoch - first }
     }
 
     /// Yields the batches of one epoch; stops and joins its producer thread
@@ -218,8 +229,8 @@ public final class DataLoader: Sendable {
     public struct Iterator: IteratorProtocol {
         private let state: IteratorState
 
-        init(loader: DataLoader, epoch: Int) {
-            state = IteratorState(loader: loader, epoch: epoch)
+        init(loader: DataLoader, epoch: Int, first: Int) {
+            state = IteratorState(loader: loader, epoch: epoch, first: first)
         }
 
         /// The next batch, or nil after the last one. May block until the
@@ -264,12 +275,13 @@ private struct EpochPlan: Sendable {
 private final class IteratorState {
     private let plan: EpochPlan
     private let capacity: Int
-    private var nextIndex = 0
+    private var nextIndex: Int
     private var queue: PrefetchQueue?
 
-    init(loader: DataLoader, epoch: Int) {
+    init(loader: DataLoader, epoch: Int, first: Int) {
         plan = EpochPlan(loader: loader, epoch: epoch)
         capacity = loader.prefetch
+        nextIndex = first
     }
 
     func next() -> Batch? {
@@ -279,7 +291,7 @@ private final class IteratorState {
             return plan.batch(nextIndex)
         }
         if queue == nil {
-            queue = PrefetchQueue.start(plan: plan, capacity: capacity)
+            queue = PrefetchQueue.start(plan: plan, from: nextIndex, capacity: capacity)
         }
         return queue!.take()
     }
@@ -303,16 +315,16 @@ private final class PrefetchQueue: @unchecked Sendable {
         self.capacity = capacity
     }
 
-    static func start(plan: EpochPlan, capacity: Int) -> PrefetchQueue {
+    static func start(plan: EpochPlan, from first: Int, capacity: Int) -> PrefetchQueue {
         let queue = PrefetchQueue(capacity: capacity)
-        let thread = Thread { queue.produce(plan) }
+        let thread = Thread { queue.produce(plan, from: first) }
         thread.name = "QARep.DataLoader"
         thread.start()
         return queue
     }
 
-    private func produce(_ plan: EpochPlan) {
-        for index in 0 ..< plan.batchCount {
+    private func produce(_ plan: EpochPlan, from first: Int) {
+        for index in first ..< plan.batchCount {
             condition.lock()
             while ready.count >= capacity && !cancelled { condition.wait() }
             let stop = cancelled

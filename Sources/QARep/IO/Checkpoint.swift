@@ -27,6 +27,12 @@ public struct TrainingState: Codable, Sendable, Equatable {
     public var bestEpoch: Int?
     /// Test top-1 after the last epoch.
     public var lastTop1: Double?
+    /// The kernel thread count the run started with (results can depend on it).
+    public var threads: Int?
+    /// What the run trains on.
+    public var data: DataRecord?
+    /// What the epoch in progress has seen, when the checkpoint was written mid-epoch.
+    public var totals: EpochTotals?
 }
 
 extension TrainingConfig: Equatable {

@@ -1,4 +1,5 @@
 import Foundation
+import QARepKernels
 
 /// Settings of quantization-aware training: the shared `TrainingSettings`
 /// (readable and writable directly, `options.epochs = 5`) plus the
@@ -70,6 +71,12 @@ public struct QATState: Codable, Sendable {
     public var bestEpoch: Int?
     /// The FP32 checkpoint it started from.
     public var source: String
+    /// The kernel thread count the run started with (results can depend on it).
+    public var threads: Int?
+    /// What the run trains on.
+    public var data: DataRecord?
+    /// What the epoch in progress has seen, when the checkpoint was written mid-epoch.
+    public var totals: EpochTotals?
 }
 
 /// Quantization-aware training from an FP32 model: FP32 training's run
@@ -100,12 +107,31 @@ public final class QATRun {
         let p = core.progress
         s.epoch = p.epoch; s.step = p.step
         s.lastTop1 = p.lastTop1; s.bestTop1 = p.bestTop1; s.bestEpoch = p.bestEpoch
+        s.totals = p.totals.seen > 0 ? p.totals : nil
+        s.data = core.data
         return s
+    }
+
+    /// As `TrainingRun.checkpointEvery`.
+    public var checkpointEvery: Int? {
+        get { core.checkpointEvery }
+        set { core.checkpointEvery = newValue }
+    }
+    /// As `TrainingRun.metricsEvery`.
+    public var metricsEvery: Int {
+        get { core.metricsEvery }
+        set { core.metricsEvery = newValue }
+    }
+    /// As `TrainingRun.shouldStop`.
+    public var shouldStop: () -> Bool {
+        get { core.shouldStop }
+        set { core.shouldStop = newValue }
     }
 
     /// Prepares and calibrates a new QAT run from `fp32`.
     public convenience init(from fp32: RepVGGNet, source: String, options: QATOptions, calibration: FashionMNIST,
-                            trainImages: Int, directory: String?, progress: ProgressReporter = ProgressReporter()) throws {
+                            trainImages: Int, directory: String?, dataOrigin: DataOrigin? = nil,
+                            progress: ProgressReporter = ProgressReporter()) throws {
         try options.validate()
         let training = try options.settings.trainingConfig(trainImages: trainImages)
         try CheckpointedRun<QuantizedNet>.prepare(directory)
@@ -116,27 +142,37 @@ public final class QATRun {
             fq.switchToMovingAverage()
             fq.observerEnabled = true
         }
-        let state = QATState(options: options, training: training, form: model.hasPostBN ? .postBN : .folded, source: source)
-        self.init(model: model, state: state, directory: directory, progress: progress)
+        let state = QATState(options: options, training: training, form: model.hasPostBN ? .postBN : .folded, source: source,
+                             threads: KernelThreads.count)
+        try self.init(model: model, state: state, directory: directory, origin: dataOrigin, progress: progress)
     }
 
-    init(model: QuantizedNet, state: QATState, directory: String?, progress: ProgressReporter) {
+    init(model: QuantizedNet, state: QATState, directory: String?, origin: DataOrigin? = nil, progress: ProgressReporter) throws {
         self.model = model
         base = state
         let settings = state.options.settings
-        core = CheckpointedRun(
+        core = try CheckpointedRun(
             model: model, groups: ParameterGroup.standard(model, weightDecay: settings.weightDecay), config: state.training,
             momentum: settings.momentum, nesterov: settings.nesterov,
-            progress: RunProgress(epoch: state.epoch, step: state.step, lastTop1: state.lastTop1,
-                                  bestTop1: state.bestTop1, bestEpoch: state.bestEpoch),
-            directory: directory, reporter: progress)
+            progress: RunProgress(epoch: state.epoch, step: state.step, totals: state.totals ?? EpochTotals(),
+                                  lastTop1: state.lastTop1, bestTop1: state.bestTop1, bestEpoch: state.bestEpoch),
+            data: state.data, origin: origin, directory: directory, reporter: progress)
+    }
+
+    /// The state and model config of the run `resume(from:)` would continue:
+    /// what a caller checks (settings, data, threads) before resuming.
+    /// - Throws: `CheckpointError` when the directory holds no QAT run.
+    public static func savedState(in directory: String) throws -> (state: QATState, model: ModelConfig) {
+        let path = try CheckpointedRun<QuantizedNet>.lastCheckpoint(in: directory)
+        let (_, name, config, qatJSON) = try Checkpoint.open(path, kind: kind, section: "qat", hint: "QAT checkpoint")
+        return (try Checkpoint.decode(QATState.self, qatJSON, what: "qat", file: name), config)
     }
 
     /// Continues the QAT run saved in `directory`, without recalibrating.
     public static func resume(from directory: String, progress: ProgressReporter = ProgressReporter()) throws -> QATRun {
         let path = try CheckpointedRun<QuantizedNet>.lastCheckpoint(in: directory)
         let (model, state, file) = try loadCheckpoint(path)
-        let run = QATRun(model: model, state: state, directory: directory, progress: progress)
+        let run = try QATRun(model: model, state: state, directory: directory, progress: progress)
         try run.optimizer.loadStateDict(Checkpoint.optimizerState(file, source: (path as NSString).lastPathComponent))
         run.applyFreezes(epoch: state.epoch)
         return run

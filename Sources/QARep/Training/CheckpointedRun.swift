@@ -6,6 +6,8 @@ public struct RunProgress: Sendable, Equatable {
     public var epoch = 0
     /// Optimizer steps taken.
     public var step = 0
+    /// What the epoch in progress has seen (empty at an epoch boundary).
+    public var totals = EpochTotals()
     /// Test top-1 after the last epoch.
     public var lastTop1: Double?
     /// Best test top-1 so far and the epoch (1-based) it was reached.
@@ -13,29 +15,77 @@ public struct RunProgress: Sendable, Equatable {
     public var bestEpoch: Int?
 }
 
+/// The files of a run directory.
+enum RunFiles {
+    /// The latest state, optimizer included: what a resume reads.
+    static let last = "last.safetensors"
+    /// The epoch with the best test top-1 so far.
+    static let best = "best.safetensors"
+    /// One JSON record per line: every few steps and every epoch.
+    static let metrics = "metrics.jsonl"
+}
+
+/// A run stopped on request (`shouldStop`) before its last epoch; its `last`
+/// checkpoint, if it has a directory, continues exactly from there.
+public struct RunInterrupted: Error, CustomStringConvertible {
+    /// Epochs completed and optimizer steps taken when it stopped.
+    public let epoch: Int
+    public let step: Int
+    /// The run directory holding the checkpoint, if any.
+    public let directory: String?
+
+    public var description: String {
+        let at = "stopped after step \(step) (\(epoch) epoch(s) complete)"
+        guard let directory else { return at + "; the run has no directory, so nothing was saved" }
+        return at + "; \(directory)/\(RunFiles.last) continues from there"
+    }
+}
+
 /// The one epoch loop of FP32 training and QAT: SGD over the model's
-/// parameter groups, the trainer, and after each epoch the bookkeeping and
-/// checkpoints of a run directory (`last` with the optimizer state, `best`
-/// when test top-1 improves). What differs between the two kinds of run
-/// (what a checkpoint holds, freezes before an epoch, what happens at the
-/// end) comes in as closures.
+/// parameter groups, the trainer, and the run directory's files: `last`
+/// (with the optimizer state) after every epoch and every `checkpointEvery`
+/// steps, `best` when test top-1 improves, and `metrics.jsonl`. What differs
+/// between the two kinds of run (what a checkpoint holds, freezes before an
+/// epoch, what happens at the end) comes in as closures.
 final class CheckpointedRun<Model: Layer> {
     let trainer: Trainer<Model>
     let optimizer: SGD
     let directory: String?
-    private(set) var progress: RunProgress
+    /// Test top-1 bookkeeping; epoch, step and totals live in the trainer.
+    private var lastTop1: Double?, bestTop1: Double?, bestEpoch: Int?
+    /// The training set the run started on (recorded on the first epoch).
+    private(set) var data: DataRecord?
+    private let origin: DataOrigin?
+    /// Also write `last` every this many optimizer steps (mid-epoch).
+    var checkpointEvery: Int?
+    /// Log a `step` record to `metrics.jsonl` every this many steps (0: epochs only).
+    var metricsEvery = 50
+    /// Polled after every step: true stops the run after writing `last`.
+    var shouldStop: () -> Bool = { false }
 
-    static var lastFile: String { "last.safetensors" }
-    static var bestFile: String { "best.safetensors" }
+    static var lastFile: String { RunFiles.last }
+    static var bestFile: String { RunFiles.best }
+    static var metricsFile: String { RunFiles.metrics }
 
     init(model: Model, groups: [ParameterGroup], config: TrainingConfig, momentum: Float, nesterov: Bool,
-         regularizer: (() -> Tensor)? = nil, progress: RunProgress, directory: String?, reporter: ProgressReporter) {
+         regularizer: (() -> Tensor)? = nil, progress: RunProgress, data: DataRecord?, origin: DataOrigin? = nil,
+         directory: String?, reporter: ProgressReporter) throws {
         optimizer = SGD(groups: groups, learningRate: config.schedule.base, momentum: momentum, nesterov: nesterov)
         trainer = Trainer(model: model, optimizer: optimizer, config: config, regularizer: regularizer, progress: reporter)
         trainer.epoch = progress.epoch
         trainer.step = progress.step
-        self.progress = progress
+        trainer.totals = progress.totals
+        lastTop1 = progress.lastTop1; bestTop1 = progress.bestTop1; bestEpoch = progress.bestEpoch
+        self.data = data
+        self.origin = origin ?? data?.origin
         self.directory = directory
+        try MetricsLog(path: path(Self.metricsFile)).keep(upToStep: progress.step)
+    }
+
+    /// Where the run stands.
+    var progress: RunProgress {
+        RunProgress(epoch: trainer.epoch, step: trainer.step, totals: trainer.totals,
+                    lastTop1: lastTop1, bestTop1: bestTop1, bestEpoch: bestEpoch)
     }
 
     /// The path of `file` in the run directory.
@@ -56,34 +106,122 @@ final class CheckpointedRun<Model: Layer> {
         return path
     }
 
-    /// Trains up to epoch `until` (default: all). Before each epoch calls
-    /// `beforeEpoch(epoch)`; after it updates `progress` and calls
-    /// `save(path, withOptimizer)` for `last` and, when test top-1 improved,
-    /// for `best` (writes happen only with a directory).
+    /// Trains up to epoch `until` (default: all), from wherever the run
+    /// stands, mid-epoch included. Before each epoch calls
+    /// `beforeEpoch(epoch)`; `save(path, withOptimizer)` writes `last` (with
+    /// the optimizer) and `best` (without), only with a directory.
+    /// - Throws: `RunInterrupted` when `shouldStop` asked for a stop, after
+    ///   `last` was written; `ModelError` for a training set other than the run's.
     func run(train: FashionMNIST, test: FashionMNIST?, until: Int?,
              beforeEpoch: (Int) -> Void = { _ in },
              save: (_ path: String, _ withOptimizer: Bool) throws -> Void,
              onEpochEnd: (EpochSummary) -> Void = { _ in }) throws -> [EpochSummary] {
+        if let data { try data.check(train) } else { data = DataRecord(origin: origin, train: train) }
+        let log = MetricsLog(path: path(Self.metricsFile))
+        func saveLast() throws { if let last = path(Self.lastFile) { try save(last, true) } }
+        func interrupted() -> RunInterrupted { RunInterrupted(epoch: trainer.epoch, step: trainer.step, directory: directory) }
+
         var summaries: [EpochSummary] = []
         while trainer.epoch < min(until ?? trainer.config.epochs, trainer.config.epochs) {
             beforeEpoch(trainer.epoch)
-            let summary = try trainer.trainEpoch(on: train, test: test)
+            var stopped = false
+            let summary = try trainer.trainEpoch(on: train, test: test) {
+                let step = trainer.step
+                if metricsEvery > 0, step % metricsEvery == 0 {
+                    try log.append(.step(epoch: trainer.epoch + 1, step: step, totals: trainer.totals, learningRate: optimizer.learningRate))
+                }
+                if shouldStop() {
+                    try saveLast()
+                    stopped = true
+                    return false
+                }
+                if let every = checkpointEvery, step % every == 0 { try saveLast() }
+                return true
+            }
+            guard let summary, !stopped else { throw interrupted() }
             summaries.append(summary)
-            progress.epoch = trainer.epoch
-            progress.step = trainer.step
-            progress.lastTop1 = summary.test?.top1
+            lastTop1 = summary.test?.top1
             var improved = false
-            if let top1 = summary.test?.top1, top1 > (progress.bestTop1 ?? -1) {
-                progress.bestTop1 = top1
-                progress.bestEpoch = summary.epoch
+            if let top1 = summary.test?.top1, top1 > (bestTop1 ?? -1) {
+                bestTop1 = top1
+                bestEpoch = summary.epoch
                 improved = true
             }
-            if let last = path(Self.lastFile) {
-                try save(last, true)
-                if improved, let best = path(Self.bestFile) { try save(best, false) }
-            }
+            // Logged before the checkpoint: a kill in between leaves a record the resume drops and rewrites.
+            try log.append(.epoch(summary, step: trainer.step))
+            try saveLast()
+            if improved, let best = path(Self.bestFile) { try save(best, false) }
             onEpochEnd(summary)
+            if shouldStop() && trainer.epoch < trainer.config.epochs { throw interrupted() }
         }
         return summaries
+    }
+}
+
+/// `metrics.jsonl` of a run directory: one JSON object per line, `kind`
+/// `step` (running loss, accuracy and images/s of the epoch in progress,
+/// every few steps) or `epoch` (the epoch's summary with test top-1).
+struct MetricsLog {
+    let path: String?
+
+    struct Record: Codable {
+        var kind: String
+        var epoch: Int
+        var step: Int
+        var loss: Double
+        var accuracy: Double
+        var learningRate: Float
+        var imagesPerSecond: Double
+        var testTop1: Double?
+        var seconds: Double?
+
+        static func step(epoch: Int, step: Int, totals: EpochTotals, learningRate: Float) -> Record {
+            Record(kind: "step", epoch: epoch, step: step, loss: totals.meanLoss,
+                   accuracy: Double(totals.correct) / Double(max(totals.seen, 1)), learningRate: learningRate,
+                   imagesPerSecond: Double(totals.seen) / max(totals.seconds, 1e-9))
+        }
+
+        static func epoch(_ s: EpochSummary, step: Int) -> Record {
+            Record(kind: "epoch", epoch: s.epoch, step: step, loss: s.trainLoss, accuracy: s.trainAccuracy,
+                   learningRate: s.learningRate, imagesPerSecond: s.imagesPerSecond, testTop1: s.test?.top1, seconds: s.seconds)
+        }
+    }
+
+    private static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        e.keyEncodingStrategy = .convertToSnakeCase
+        return e
+    }()
+
+    /// Appends one line (a log, not a checkpoint: appended in place).
+    func append(_ record: Record) throws {
+        guard let path else { return }
+        var line = try Self.encoder.encode(record)
+        line.append(UInt8(ascii: "\n"))
+        if !FileManager.default.fileExists(atPath: path) {
+            guard FileManager.default.createFile(atPath: path, contents: line) else {
+                throw CheckpointError("\(path): cannot create the metrics log")
+            }
+            return
+        }
+        guard let handle = FileHandle(forWritingAtPath: path) else { throw CheckpointError("\(path): cannot open the metrics log") }
+        defer { try? handle.close() }
+        try handle.seekToEnd()
+        try handle.write(contentsOf: line)
+    }
+
+    /// Drops the records of steps after `step` (written after the checkpoint
+    /// a run resumes from, so the resumed run will log them again); removes
+    /// the log of a fresh run (`step` 0).
+    func keep(upToStep step: Int) throws {
+        guard let path, FileManager.default.fileExists(atPath: path) else { return }
+        guard step > 0 else { try FileManager.default.removeItem(atPath: path); return }
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        struct StepOnly: Decodable { var step: Int }
+        let kept = text.split(separator: "\n").filter { line in
+            (try? JSONDecoder().decode(StepOnly.self, from: Data(line.utf8)))?.step ?? Int.max <= step
+        }
+        try AtomicFile.write(Data(kept.map { $0 + "\n" }.joined().utf8), to: path)
     }
 }

@@ -28,6 +28,19 @@ public struct EpochSummary: Sendable, Codable {
     public var learningRate: Float
 }
 
+/// Running totals of the epoch in progress: kept in mid-epoch checkpoints so
+/// that a resumed epoch reports what an uninterrupted one would.
+public struct EpochTotals: Codable, Sendable, Equatable {
+    public var seen = 0
+    public var correct = 0
+    public var lossSum = 0.0
+    /// Training time so far (the parts before and after an interruption).
+    public var seconds = 0.0
+    public init() {}
+    /// Mean loss per image so far.
+    public var meanLoss: Double { lossSum / Double(max(seen, 1)) }
+}
+
 /// Training stopped on bad numbers.
 public struct TrainingError: Error, CustomStringConvertible {
     public let description: String
@@ -46,8 +59,11 @@ public final class Trainer<Model: Layer> {
     public var regularizer: (() -> Tensor)?
     /// Epochs completed so far (the next epoch index).
     public var epoch = 0
-    /// Optimizer steps taken so far.
+    /// Optimizer steps taken so far. Every epoch takes the same number, so
+    /// `step - epoch * stepsPerEpoch` is how far the epoch in progress is.
     public var step = 0
+    /// What the epoch in progress has seen so far.
+    public var totals = EpochTotals()
     public let progress: ProgressReporter
 
     public init(model: Model, optimizer: any Optimizer, config: TrainingConfig,
@@ -61,20 +77,36 @@ public final class Trainer<Model: Layer> {
     ///   model is then left as it was before the failing step's update.
     @discardableResult
     public func trainEpoch(on train: FashionMNIST, test: FashionMNIST? = nil) throws -> EpochSummary {
+        try trainEpoch(on: train, test: test, afterStep: { true })!
+    }
+
+    /// Trains the epoch in progress from where it stands (`step` says how many
+    /// of its batches are done: a run resumed mid-epoch continues with the
+    /// next one, and `totals` carries what the epoch had seen), calling
+    /// `afterStep` after every optimizer step. When `afterStep` returns
+    /// false the epoch stops there, still in progress, and the result is nil;
+    /// otherwise it ends as `trainEpoch(on:test:)` does.
+    public func trainEpoch(on train: FashionMNIST, test: FashionMNIST?,
+                           afterStep: () throws -> Bool) throws -> EpochSummary? {
         let loader = DataLoader(dataset: train, batchSize: config.batchSize, shuffle: true,
                                 augment: config.augment, seed: config.seed, dropLast: true)
         let steps = loader.batchesPerEpoch
         guard steps > 0 else {
             throw TrainingError(description: "training set of \(train.count) images is smaller than one batch of \(config.batchSize)")
         }
+        let first = step - epoch * steps
+        guard (0..<steps).contains(first) else {
+            throw TrainingError(description: "step \(step) is not inside epoch \(epoch + 1) of \(steps) steps (a different training set or batch size than the run's?)")
+        }
         model.train()
         let clock = ContinuousClock(), start = clock.now
-        func secondsSinceStart() -> Double {
+        let earlierSeconds = totals.seconds
+        func seconds() -> Double {
             let d = start.duration(to: clock.now)
-            return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+            return earlierSeconds + Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
         }
-        var seen = 0, correct = 0, lossSum = 0.0
-        for (i, batch) in loader.batches(epoch: epoch).enumerated() {
+        for (offset, batch) in loader.batches(epoch: epoch, from: first).enumerated() {
+            let i = first + offset
             let lr = config.schedule.learningRate(step: step, stepsPerEpoch: steps)
             optimizer.learningRate = lr
             let x = Tensor(batch.images, shape: [batch.count, batch.channels, batch.height, batch.width])
@@ -94,24 +126,29 @@ public final class Trainer<Model: Layer> {
             optimizer.step()
             step += 1
 
-            correct += zip(logits.argmaxRows(), batch.labels).filter { $0 == $1 }.count
-            seen += batch.count
-            lossSum += Double(loss.item) * Double(batch.count)
-            let elapsed = secondsSinceStart()
-            let rate = Double(seen) / max(elapsed, 1e-9)
+            totals.correct += zip(logits.argmaxRows(), batch.labels).filter { $0 == $1 }.count
+            totals.seen += batch.count
+            totals.lossSum += Double(loss.item) * Double(batch.count)
+            totals.seconds = seconds()
+            let rate = Double(totals.seen) / max(totals.seconds, 1e-9)
             let eta = Double((steps - i - 1) * config.batchSize) / rate
             progress.update(String(format: "epoch %d/%d  step %d/%d  loss %.4f  lr %.4g  %.0f img/s  ETA %@",
-                                   epoch + 1, config.epochs, i + 1, steps, lossSum / Double(seen), lr, rate, formatDuration(eta)))
+                                   epoch + 1, config.epochs, i + 1, steps, totals.meanLoss, lr, rate, formatDuration(eta)))
+            if i + 1 < steps, try !afterStep() {
+                progress.clearLine()
+                return nil
+            }
         }
-        let seconds = secondsSinceStart()
+        let done = totals
+        totals = EpochTotals()
         let lastLR = optimizer.learningRate
         epoch += 1
         let testEval = test.map { evaluate(model, on: $0) }
-        let summary = EpochSummary(epoch: epoch, trainLoss: lossSum / Double(max(seen, 1)),
-                                   trainAccuracy: Double(correct) / Double(max(seen, 1)), test: testEval,
-                                   imagesPerSecond: Double(seen) / max(seconds, 1e-9), seconds: seconds, learningRate: lastLR)
+        let summary = EpochSummary(epoch: epoch, trainLoss: done.meanLoss,
+                                   trainAccuracy: Double(done.correct) / Double(max(done.seen, 1)), test: testEval,
+                                   imagesPerSecond: Double(done.seen) / max(done.seconds, 1e-9), seconds: done.seconds, learningRate: lastLR)
         var line = String(format: "epoch %d/%d  loss %.4f  train acc %.2f%%  %.0f img/s  %.1fs",
-                          epoch, config.epochs, summary.trainLoss, 100 * summary.trainAccuracy, summary.imagesPerSecond, seconds)
+                          epoch, config.epochs, summary.trainLoss, 100 * summary.trainAccuracy, summary.imagesPerSecond, done.seconds)
         if let t = testEval { line += String(format: "  test top-1 %.2f%%", 100 * t.top1) }
         progress.finish(line)
         return summary

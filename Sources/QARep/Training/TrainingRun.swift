@@ -1,4 +1,5 @@
 import Foundation
+import QARepKernels
 
 /// How kernels are regularized: ordinary L2 (`l2`, settings S1-S4) or RepVGG's
 /// custom L2 on the equivalent kernel (`custom-l2`, setting S0).
@@ -59,29 +60,57 @@ public final class TrainingRun {
         let p = core.progress
         s.epoch = p.epoch; s.step = p.step
         s.lastTop1 = p.lastTop1; s.bestTop1 = p.bestTop1; s.bestEpoch = p.bestEpoch
+        s.totals = p.totals.seen > 0 ? p.totals : nil
+        s.data = core.data
         return s
     }
 
+    /// Also write `last.safetensors` every this many optimizer steps, so a
+    /// kill loses at most that many; resuming continues from the exact step.
+    public var checkpointEvery: Int? {
+        get { core.checkpointEvery }
+        set { core.checkpointEvery = newValue }
+    }
+    /// `metrics.jsonl` gets a record every this many steps (0: per epoch only).
+    public var metricsEvery: Int {
+        get { core.metricsEvery }
+        set { core.metricsEvery = newValue }
+    }
+    /// Polled after every step; when it returns true the run writes
+    /// `last.safetensors` and throws `RunInterrupted` (a signal handler's flag, say).
+    public var shouldStop: () -> Bool {
+        get { core.shouldStop }
+        set { core.shouldStop = newValue }
+    }
+
     /// A fresh run. `directory` (created if needed) must not already hold a run.
-    public convenience init(options: TrainingRunOptions, trainImages: Int, directory: String?,
+    /// `dataOrigin`, if given, is recorded so that a resume can reload the same data.
+    public convenience init(options: TrainingRunOptions, trainImages: Int, directory: String?, dataOrigin: DataOrigin? = nil,
                             progress: ProgressReporter = ProgressReporter()) throws {
         try options.validate()
         let config = try options.settings.trainingConfig(trainImages: trainImages)
         try CheckpointedRun<RepVGGNet>.prepare(directory)
         let state = TrainingState(epoch: 0, step: 0, config: config, regularization: options.weightDecayMode.rawValue,
-                                  weightDecay: options.weightDecay, momentum: options.momentum, nesterov: options.nesterov)
+                                  weightDecay: options.weightDecay, momentum: options.momentum, nesterov: options.nesterov,
+                                  threads: KernelThreads.count)
         try self.init(model: RepVGGNet(config: options.model, seed: options.seed), state: state,
-                      directory: directory, progress: progress)
+                      directory: directory, origin: dataOrigin, progress: progress)
+    }
+
+    /// The checkpoint `resume(from:)` would continue: what a caller checks
+    /// (settings, data, threads) before resuming.
+    /// - Throws: `CheckpointError` when the directory holds no run.
+    public static func checkpointToResume(in directory: String) throws -> ModelCheckpoint {
+        try Checkpoint.read(CheckpointedRun<RepVGGNet>.lastCheckpoint(in: directory))
     }
 
     /// Continues the run saved in `directory`. `epochs`, if given, extends
     /// (or shortens) the planned length; the schedule keeps its shape.
     public static func resume(from directory: String, epochs: Int? = nil,
                               progress: ProgressReporter = ProgressReporter()) throws -> TrainingRun {
-        let path = try CheckpointedRun<RepVGGNet>.lastCheckpoint(in: directory)
-        let checkpoint = try Checkpoint.read(path)
+        let checkpoint = try checkpointToResume(in: directory)
         guard checkpoint.kind == .train, var state = checkpoint.training else {
-            throw CheckpointError("\(path): not a training checkpoint (no training state to resume)")
+            throw CheckpointError("\(checkpoint.source): not a training checkpoint (no training state to resume)")
         }
         if let epochs {
             guard epochs >= state.epoch else { throw ModelError("epochs \(epochs) is less than the \(state.epoch) epochs already done") }
@@ -98,28 +127,44 @@ public final class TrainingRun {
         return run
     }
 
-    init(model: RepVGGNet, state: TrainingState, directory: String?, progress: ProgressReporter) throws {
+    init(model: RepVGGNet, state: TrainingState, directory: String?, origin: DataOrigin? = nil, progress: ProgressReporter) throws {
         self.model = model
         base = state
         let mode = WeightDecayMode(rawValue: state.regularization) ?? .l2
         let exclude = mode == .customL2 ? CustomL2.keys(model) : []
         let wd = state.weightDecay
-        core = CheckpointedRun(
+        core = try CheckpointedRun(
             model: model, groups: ParameterGroup.standard(model, weightDecay: wd, exclude: exclude), config: state.config,
             momentum: state.momentum, nesterov: state.nesterov,
             regularizer: mode == .customL2 ? { CustomL2.term(model) * (0.5 * wd) } : nil,
-            progress: RunProgress(epoch: state.epoch, step: state.step, lastTop1: state.lastTop1,
-                                  bestTop1: state.bestTop1, bestEpoch: state.bestEpoch),
-            directory: directory, reporter: progress)
+            progress: RunProgress(epoch: state.epoch, step: state.step, totals: state.totals ?? EpochTotals(),
+                                  lastTop1: state.lastTop1, bestTop1: state.bestTop1, bestEpoch: state.bestEpoch),
+            data: state.data, origin: origin, directory: directory, reporter: progress)
     }
 
-    /// Trains the remaining epochs (or up to epoch `until`), saving
-    /// checkpoints after each.
+    /// Trains the remaining epochs (or up to epoch `until`), from the exact
+    /// step the run stands at, saving checkpoints after each epoch (and every
+    /// `checkpointEvery` steps).
+    /// - Throws: `RunInterrupted` when `shouldStop` stopped it; `ModelError`
+    ///   for a training set other than the one the run started on.
     @discardableResult
     public func run(train: FashionMNIST, test: FashionMNIST?, until: Int? = nil,
                     onEpochEnd: (EpochSummary) -> Void = { _ in }) throws -> [EpochSummary] {
         try core.run(train: train, test: test, until: until, save: { path, withOptimizer in
             try Checkpoint.save(model, to: path, training: state, optimizer: withOptimizer ? optimizer : nil)
         }, onEpochEnd: onEpochEnd)
+    }
+}
+
+extension TrainingState {
+    /// The settings the run was started with (`epochs` as now planned).
+    public var settings: TrainingSettings {
+        let schedule = config.schedule
+        let stepsPerEpoch = max(schedule.total / max(config.epochs, 1), 1)
+        var s = TrainingSettings(epochs: config.epochs, batchSize: config.batchSize, learningRate: schedule.base,
+                                 warmupEpochs: schedule.warmup / stepsPerEpoch)
+        s.momentum = momentum; s.nesterov = nesterov; s.weightDecay = weightDecay
+        s.labelSmoothing = config.labelSmoothing; s.augment = config.augment; s.seed = config.seed
+        return s
     }
 }
