@@ -16,20 +16,48 @@ struct DataOptions: ParsableArguments {
     }
 
     var dataRoot: String { givenRoot ?? FashionMNIST.defaultRoot }
-    /// What a new run records, so that `--resume` reloads the same data.
-    var origin: DataOrigin { DataOrigin(root: dataRoot, trainLimit: trainLimit, testLimit: testLimit) }
 
     func train() throws -> FashionMNIST { try FashionMNIST.load(split: .train, root: dataRoot, limit: trainLimit) }
     func test() throws -> FashionMNIST { try FashionMNIST.load(split: .test, root: dataRoot, limit: testLimit) }
+}
+
+/// The data of a training run: `DataOptions` plus the validation split.
+struct RunDataOptions: ParsableArguments {
+    @OptionGroup var data: DataOptions
+    @Option(help: """
+        Hold out the last N training images for validation, which selects best.safetensors (the test set is only \
+        reported); 0 disables (then no best.safetensors). Default 5000, or a tenth of the training images when fewer \
+        than 50,000 are used.
+        """)
+    var valSplit: Int?
+
+    func validate() throws {
+        if let n = valSplit, n < 0 { throw ValidationError("--val-split must be >= 0, got \(n)") }
+    }
+
+    /// The training images, split into training and validation parts, and the test images.
+    func load() throws -> (train: FashionMNIST, validation: FashionMNIST?, test: FashionMNIST, origin: DataOrigin) {
+        let all = try data.train()
+        let held = valSplit ?? (all.count >= 50_000 ? 5000 : all.count / 10)
+        guard held < all.count else {
+            throw CommandError("--val-split \(held) leaves no training images out of \(all.count)")
+        }
+        let origin = DataOrigin(root: data.dataRoot, trainLimit: data.trainLimit, testLimit: data.testLimit, validationImages: held)
+        let train = held == 0 ? all : all.subset(0..<(all.count - held))
+        let validation = held == 0 ? nil : all.subset((all.count - held)..<all.count)
+        return (train, validation, try data.test(), origin)
+    }
 
     /// On resume: the saved run's data, refusing flags that contradict it.
-    func resumed(from saved: DataOrigin?, _ check: inout ResumeCheck) -> DataOptions {
+    func resumed(from saved: DataOrigin?, _ check: inout ResumeCheck) -> RunDataOptions {
         guard let saved else { return self }
-        check.compare("--data-root", givenRoot, saved.root)
-        check.compare("--train-limit", trainLimit, saved.trainLimit)
-        check.compare("--test-limit", testLimit, saved.testLimit)
+        check.compare("--data-root", data.givenRoot, saved.root)
+        check.compare("--train-limit", data.trainLimit, saved.trainLimit)
+        check.compare("--test-limit", data.testLimit, saved.testLimit)
+        check.compare("--val-split", valSplit, saved.validationImages)
         var d = self
-        d.givenRoot = saved.root; d.trainLimit = saved.trainLimit; d.testLimit = saved.testLimit
+        d.data.givenRoot = saved.root; d.data.trainLimit = saved.trainLimit; d.data.testLimit = saved.testLimit
+        d.valSplit = saved.validationImages ?? 0
         return d
     }
 }

@@ -23,7 +23,7 @@ public struct QAT: ParsableCommand {
     @Option(help: "Freeze activation ranges from this epoch (0-based) on.") var freezeObserversAfter: Int?
     @OptionGroup var quantization: QuantizationOptions
     @OptionGroup var model: ModelOptions
-    @OptionGroup var data: DataOptions
+    @OptionGroup var data: RunDataOptions
     @OptionGroup var runtime: RuntimeOptions
 
     public init() {}
@@ -59,7 +59,7 @@ public struct QAT: ParsableCommand {
     /// - Throws: `ExitWithMessage` when a signal stopped the run (after its checkpoint).
     public func execute() throws -> Report {
         let progress = runtime.progress
-        let run: QATRun, train: FashionMNIST, test: FashionMNIST
+        let run: QATRun, train: FashionMNIST, validation: FashionMNIST?, test: FashionMNIST
         var fp32Top1: Double?
         if let resume {
             let (state, _) = try QATRun.savedState(in: resume)
@@ -71,12 +71,13 @@ public struct QAT: ParsableCommand {
             let data = self.data.resumed(from: state.data?.origin, &check)
             runtime.applyResumed(saved: state.threads, &check)
             try check.verify()
-            train = try data.train(); test = try data.test()
+            (train, validation, test, _) = try data.load()
             run = try QATRun.resume(from: resume, progress: progress)
             progress.finish("resuming QAT in \(resume) at epoch \(run.trainer.epoch + 1) of \(run.trainer.config.epochs), step \(run.trainer.step)")
         } else {
             runtime.apply()
-            train = try data.train(); test = try data.test()
+            let origin: DataOrigin
+            (train, validation, test, origin) = try data.load()
             let fp32 = try model.load(from!)
             fp32Top1 = evaluate(fp32, on: test).top1
             var options = QATOptions()
@@ -85,15 +86,15 @@ public struct QAT: ParsableCommand {
             options.freezeBNAfter = freezeBnAfter
             options.freezeObserversAfter = freezeObserversAfter
             options.qconfig = quantization.qconfig
-            let calibration = try FashionMNIST.load(split: .train, root: data.dataRoot, limit: quantization.calibrationImages)
+            let calibration = train.subset(0..<min(quantization.calibrationImages, train.count))
             run = try QATRun(from: fp32, source: from!, options: options, calibration: calibration,
-                             trainImages: train.count, directory: out, dataOrigin: data.origin, progress: progress)
+                             trainImages: train.count, directory: out, dataOrigin: origin, progress: progress)
             let form = run.model.hasPostBN ? "post-BN kept as a BN" : "fully folded"
             progress.finish("QAT of \(fp32.config.name) \(fp32.config.block.rawValue) (\(form)) for \(options.epochs) epochs, calibrated on \(calibration.count) images")
         }
         run.checkpointEvery = sgd.checkpointEvery
         run.shouldStop = { StopSignals.isRequested }
-        let summaries = try stoppable(resumeCommand: "qarep qat") { try run.run(train: train, test: test) }
+        let summaries = try stoppable(resumeCommand: "qarep qat") { try run.run(train: train, validation: validation, test: test) }
         let fake = evaluate(run.model, on: test)
         var report = Report(top1: fp32Top1, qatTop1: fake.top1, epochs: run.state.epoch, images: test.count,
                             checkpoint: run.directory.map { ($0 as NSString).appendingPathComponent(QATRun.lastFile) },

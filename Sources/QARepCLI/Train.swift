@@ -22,7 +22,7 @@ public struct Train: ParsableCommand {
     @OptionGroup(title: "Training (defaults: 10 epochs, LR 0.1, no warm-up)") var sgd: SGDOptions
     @Option(help: "Directory for checkpoints.") var out: String?
     @Option(help: "Continue the run saved in this directory.") var resume: String?
-    @OptionGroup var data: DataOptions
+    @OptionGroup var data: RunDataOptions
     @OptionGroup var runtime: RuntimeOptions
 
     public init() {}
@@ -38,9 +38,10 @@ public struct Train: ParsableCommand {
 
     /// What `qarep train --json` prints.
     public struct Report: Codable, Sendable {
-        /// Test top-1 after the last epoch, and the best one with its epoch.
+        /// Test top-1 after the last epoch.
         public var top1: Double?
-        public var bestTop1: Double?
+        /// The best validation top-1 and its epoch: `best.safetensors`.
+        public var bestValidationTop1: Double?
         public var bestEpoch: Int?
         public var epochs: Int
         public var steps: Int
@@ -57,7 +58,7 @@ public struct Train: ParsableCommand {
     /// - Throws: `ExitWithMessage` when a signal stopped the run (after its checkpoint).
     public func execute() throws -> Report {
         let progress = runtime.progress
-        let run: TrainingRun, train: FashionMNIST, test: FashionMNIST
+        let run: TrainingRun, train: FashionMNIST, validation: FashionMNIST?, test: FashionMNIST
         if let resume {
             let saved = try TrainingRun.checkpointToResume(in: resume)
             guard let state = saved.training else { throw CommandError("\(saved.source): not a training checkpoint (no training state to resume)") }
@@ -69,24 +70,26 @@ public struct Train: ParsableCommand {
             let data = self.data.resumed(from: state.data?.origin, &check)
             runtime.applyResumed(saved: state.threads, &check)
             try check.verify()
-            train = try data.train(); test = try data.test()
+            (train, validation, test, _) = try data.load()
             run = try TrainingRun.resume(from: resume, epochs: sgd.epochs, progress: progress)
             progress.finish("resuming \(resume) at epoch \(run.trainer.epoch + 1) of \(run.trainer.config.epochs), step \(run.trainer.step)")
         } else {
             runtime.apply()
-            train = try data.train(); test = try data.test()
+            let origin: DataOrigin
+            (train, validation, test, origin) = try data.load()
             var options = TrainingRunOptions(model: try (config ?? .tiny).config(block: block ?? .qarepvgg), epochs: 1)
             options.settings = sgd.settings(Self.defaults)
             options.weightDecayMode = weightDecayMode ?? .l2
-            run = try TrainingRun(options: options, trainImages: train.count, directory: out, dataOrigin: data.origin, progress: progress)
+            run = try TrainingRun(options: options, trainImages: train.count, directory: out, dataOrigin: origin, progress: progress)
             let params = run.model.parameters().reduce(0) { $0 + $1.tensor.count }
-            progress.finish("training \(options.model.name) \(options.model.block.rawValue) (\(params) parameters) on \(train.count) images, testing on \(test.count)")
+            progress.finish("training \(options.model.name) \(options.model.block.rawValue) (\(params) parameters) on \(train.count) images, "
+                            + "validating on \(validation?.count ?? 0), testing on \(test.count)")
         }
         run.checkpointEvery = sgd.checkpointEvery
         run.shouldStop = { StopSignals.isRequested }
-        let summaries = try stoppable(resumeCommand: "qarep train") { try run.run(train: train, test: test) }
+        let summaries = try stoppable(resumeCommand: "qarep train") { try run.run(train: train, validation: validation, test: test) }
         let state = run.state
-        return Report(top1: state.lastTop1, bestTop1: state.bestTop1, bestEpoch: state.bestEpoch, epochs: state.epoch, steps: state.step,
+        return Report(top1: state.lastTop1, bestValidationTop1: state.bestTop1, bestEpoch: state.bestEpoch, epochs: state.epoch, steps: state.step,
                       imagesPerSecond: summaries.last?.imagesPerSecond, trainLoss: summaries.last?.trainLoss,
                       checkpoint: run.directory.map { ($0 as NSString).appendingPathComponent(TrainingRun.lastFile) },
                       summaries: summaries)
@@ -95,10 +98,10 @@ public struct Train: ParsableCommand {
     public func run() throws {
         let report = try execute()
         if runtime.json { return try printJSON(report) }
-        print("epoch  train loss  train acc  test top-1  img/s")
+        print("epoch  train loss  train acc  val top-1  test top-1  img/s")
         for s in report.summaries {
-            print(String(format: "%5d  %10.4f  %9@  %10@  %5.0f", s.epoch, s.trainLoss, percent(s.trainAccuracy),
-                         s.test.map { percent($0.top1) } ?? "-", s.imagesPerSecond))
+            print(String(format: "%5d  %10.4f  %9@  %9@  %10@  %5.0f", s.epoch, s.trainLoss, percent(s.trainAccuracy),
+                         s.validation.map { percent($0.top1) } ?? "-", s.test.map { percent($0.top1) } ?? "-", s.imagesPerSecond))
         }
         if let dir = out ?? resume { print("checkpoints: \(dir)/\(TrainingRun.lastFile), \(dir)/\(TrainingRun.bestFile)") }
     }

@@ -214,6 +214,29 @@ struct CheckpointTests {
         #expect(logged.count == 4 + 2, "\(logged)")
     }
 
+    @Test("best.safetensors is the epoch with the best validation top-1; the test set only reports; no validation, no best")
+    func bestByValidation() throws {
+        let train = syntheticBands(count: 96, seed: 17), validation = syntheticBands(count: 40, seed: 18)
+        let test = syntheticBands(count: 40, seed: 19)
+        var options = TrainingRunOptions(model: config, epochs: 3)
+        options.batchSize = 16; options.learningRate = 0.05
+        let quiet = ProgressReporter(enabled: false)
+        let dir = temporaryDirectory("bv"), plain = temporaryDirectory("bn")
+        defer { try? FileManager.default.removeItem(atPath: dir); try? FileManager.default.removeItem(atPath: plain) }
+        let run = try TrainingRun(options: options, trainImages: train.count, directory: dir, progress: quiet)
+        let summaries = try run.run(train: train, validation: validation, test: test)
+        let best = summaries.max { ($0.validation!.top1, -$0.epoch) < ($1.validation!.top1, -$1.epoch) }!
+        #expect(run.state.bestEpoch == best.epoch && run.state.bestTop1 == best.validation!.top1)
+        #expect(run.state.lastTop1 == summaries.last!.test!.top1)
+        let saved = try #require(try Checkpoint.read(dir + "/best.safetensors").training)
+        #expect(saved.epoch == best.epoch)
+
+        let noValidation = try TrainingRun(options: options, trainImages: train.count, directory: plain, progress: quiet)
+        try noValidation.run(train: train, test: test)
+        #expect(!FileManager.default.fileExists(atPath: plain + "/best.safetensors"))
+        #expect(noValidation.state.bestEpoch == nil)
+    }
+
     @Test("resuming on another training set is refused")
     func resumeChecksData() throws {
         let train = syntheticBands(count: 64, seed: 15)

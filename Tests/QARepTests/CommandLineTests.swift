@@ -81,8 +81,10 @@ struct CommandLineTests {
         // No --threads: the kernels' thread count is process-wide, and other suites run beside this one.
         let common = ["--data-root", data, "--quiet"]
 
-        let train = try Train.parse(["--config", "tiny", "--epochs", "2", "--batch-size", "32", "--out", dir + "/fp32"] + common).execute()
-        #expect(train.epochs == 2 && train.steps == 2 * (512 / 32))
+        let train = try Train.parse(["--config", "tiny", "--epochs", "2", "--batch-size", "32", "--val-split", "64",
+                                     "--out", dir + "/fp32"] + common).execute()
+        #expect(train.epochs == 2 && train.steps == 2 * (448 / 32))
+        #expect(train.summaries.allSatisfy { $0.validation?.count == 64 && $0.test?.count == 200 })
         #expect(train.summaries.count == 2 && train.summaries[1].trainLoss < train.summaries[0].trainLoss, "training loss falls")
         #expect((train.top1 ?? 0) > 0.5, "synthetic bands are learnable: top-1 \(train.top1 ?? 0)")
         let last = try #require(train.checkpoint)
@@ -97,7 +99,7 @@ struct CommandLineTests {
         let ptq = try PTQ.parse(["--checkpoint", last, "--calib-images", "64", "--out", dir + "/ptq.safetensors"] + common).execute()
         #expect(ptq.top1 == train.top1 && ptq.engineAgreement ?? 0 >= 0.99)
 
-        let qat = try QAT.parse(["--from", last, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "32", "--nesterov",
+        let qat = try QAT.parse(["--from", last, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "32", "--nesterov", "--val-split", "64",
                                  "--label-smoothing", "0.1", "--calib-images", "64", "--out", dir + "/qat"] + common).execute()
         #expect(qat.top1 == train.top1 && qat.epochs == 1)
         #expect(qat.engineAgreement ?? 0 >= 0.99, "engine agreement \(qat.engineAgreement ?? 0)")
@@ -129,7 +131,7 @@ struct CommandLineResumeTests {
 
         // Any flag that defines the run and differs from it is refused, naming it.
         for (extra, flag) in [(["--train-limit", "100"], "--train-limit"), (["--lr", "0.1"], "--lr"), (["--threads", "\(KernelThreads.count + 1)"], "--threads"),
-                              (["--data-root", dir], "--data-root"), (["--seed", "3"], "--seed"), (["--block", "repvgg"], "--block")] {
+                              (["--data-root", dir], "--data-root"), (["--seed", "3"], "--seed"), (["--val-split", "10"], "--val-split"), (["--block", "repvgg"], "--block")] {
             #expect {
                 _ = try Train.parse(["--resume", dir + "/b", "--quiet"] + extra).execute()
             } throws: { error in "\(error)".contains(flag) && "\(error)".contains("other settings") }
@@ -139,7 +141,8 @@ struct CommandLineResumeTests {
         // second would train on all 512 images, with other threads other sums.
         let repeated = try Train.parse(flags + ["--resume", dir + "/a", "--epochs", "2"]).execute()
         let bare = try Train.parse(["--resume", dir + "/b", "--epochs", "2", "--quiet"]).execute()
-        #expect(bare.steps == repeated.steps && bare.steps == 2 * (320 / 32) && bare.top1 == repeated.top1)
+        // The default validation split of a 320-image run is its last 32 images.
+        #expect(bare.steps == repeated.steps && bare.steps == 2 * (288 / 32) && bare.top1 == repeated.top1)
         let a = try SafeTensorsFile.read(from: dir + "/a/last.safetensors"), b = try SafeTensorsFile.read(from: dir + "/b/last.safetensors")
         #expect(a.tensors == b.tensors, "a run resumed without its data flags continues bit for bit")
     }
@@ -159,7 +162,7 @@ struct CommandLineResumeTests {
         defer { try? FileManager.default.removeItem(atPath: data); try? FileManager.default.removeItem(atPath: dir) }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary!)
-        process.arguments = ["train", "--epochs", "50", "--batch-size", "16", "--data-root", data, "--threads", "1",
+        process.arguments = ["train", "--epochs", "50", "--batch-size", "16", "--val-split", "0", "--data-root", data, "--threads", "1",
                              "--out", dir + "/run", "--quiet"]
         let stderr = Pipe()
         process.standardError = stderr

@@ -22,7 +22,8 @@ public struct TrainingState: Codable, Sendable, Equatable {
     public var weightDecay: Float
     public var momentum: Float
     public var nesterov: Bool
-    /// Best test top-1 so far and the epoch it was reached.
+    /// Best validation top-1 so far and the epoch it was reached (test top-1
+    /// in files written before runs held out a validation split).
     public var bestTop1: Double?
     public var bestEpoch: Int?
     /// Test top-1 after the last epoch.

@@ -225,9 +225,9 @@ public final class QATRun {
     /// each; when the last epoch is done, converts to INT8 and writes
     /// `int8.safetensors` beside the checkpoint.
     @discardableResult
-    public func run(train: FashionMNIST, test: FashionMNIST?, until: Int? = nil,
+    public func run(train: FashionMNIST, validation: FashionMNIST? = nil, test: FashionMNIST?, until: Int? = nil,
                     onEpochEnd: (EpochSummary) -> Void = { _ in }) throws -> [EpochSummary] {
-        let summaries = try core.run(train: train, test: test, until: until, beforeEpoch: applyFreezes(epoch:),
+        let summaries = try core.run(train: train, validation: validation, test: test, until: until, beforeEpoch: applyFreezes(epoch:),
                                      save: saveCheckpoint(to:withOptimizer:), onEpochEnd: onEpochEnd)
         if trainer.epoch == base.training.epochs, let path = core.path(Self.int8File) {
             try model.convertToInt8().write(to: path)

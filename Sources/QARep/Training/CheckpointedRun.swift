@@ -10,7 +10,7 @@ public struct RunProgress: Sendable, Equatable {
     public var totals = EpochTotals()
     /// Test top-1 after the last epoch.
     public var lastTop1: Double?
-    /// Best test top-1 so far and the epoch (1-based) it was reached.
+    /// Best validation top-1 so far and the epoch (1-based) it was reached.
     public var bestTop1: Double?
     public var bestEpoch: Int?
 }
@@ -44,7 +44,8 @@ public struct RunInterrupted: Error, CustomStringConvertible {
 /// The one epoch loop of FP32 training and QAT: SGD over the model's
 /// parameter groups, the trainer, and the run directory's files: `last`
 /// (with the optimizer state) after every epoch and every `checkpointEvery`
-/// steps, `best` when test top-1 improves, and `metrics.jsonl`. What differs
+/// steps, `best` when validation top-1 improves (only with validation
+/// images: the test set is reported, never used to select), and `metrics.jsonl`. What differs
 /// between the two kinds of run (what a checkpoint holds, freezes before an
 /// epoch, what happens at the end) comes in as closures.
 final class CheckpointedRun<Model: Layer> {
@@ -112,7 +113,7 @@ final class CheckpointedRun<Model: Layer> {
     /// the optimizer) and `best` (without), only with a directory.
     /// - Throws: `RunInterrupted` when `shouldStop` asked for a stop, after
     ///   `last` was written; `ModelError` for a training set other than the run's.
-    func run(train: FashionMNIST, test: FashionMNIST?, until: Int?,
+    func run(train: FashionMNIST, validation: FashionMNIST?, test: FashionMNIST?, until: Int?,
              beforeEpoch: (Int) -> Void = { _ in },
              save: (_ path: String, _ withOptimizer: Bool) throws -> Void,
              onEpochEnd: (EpochSummary) -> Void = { _ in }) throws -> [EpochSummary] {
@@ -125,7 +126,7 @@ final class CheckpointedRun<Model: Layer> {
         while trainer.epoch < min(until ?? trainer.config.epochs, trainer.config.epochs) {
             beforeEpoch(trainer.epoch)
             var stopped = false
-            let summary = try trainer.trainEpoch(on: train, test: test) {
+            let summary = try trainer.trainEpoch(on: train, validation: validation, test: test) {
                 let step = trainer.step
                 if metricsEvery > 0, step % metricsEvery == 0 {
                     try log.append(.step(epoch: trainer.epoch + 1, step: step, totals: trainer.totals, learningRate: optimizer.learningRate))
@@ -142,7 +143,7 @@ final class CheckpointedRun<Model: Layer> {
             summaries.append(summary)
             lastTop1 = summary.test?.top1
             var improved = false
-            if let top1 = summary.test?.top1, top1 > (bestTop1 ?? -1) {
+            if let top1 = summary.validation?.top1, top1 > (bestTop1 ?? -1) {
                 bestTop1 = top1
                 bestEpoch = summary.epoch
                 improved = true
@@ -172,6 +173,7 @@ struct MetricsLog {
         var accuracy: Double
         var learningRate: Float
         var imagesPerSecond: Double
+        var validationTop1: Double?
         var testTop1: Double?
         var seconds: Double?
 
@@ -183,7 +185,8 @@ struct MetricsLog {
 
         static func epoch(_ s: EpochSummary, step: Int) -> Record {
             Record(kind: "epoch", epoch: s.epoch, step: step, loss: s.trainLoss, accuracy: s.trainAccuracy,
-                   learningRate: s.learningRate, imagesPerSecond: s.imagesPerSecond, testTop1: s.test?.top1, seconds: s.seconds)
+                   learningRate: s.learningRate, imagesPerSecond: s.imagesPerSecond, validationTop1: s.validation?.top1,
+                   testTop1: s.test?.top1, seconds: s.seconds)
         }
     }
 

@@ -31,9 +31,12 @@ public struct DataOrigin: Codable, Sendable, Equatable {
     public var root: String
     public var trainLimit: Int?
     public var testLimit: Int?
+    /// Training images held out, from the end, for validation.
+    public var validationImages: Int?
 
-    public init(root: String, trainLimit: Int? = nil, testLimit: Int? = nil) {
+    public init(root: String, trainLimit: Int? = nil, testLimit: Int? = nil, validationImages: Int? = nil) {
         self.root = root; self.trainLimit = trainLimit; self.testLimit = testLimit
+        self.validationImages = validationImages
     }
 }
 

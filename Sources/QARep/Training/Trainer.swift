@@ -22,10 +22,23 @@ public struct EpochSummary: Sendable, Codable {
     public var epoch: Int
     public var trainLoss: Double
     public var trainAccuracy: Double
-    public var test: Evaluation?
+    /// On the validation images, when the run holds some out: what selects
+    /// the best epoch.
+    public var validation: Score?
+    /// On the test images: reported, never used to select.
+    public var test: Score?
     public var imagesPerSecond: Double
     public var seconds: Double
     public var learningRate: Float
+}
+
+/// Top-1 and loss of one evaluation, without its predictions.
+public struct Score: Sendable, Codable, Equatable {
+    public var top1: Double
+    public var loss: Double
+    public var count: Int
+
+    public init(_ e: Evaluation) { top1 = e.top1; loss = e.loss; count = e.count }
 }
 
 /// Running totals of the epoch in progress: kept in mid-epoch checkpoints so
@@ -72,12 +85,12 @@ public final class Trainer<Model: Layer> {
         self.regularizer = regularizer; self.progress = progress
     }
 
-    /// Trains one epoch on `train` and evaluates on `test` if given.
+    /// Trains one epoch on `train` and evaluates on `validation` and `test` if given.
     /// - Throws: `TrainingError` when the loss becomes NaN or infinite; the
     ///   model is then left as it was before the failing step's update.
     @discardableResult
-    public func trainEpoch(on train: FashionMNIST, test: FashionMNIST? = nil) throws -> EpochSummary {
-        try trainEpoch(on: train, test: test, afterStep: { true })!
+    public func trainEpoch(on train: FashionMNIST, validation: FashionMNIST? = nil, test: FashionMNIST? = nil) throws -> EpochSummary {
+        try trainEpoch(on: train, validation: validation, test: test, afterStep: { true })!
     }
 
     /// Trains the epoch in progress from where it stands (`step` says how many
@@ -86,7 +99,7 @@ public final class Trainer<Model: Layer> {
     /// `afterStep` after every optimizer step. When `afterStep` returns
     /// false the epoch stops there, still in progress, and the result is nil;
     /// otherwise it ends as `trainEpoch(on:test:)` does.
-    public func trainEpoch(on train: FashionMNIST, test: FashionMNIST?,
+    public func trainEpoch(on train: FashionMNIST, validation: FashionMNIST? = nil, test: FashionMNIST?,
                            afterStep: () throws -> Bool) throws -> EpochSummary? {
         let loader = DataLoader(dataset: train, batchSize: config.batchSize, shuffle: true,
                                 augment: config.augment, seed: config.seed, dropLast: true)
@@ -143,13 +156,16 @@ public final class Trainer<Model: Layer> {
         totals = EpochTotals()
         let lastLR = optimizer.learningRate
         epoch += 1
-        let testEval = test.map { evaluate(model, on: $0) }
+        let validationScore = validation.map { Score(evaluate(model, on: $0)) }
+        let testScore = test.map { Score(evaluate(model, on: $0)) }
         let summary = EpochSummary(epoch: epoch, trainLoss: done.meanLoss,
-                                   trainAccuracy: Double(done.correct) / Double(max(done.seen, 1)), test: testEval,
+                                   trainAccuracy: Double(done.correct) / Double(max(done.seen, 1)),
+                                   validation: validationScore, test: testScore,
                                    imagesPerSecond: Double(done.seen) / max(done.seconds, 1e-9), seconds: done.seconds, learningRate: lastLR)
         var line = String(format: "epoch %d/%d  loss %.4f  train acc %.2f%%  %.0f img/s  %.1fs",
                           epoch, config.epochs, summary.trainLoss, 100 * summary.trainAccuracy, summary.imagesPerSecond, done.seconds)
-        if let t = testEval { line += String(format: "  test top-1 %.2f%%", 100 * t.top1) }
+        if let v = validationScore { line += String(format: "  val top-1 %.2f%%", 100 * v.top1) }
+        if let t = testScore { line += String(format: "  test top-1 %.2f%%", 100 * t.top1) }
         progress.finish(line)
         return summary
     }

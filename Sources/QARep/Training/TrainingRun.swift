@@ -39,7 +39,8 @@ public struct TrainingRunOptions: Sendable {
 
 /// A training run with checkpoints in a directory: `last.safetensors` after
 /// every epoch (model, optimizer state, epoch, step, schedule, seed) and
-/// `best.safetensors` whenever test top-1 improves. Writes are atomic, so an
+/// `best.safetensors` whenever validation top-1 improves (when the run is
+/// given validation images; the test set is only reported). Writes are atomic, so an
 /// interrupted run loses at most the epoch in progress, and `resume(from:)`
 /// continues bit-identically to a run that was never stopped.
 public final class TrainingRun {
@@ -148,9 +149,9 @@ public final class TrainingRun {
     /// - Throws: `RunInterrupted` when `shouldStop` stopped it; `ModelError`
     ///   for a training set other than the one the run started on.
     @discardableResult
-    public func run(train: FashionMNIST, test: FashionMNIST?, until: Int? = nil,
+    public func run(train: FashionMNIST, validation: FashionMNIST? = nil, test: FashionMNIST?, until: Int? = nil,
                     onEpochEnd: (EpochSummary) -> Void = { _ in }) throws -> [EpochSummary] {
-        try core.run(train: train, test: test, until: until, save: { path, withOptimizer in
+        try core.run(train: train, validation: validation, test: test, until: until, save: { path, withOptimizer in
             try Checkpoint.save(model, to: path, training: state, optimizer: withOptimizer ? optimizer : nil)
         }, onEpochEnd: onEpochEnd)
     }
