@@ -123,9 +123,7 @@ public enum Checkpoint {
 
     /// Builds the model a checkpoint describes and loads its weights strictly.
     public static func makeModel(_ checkpoint: ModelCheckpoint) throws -> RepVGGNet {
-        do { try checkpoint.config.validate() } catch let e as ModelError {
-            throw CheckpointError("\(checkpoint.source): \(e.description)")
-        }
+        try checkFits(checkpoint.config, checkpoint.file, name: checkpoint.source)
         var model = try RepVGGNet(config: checkpoint.config)
         if checkpoint.kind == .deploy { model = model.deployed() }
         try load(checkpoint.file, into: model, source: checkpoint.source)
@@ -232,14 +230,28 @@ public enum Checkpoint {
     /// - Throws: `CheckpointError` naming the file when the kind or an entry is wrong.
     static func open(_ path: String, kind: String, section: String, hint: String) throws
         -> (file: SafeTensorsFile, name: String, config: ModelConfig, section: String) {
-        let file = try SafeTensorsFile.read(from: path)
-        let name = (path as NSString).lastPathComponent
+        try open(SafeTensorsFile.read(from: path), name: (path as NSString).lastPathComponent, kind: kind, section: section, hint: hint)
+    }
+
+    /// `open` of a file already parsed.
+    static func open(_ file: SafeTensorsFile, name: String, kind: String, section: String, hint: String) throws
+        -> (file: SafeTensorsFile, name: String, config: ModelConfig, section: String) {
         guard file.metadata["kind"] == kind, let json = file.metadata[section], let modelJSON = file.metadata["model"] else {
             if file.metadata["format"] == format { try checkFormat(file.metadata, file: name) }
             throw CheckpointError("\(name): not a \(hint) (kind is \(file.metadata["kind"] ?? "missing"))")
         }
         try checkFormat(file.metadata, file: name)
         return (file, name, try decode(ModelConfig.self, modelJSON, what: "model", file: name), json)
+    }
+
+    /// Refuses a config that is invalid, or that describes more weights than
+    /// the file holds values, before any memory is allocated for the model.
+    static func checkFits(_ config: ModelConfig, _ file: SafeTensorsFile, name: String) throws {
+        do { try config.validate() } catch let e as ModelError { throw CheckpointError("\(name): \(e.description)") }
+        let held = file.tensors.values.reduce(0) { $0 + ($1.elementCount ?? 0) }
+        guard config.kernelWeightCount <= held else {
+            throw CheckpointError("\(name): its model config needs \(config.kernelWeightCount) kernel weights, the file holds \(held) values")
+        }
     }
 
     /// Refuses metadata that is not QARep's `format`, or whose `format_version`

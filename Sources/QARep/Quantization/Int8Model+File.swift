@@ -52,8 +52,13 @@ extension Int8Model {
     /// - Throws: `CheckpointError` naming the file and the problem (a missing
     ///   tensor, a wrong dtype or shape, inconsistent scales, ...).
     public static func read(from path: String) throws -> Int8Model {
+        try read(SafeTensorsFile.read(from: path), name: (path as NSString).lastPathComponent)
+    }
+
+    /// Validates a native INT8 file already parsed; `name` names it in errors.
+    public static func read(_ file: SafeTensorsFile, name: String) throws -> Int8Model {
         let (file, name, config, layoutJSON) = try Checkpoint.open(
-            path, kind: kind, section: "int8", hint: "QARep INT8 model")
+            file, name: name, kind: kind, section: "int8", hint: "QARep INT8 model")
         let layout = try Checkpoint.decode(Layout.self, layoutJSON, what: "int8", file: name)
         func tensor(_ key: String, _ shape: [Int]) throws -> SafeTensor {
             guard let t = file.tensors[key] else { throw CheckpointError.missingKey(key, file: name) }

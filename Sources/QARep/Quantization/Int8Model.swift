@@ -50,6 +50,10 @@ public struct Int8Model: Sendable, Equatable {
     public var convs: [Int8Conv]
     public var head: Int8Head
 
+    /// Largest channel count and kernel side a layer may declare: beyond any
+    /// real model, small enough that sizes computed from them cannot overflow.
+    static let maxChannels = 1 << 20, maxKernel = 64
+
     /// Checks every invariant the engine relies on; the message names the layer.
     public func validate() throws {
         guard activation.bits == 8 else { throw QuantizationError("INT8 model: activations must be 8-bit, got \(activation.bits)") }
@@ -64,6 +68,13 @@ public struct Int8Model: Sendable, Equatable {
             if activation.symmetric && z != 0 { throw QuantizationError("INT8 model: \(what) is \(z), must be 0 for symmetric activations") }
         }
         for (i, c) in convs.enumerated() {
+            // Bounds first, so that no product below can overflow on a corrupt file.
+            guard (1...Self.maxChannels).contains(c.inChannels), (1...Self.maxChannels).contains(c.outChannels),
+                  (1...Self.maxKernel).contains(c.kernelSize), (1...Self.maxKernel).contains(c.stride),
+                  (0...Self.maxKernel).contains(c.padding) else {
+                throw QuantizationError("INT8 model: layer \(c.name): bad geometry (\(c.inChannels) -> \(c.outChannels) channels, "
+                                        + "kernel \(c.kernelSize), stride \(c.stride), padding \(c.padding))")
+            }
             let k = c.inChannels * c.kernelSize * c.kernelSize
             guard c.weight.count == c.outChannels * k, c.weightScales.count == c.outChannels, c.bias.count == c.outChannels else {
                 throw QuantizationError("INT8 model: layer \(c.name): weight, scale or bias sizes do not match \(c.outChannels) output channels")
@@ -91,6 +102,7 @@ public struct Int8Model: Sendable, Equatable {
             }
         }
         let last = convs.last!, h = head
+        guard (1...Self.maxChannels).contains(h.classes) else { throw QuantizationError("INT8 model: head has \(h.classes) classes") }
         guard h.inFeatures == last.outChannels, h.weight.count == h.classes * h.inFeatures,
               h.weightScales.count == h.classes, h.bias.count == h.classes else {
             throw QuantizationError("INT8 model: head sizes do not match \(last.outChannels) features and \(h.classes) classes")

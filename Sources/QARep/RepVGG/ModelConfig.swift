@@ -40,6 +40,21 @@ public struct ModelConfig: Codable, Sendable, Equatable {
         guard widths.allSatisfy({ $0 > 0 }), blocks.allSatisfy({ $0 > 0 }), classes > 0, inChannels > 0 else {
             throw ModelError("widths, block counts, classes and input channels must be positive")
         }
+        // Far beyond any real model; keeps the sizes computed from a corrupt file's config from overflowing.
+        guard widths.allSatisfy({ $0 <= 1 << 16 }), blocks.allSatisfy({ $0 <= 1 << 10 }), classes <= 1 << 20, inChannels <= 1 << 16 else {
+            throw ModelError("widths (at most 65536), block counts (1024), classes and input channels are implausibly large: \(widths), \(blocks)")
+        }
+    }
+
+    /// Number of 3x3 kernel weights (one equivalent kernel per block): every
+    /// file of the model holds at least this many values, whatever its form.
+    public var kernelWeightCount: Int {
+        var channels = inChannels, total = 0
+        for (width, count) in zip(widths, blocks) {
+            total += 9 * width * channels + (count - 1) * 9 * width * width
+            channels = width
+        }
+        return total
     }
 }
 
