@@ -20,10 +20,16 @@ let package = Package(
             name: "QARepONNX",
             dependencies: ["QARep", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
             exclude: ["Generated/onnx.proto"]),
+        // TensorBoard event files (scalars), over Swift generated from a subset of TensorFlow's event.proto.
+        .target(
+            name: "QARepTensorBoard",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            exclude: ["Generated/event.proto"]),
         // The command line: a library, so tests run its commands in-process; `qarep` only calls it.
         .target(
             name: "QARepCLI",
-            dependencies: ["QARep", "QARepONNX", "QARepKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["QARep", "QARepONNX", "QARepKernels", "QARepTensorBoard",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "qarep", dependencies: ["QARepCLI"]),
 
         // MARK: Implementation details
@@ -36,11 +42,15 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
 
+        // Fuzz targets of the file readers: a corpus replayer when built normally,
+        // the libFuzzer binary when built by scripts/fuzz.
+        .executableTarget(name: "qarep-fuzz", dependencies: ["QARep"]),
+
         // MARK: Recipes
         .executableTarget(name: "train-fashion-mnist", dependencies: ["QARep"], path: "recipes/train-fashion-mnist"),
 
         // MARK: Tests
-        .testTarget(name: "QARepTests", dependencies: ["QARep", "QARepKernels", "QARepONNX", "QARepCLI", "CZlib"],
+        .testTarget(name: "QARepTests", dependencies: ["QARep", "QARepKernels", "QARepONNX", "QARepCLI", "QARepTensorBoard", "CZlib"],
                     resources: [.copy("Fixtures")]),
     ]
 )

@@ -162,6 +162,8 @@ struct SGDOptions: ParsableArguments {
     @Option(help: "Seed for initialization, shuffling and augmentation (default 0).") var seed: UInt64?
     @Option(help: "Also checkpoint every N optimizer steps (mid-epoch), so a kill loses at most N steps.")
     var checkpointEvery: Int?
+    @Option(help: "Also write TensorBoard event files (the metrics.jsonl scalars) into this directory.")
+    var tensorboard: String?
 
     /// A command's defaults for the schedule.
     struct Defaults { var epochs: Int, learningRate: Float, warmupEpochs: Int }

@@ -94,6 +94,7 @@ public struct QAT: ParsableCommand {
         }
         run.checkpointEvery = sgd.checkpointEvery
         run.shouldStop = { StopSignals.isRequested }
+        try attachTensorBoard(sgd.tensorboard, to: &run.onMetrics)
         let summaries = try stoppable(resumeCommand: "qarep qat") { try run.run(train: train, validation: validation, test: test) }
         let fake = evaluate(run.model, on: test)
         var report = Report(top1: fp32Top1, qatTop1: fake.top1, epochs: run.state.epoch, images: test.count,

@@ -87,6 +87,7 @@ public struct Train: ParsableCommand {
         }
         run.checkpointEvery = sgd.checkpointEvery
         run.shouldStop = { StopSignals.isRequested }
+        try attachTensorBoard(sgd.tensorboard, to: &run.onMetrics)
         let summaries = try stoppable(resumeCommand: "qarep train") { try run.run(train: train, validation: validation, test: test) }
         let state = run.state
         return Report(top1: state.lastTop1, bestValidationTop1: state.bestTop1, bestEpoch: state.bestEpoch, epochs: state.epoch, steps: state.step,

@@ -127,6 +127,12 @@ public final class QATRun {
         get { core.shouldStop }
         set { core.shouldStop = newValue }
     }
+    /// Called with every `metrics.jsonl` record (every `metricsEvery` steps
+    /// and every epoch), with or without a directory.
+    public var onMetrics: (MetricsRecord) throws -> Void {
+        get { core.onMetrics }
+        set { core.onMetrics = newValue }
+    }
 
     /// Prepares and calibrates a new QAT run from `fp32`.
     public convenience init(from fp32: RepVGGNet, source: String, options: QATOptions, calibration: FashionMNIST,
@@ -183,14 +189,24 @@ public final class QATRun {
     /// The fake-quantized model of a QAT checkpoint, in evaluation mode:
     /// weights, BN statistics, scales and observer state as saved.
     public static func loadModel(from path: String) throws -> QuantizedNet {
-        let model = try loadCheckpoint(path).model
+        try loadModel(SafeTensorsFile.read(from: path), name: (path as NSString).lastPathComponent)
+    }
+
+    /// `loadModel(from:)` of a file already parsed; `name` names it in errors.
+    public static func loadModel(_ file: SafeTensorsFile, name: String) throws -> QuantizedNet {
+        let model = try loadCheckpoint(file, name: name).model
         model.eval()
         return model
     }
 
     static func loadCheckpoint(_ path: String) throws -> (model: QuantizedNet, state: QATState, file: SafeTensorsFile) {
-        let (file, name, config, qatJSON) = try Checkpoint.open(path, kind: kind, section: "qat", hint: "QAT checkpoint")
+        try loadCheckpoint(SafeTensorsFile.read(from: path), name: (path as NSString).lastPathComponent)
+    }
+
+    static func loadCheckpoint(_ file: SafeTensorsFile, name: String) throws -> (model: QuantizedNet, state: QATState, file: SafeTensorsFile) {
+        let (file, name, config, qatJSON) = try Checkpoint.open(file, name: name, kind: kind, section: "qat", hint: "QAT checkpoint")
         let state = try Checkpoint.decode(QATState.self, qatJSON, what: "qat", file: name)
+        try Checkpoint.checkFits(config, file, name: name)
         // The structure from a fresh model; every value comes from the file.
         let model = try QuantizedNet(from: RepVGGNet(config: config), form: state.form,
                                      qconfig: state.options.qconfig.with(calibrator: .movingAverage()))

@@ -63,6 +63,9 @@ final class CheckpointedRun<Model: Layer> {
     var metricsEvery = 50
     /// Polled after every step: true stops the run after writing `last`.
     var shouldStop: () -> Bool = { false }
+    /// Called with every record written to `metrics.jsonl` (and as often
+    /// without a directory): where a TensorBoard writer, say, listens.
+    var onMetrics: (MetricsRecord) throws -> Void = { _ in }
 
     static var lastFile: String { RunFiles.last }
     static var bestFile: String { RunFiles.best }
@@ -129,7 +132,9 @@ final class CheckpointedRun<Model: Layer> {
             let summary = try trainer.trainEpoch(on: train, validation: validation, test: test) {
                 let step = trainer.step
                 if metricsEvery > 0, step % metricsEvery == 0 {
-                    try log.append(.step(epoch: trainer.epoch + 1, step: step, totals: trainer.totals, learningRate: optimizer.learningRate))
+                    let record = MetricsRecord.step(epoch: trainer.epoch + 1, step: step, totals: trainer.totals, learningRate: optimizer.learningRate)
+                    try log.append(record)
+                    try onMetrics(record)
                 }
                 if shouldStop() {
                     try saveLast()
@@ -149,7 +154,9 @@ final class CheckpointedRun<Model: Layer> {
                 improved = true
             }
             // Logged before the checkpoint: a kill in between leaves a record the resume drops and rewrites.
-            try log.append(.epoch(summary, step: trainer.step))
+            let record = MetricsRecord.epoch(summary, step: trainer.step)
+            try log.append(record)
+            try onMetrics(record)
             try saveLast()
             if improved, let best = path(Self.bestFile) { try save(best, false) }
             onEpochEnd(summary)
@@ -159,36 +166,40 @@ final class CheckpointedRun<Model: Layer> {
     }
 }
 
-/// `metrics.jsonl` of a run directory: one JSON object per line, `kind`
-/// `step` (running loss, accuracy and images/s of the epoch in progress,
-/// every few steps) or `epoch` (the epoch's summary with test top-1).
+/// One line of `metrics.jsonl`: `kind` `step` (running loss, accuracy and
+/// images/s of the epoch in progress, every few steps) or `epoch` (the
+/// epoch's summary with validation and test top-1).
+public struct MetricsRecord: Codable, Sendable, Equatable {
+    public var kind: String
+    /// 1-based: the epoch in progress, or the one just finished.
+    public var epoch: Int
+    /// Optimizer steps taken.
+    public var step: Int
+    /// Mean training loss and accuracy (of the epoch so far, or the whole epoch).
+    public var loss: Double
+    public var accuracy: Double
+    public var learningRate: Float
+    public var imagesPerSecond: Double
+    public var validationTop1: Double?
+    public var testTop1: Double?
+    public var seconds: Double?
+
+    static func step(epoch: Int, step: Int, totals: EpochTotals, learningRate: Float) -> MetricsRecord {
+        MetricsRecord(kind: "step", epoch: epoch, step: step, loss: totals.meanLoss,
+                      accuracy: Double(totals.correct) / Double(max(totals.seen, 1)), learningRate: learningRate,
+                      imagesPerSecond: Double(totals.seen) / max(totals.seconds, 1e-9))
+    }
+
+    static func epoch(_ s: EpochSummary, step: Int) -> MetricsRecord {
+        MetricsRecord(kind: "epoch", epoch: s.epoch, step: step, loss: s.trainLoss, accuracy: s.trainAccuracy,
+                      learningRate: s.learningRate, imagesPerSecond: s.imagesPerSecond, validationTop1: s.validation?.top1,
+                      testTop1: s.test?.top1, seconds: s.seconds)
+    }
+}
+
+/// `metrics.jsonl` of a run directory: one `MetricsRecord` per line.
 struct MetricsLog {
     let path: String?
-
-    struct Record: Codable {
-        var kind: String
-        var epoch: Int
-        var step: Int
-        var loss: Double
-        var accuracy: Double
-        var learningRate: Float
-        var imagesPerSecond: Double
-        var validationTop1: Double?
-        var testTop1: Double?
-        var seconds: Double?
-
-        static func step(epoch: Int, step: Int, totals: EpochTotals, learningRate: Float) -> Record {
-            Record(kind: "step", epoch: epoch, step: step, loss: totals.meanLoss,
-                   accuracy: Double(totals.correct) / Double(max(totals.seen, 1)), learningRate: learningRate,
-                   imagesPerSecond: Double(totals.seen) / max(totals.seconds, 1e-9))
-        }
-
-        static func epoch(_ s: EpochSummary, step: Int) -> Record {
-            Record(kind: "epoch", epoch: s.epoch, step: step, loss: s.trainLoss, accuracy: s.trainAccuracy,
-                   learningRate: s.learningRate, imagesPerSecond: s.imagesPerSecond, validationTop1: s.validation?.top1,
-                   testTop1: s.test?.top1, seconds: s.seconds)
-        }
-    }
 
     private static let encoder: JSONEncoder = {
         let e = JSONEncoder()
@@ -198,7 +209,7 @@ struct MetricsLog {
     }()
 
     /// Appends one line (a log, not a checkpoint: appended in place).
-    func append(_ record: Record) throws {
+    func append(_ record: MetricsRecord) throws {
         guard let path else { return }
         var line = try Self.encoder.encode(record)
         line.append(UInt8(ascii: "\n"))

@@ -83,6 +83,12 @@ public final class TrainingRun {
         get { core.shouldStop }
         set { core.shouldStop = newValue }
     }
+    /// Called with every `metrics.jsonl` record (every `metricsEvery` steps
+    /// and every epoch), with or without a directory.
+    public var onMetrics: (MetricsRecord) throws -> Void {
+        get { core.onMetrics }
+        set { core.onMetrics = newValue }
+    }
 
     /// A fresh run. `directory` (created if needed) must not already hold a run.
     /// `dataOrigin`, if given, is recorded so that a resume can reload the same data.
