@@ -162,7 +162,9 @@ struct CommandLineResumeTests {
         defer { try? FileManager.default.removeItem(atPath: data); try? FileManager.default.removeItem(atPath: dir) }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary!)
-        process.arguments = ["train", "--epochs", "50", "--batch-size", "16", "--val-split", "0", "--data-root", data, "--threads", "1",
+        // The default thread count, the test process's own: resuming in-process restores the run's
+        // count, and kernels' thread count is process-wide (other suites run beside this one).
+        process.arguments = ["train", "--epochs", "50", "--batch-size", "16", "--val-split", "0", "--data-root", data,
                              "--out", dir + "/run", "--quiet"]
         let stderr = Pipe()
         process.standardError = stderr
