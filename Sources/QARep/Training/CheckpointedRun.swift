@@ -153,12 +153,13 @@ final class CheckpointedRun<Model: Layer> {
                 bestEpoch = summary.epoch
                 improved = true
             }
-            // Logged before the checkpoint: a kill in between leaves a record the resume drops and rewrites.
+            // The log, then `best`, then `last`: a kill in between leaves the previous `last`, whose
+            // resume redoes this epoch, drops the log's newer records and writes `best` again.
             let record = MetricsRecord.epoch(summary, step: trainer.step)
             try log.append(record)
             try onMetrics(record)
-            try saveLast()
             if improved, let best = path(Self.bestFile) { try save(best, false) }
+            try saveLast()
             onEpochEnd(summary)
             if shouldStop() && trainer.epoch < trainer.config.epochs { throw interrupted() }
         }
