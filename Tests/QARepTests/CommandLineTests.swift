@@ -187,3 +187,47 @@ struct CommandLineResumeTests {
         #expect(resumed.epochs == state.epoch + 1 && resumed.steps == (state.epoch + 1) * 32)
     }
 }
+
+/// Every numeric option of every subcommand, with values it must refuse
+/// (zero, negative, NaN, out of range) before any work starts.
+private let numericOptions: [(command: [String], flag: String, bad: [String])] = {
+    let limits: [(String, [String])] = [("--train-limit", ["0", "-5"]), ("--test-limit", ["0", "-1"]), ("--threads", ["0", "-2", "nan"])]
+    let training: [(String, [String])] = [
+        ("--epochs", ["0", "-1"]), ("--lr", ["0", "-0.1", "nan", "inf"]), ("--warmup-epochs", ["-1", "11"]),
+        ("--batch-size", ["0", "1", "-64"]), ("--momentum", ["-0.1", "1", "nan"]), ("--wd", ["-1e-4", "nan", "inf"]),
+        ("--label-smoothing", ["-0.1", "1", "nan"]), ("--seed", ["-1"]), ("--checkpoint-every", ["0", "-10"]),
+        ("--val-split", ["-1"]),
+    ]
+    let quantization: [(String, [String])] = [("--calib-images", ["0", "-1"]), ("--bits", ["1", "9", "0"]),
+                                              ("--percentile", ["0", "-1", "100.5", "nan"])]
+    var cases: [([String], String, [String])] = []
+    func add(_ command: [String], _ options: [(String, [String])]) {
+        for (flag, bad) in options { cases.append((command, flag, bad)) }
+    }
+    add(["train"], training + limits)
+    add(["qat", "--from", "x"], training.filter { $0.0 != "--epochs" && $0.0 != "--warmup-epochs" } + quantization + limits
+        + [("--freeze-bn-after", ["-1"]), ("--freeze-observers-after", ["-1"]), ("--epochs", ["0"]), ("--warmup-epochs", ["-1"])])
+    add(["ptq", "--checkpoint", "x"], quantization + limits)
+    add(["eval", "--checkpoint", "x"], limits)
+    add(["bench"], [("--batch", ["0", "-1"]), ("--repeats", ["0"]), ("--train-steps", ["0"]), ("--threads", ["0"])])
+    add(["quickstart"], [("--epochs", ["0"]), ("--qat-epochs", ["0"]), ("--qat-images", ["0", "-1"])] + limits)
+    return cases
+}()
+
+@Suite("Command line: numeric options")
+struct CommandLineOptionTests {
+    @Test("every numeric option refuses zero, negative, NaN and out-of-range values, naming the flag",
+          arguments: numericOptions.indices)
+    func refused(_ index: Int) {
+        let (command, flag, bad) = numericOptions[index]
+        // --percentile is only valid with the percentile calibrator; give it, so the range is what fails.
+        let extra = flag == "--percentile" ? ["--calibrator", "percentile"] : []
+        for value in bad {
+            #expect {
+                _ = try QARepCommand.parseAsRoot(command + extra + ["\(flag)=\(value)"])
+            } throws: { error in
+                QARepCommand.message(for: error).contains(flag)
+            }
+        }
+    }
+}
