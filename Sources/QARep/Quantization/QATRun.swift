@@ -66,7 +66,7 @@ public struct QATState: Codable, Sendable {
     public var epoch = 0
     public var step = 0
     public var lastTop1: Double?
-    /// Best test top-1 of the fake-quantized model so far and its epoch.
+    /// Best validation top-1 of the fake-quantized model so far and its epoch.
     public var bestTop1: Double?
     public var bestEpoch: Int?
     /// The FP32 checkpoint it started from.

@@ -19,7 +19,7 @@ public struct RunProgress: Sendable, Equatable {
 enum RunFiles {
     /// The latest state, optimizer included: what a resume reads.
     static let last = "last.safetensors"
-    /// The epoch with the best test top-1 so far.
+    /// The epoch with the best validation top-1 so far (written only with validation images).
     static let best = "best.safetensors"
     /// One JSON record per line: every few steps and every epoch.
     static let metrics = "metrics.jsonl"
