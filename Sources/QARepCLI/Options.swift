@@ -42,7 +42,9 @@ struct RunDataOptions: ParsableArguments {
         guard held < all.count else {
             throw CommandError("--val-split \(held) leaves no training images out of \(all.count)")
         }
-        let origin = DataOrigin(root: data.dataRoot, trainLimit: data.trainLimit, testLimit: data.testLimit, validationImages: held)
+        // An absolute path, so that a resume from another directory finds the same files.
+        let origin = DataOrigin(root: absolutePath(data.dataRoot), trainLimit: data.trainLimit, testLimit: data.testLimit,
+                                validationImages: held)
         let train = held == 0 ? all : all.subset(0..<(all.count - held))
         let validation = held == 0 ? nil : all.subset((all.count - held)..<all.count)
         return (train, validation, try data.test(), origin)
@@ -51,7 +53,7 @@ struct RunDataOptions: ParsableArguments {
     /// On resume: the saved run's data, refusing flags that contradict it.
     func resumed(from saved: DataOrigin?, _ check: inout ResumeCheck) -> RunDataOptions {
         guard let saved else { return self }
-        check.compare("--data-root", data.givenRoot, saved.root)
+        check.compare("--data-root", data.givenRoot.map(absolutePath), saved.root)
         check.compare("--train-limit", data.trainLimit, saved.trainLimit)
         check.compare("--test-limit", data.testLimit, saved.testLimit)
         check.compare("--val-split", valSplit, saved.validationImages)
@@ -61,6 +63,9 @@ struct RunDataOptions: ParsableArguments {
         return d
     }
 }
+
+/// `path` made absolute against the working directory, `.` and `..` resolved.
+func absolutePath(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.path }
 
 /// Collects the flags given with `--resume` that contradict the saved run.
 struct ResumeCheck {
