@@ -47,13 +47,19 @@ enum FuzzTarget: String, CaseIterable {
         }
     }
 
-    /// One scratch directory per process, in memory when /dev/shm exists.
+    /// One scratch directory per process, in memory when /dev/shm exists,
+    /// removed when the process exits.
     static let scratch: String = {
-        let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
-        let dir = base + "/qarep-fuzz-\(getpid())"
+        let dir = scratchPath()
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        atexit { try? FileManager.default.removeItem(atPath: FuzzTarget.scratchPath()) }
         return dir
     }()
+
+    private static func scratchPath() -> String {
+        let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : NSTemporaryDirectory()
+        return base + "/qarep-fuzz-\(getpid())"
+    }
 
 }
 
