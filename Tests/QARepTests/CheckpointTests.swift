@@ -176,21 +176,21 @@ struct CheckpointTests {
         defer { try? FileManager.default.removeItem(atPath: dirA); try? FileManager.default.removeItem(atPath: dirB) }
 
         let straight = try TrainingRun(options: options, trainImages: train.count, directory: dirA, progress: quiet)
-        straight.metricsEvery = 2
+        straight.controls.metricsEvery = 2
         let all = try straight.run(train: train, test: test)
 
         // 6 steps per epoch: step 9 is in the middle of epoch 2.
         let first = try TrainingRun(options: options, trainImages: train.count, directory: dirB, progress: quiet)
-        first.metricsEvery = 2
-        first.checkpointEvery = 4
-        first.shouldStop = { [unowned first] in first.trainer.step == 9 }
+        first.controls.metricsEvery = 2
+        first.controls.checkpointEvery = 4
+        first.controls.shouldStop = { [unowned first] in first.trainer.step == 9 }
         #expect(throws: RunInterrupted.self) { try first.run(train: train, test: test) }
         let saved = try #require(try Checkpoint.read(dirB + "/last.safetensors").training)
         #expect(saved.step == 9 && saved.epoch == 1 && saved.totals?.seen == 3 * 16, "checkpoint at the stop: \(saved.step)")
         #expect(saved.data?.trainFingerprint == train.fingerprint)
 
         let resumed = try TrainingRun.resume(from: dirB, progress: quiet)
-        resumed.metricsEvery = 2
+        resumed.controls.metricsEvery = 2
         #expect(resumed.trainer.step == 9 && resumed.trainer.epoch == 1)
         let rest = try resumed.run(train: train, test: test)
         for (x, y) in zip(straight.model.stateDict(), resumed.model.stateDict()) {

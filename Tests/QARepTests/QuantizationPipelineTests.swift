@@ -79,7 +79,7 @@ struct QuantizationPipelineTests {
                                trainImages: data.count, directory: dirB, progress: quiet)
         if midEpoch {
             // 8 steps per epoch: stop after step 11, in the second epoch (observers and BN mid-flight).
-            first.shouldStop = { [unowned first] in first.trainer.step == 11 }
+            first.controls.shouldStop = { [unowned first] in first.trainer.step == 11 }
             #expect(throws: RunInterrupted.self) { try first.run(train: data, test: nil) }
         } else {
             try first.run(train: data, test: nil, until: 1)

@@ -102,36 +102,12 @@ public final class QATRun {
     var optimizer: SGD { core.optimizer }
 
     /// Where the run stands, as its checkpoints record it.
-    public var state: QATState {
-        var s = base
-        let p = core.progress
-        s.epoch = p.epoch; s.step = p.step
-        s.lastTop1 = p.lastTop1; s.bestTop1 = p.bestTop1; s.bestEpoch = p.bestEpoch
-        s.totals = p.totals.seen > 0 ? p.totals : nil
-        s.data = core.data
-        return s
-    }
+    public var state: QATState { base.updated(with: core.progress, data: core.data) }
 
-    /// As `TrainingRun.checkpointEvery`.
-    public var checkpointEvery: Int? {
-        get { core.checkpointEvery }
-        set { core.checkpointEvery = newValue }
-    }
-    /// As `TrainingRun.metricsEvery`.
-    public var metricsEvery: Int {
-        get { core.metricsEvery }
-        set { core.metricsEvery = newValue }
-    }
-    /// As `TrainingRun.shouldStop`.
-    public var shouldStop: () -> Bool {
-        get { core.shouldStop }
-        set { core.shouldStop = newValue }
-    }
-    /// Called with every `metrics.jsonl` record (every `metricsEvery` steps
-    /// and every epoch), with or without a directory.
-    public var onMetrics: (MetricsRecord) throws -> Void {
-        get { core.onMetrics }
-        set { core.onMetrics = newValue }
+    /// Mid-epoch checkpoints, the metrics interval and listener, stop requests.
+    public var controls: RunControls {
+        get { core.controls }
+        set { core.controls = newValue }
     }
 
     /// Prepares and calibrates a new QAT run from `fp32`.
@@ -160,8 +136,7 @@ public final class QATRun {
         core = try CheckpointedRun(
             model: model, groups: ParameterGroup.standard(model, weightDecay: settings.weightDecay), config: state.training,
             momentum: settings.momentum, nesterov: settings.nesterov,
-            progress: RunProgress(epoch: state.epoch, step: state.step, totals: state.totals ?? EpochTotals(),
-                                  lastTop1: state.lastTop1, bestTop1: state.bestTop1, bestEpoch: state.bestEpoch),
+            progress: state.progress,
             data: state.data, origin: origin, directory: directory, reporter: progress)
     }
 
@@ -268,3 +243,5 @@ public final class QATRun {
         try SafeTensorsFile(tensors: tensors, metadata: metadata).write(to: path)
     }
 }
+
+extension QATState: RunRecord {}

@@ -1,18 +1,65 @@
 import Foundation
 
 /// Where a checkpointed run stands and how it has done.
-public struct RunProgress: Sendable, Equatable {
+struct RunProgress: Sendable, Equatable {
     /// Epochs completed.
-    public var epoch = 0
+    var epoch = 0
     /// Optimizer steps taken.
-    public var step = 0
+    var step = 0
     /// What the epoch in progress has seen (empty at an epoch boundary).
-    public var totals = EpochTotals()
+    var totals = EpochTotals()
     /// Test top-1 after the last epoch.
-    public var lastTop1: Double?
+    var lastTop1: Double?
     /// Best validation top-1 so far and the epoch (1-based) it was reached.
-    public var bestTop1: Double?
-    public var bestEpoch: Int?
+    var bestTop1: Double?
+    var bestEpoch: Int?
+}
+
+/// The saved state of a run (`TrainingState`, `QATState`): the fields it
+/// shares with every other kind of run, read and written as one.
+protocol RunRecord {
+    var epoch: Int { get set }
+    var step: Int { get set }
+    var lastTop1: Double? { get set }
+    var bestTop1: Double? { get set }
+    var bestEpoch: Int? { get set }
+    var totals: EpochTotals? { get set }
+    var data: DataRecord? { get set }
+}
+
+extension RunRecord {
+    /// Where the run stood when the state was saved.
+    var progress: RunProgress {
+        RunProgress(epoch: epoch, step: step, totals: totals ?? EpochTotals(),
+                    lastTop1: lastTop1, bestTop1: bestTop1, bestEpoch: bestEpoch)
+    }
+
+    /// This state with the run's progress and data as they are now.
+    func updated(with p: RunProgress, data: DataRecord?) -> Self {
+        var s = self
+        s.epoch = p.epoch; s.step = p.step
+        s.lastTop1 = p.lastTop1; s.bestTop1 = p.bestTop1; s.bestEpoch = p.bestEpoch
+        s.totals = p.totals.seen > 0 ? p.totals : nil
+        s.data = data
+        return s
+    }
+}
+
+/// What a caller may set on a training or QAT run before calling `run`.
+public struct RunControls {
+    /// Also write `last.safetensors` every this many optimizer steps, so a
+    /// kill loses at most that many; resuming continues from the exact step.
+    public var checkpointEvery: Int?
+    /// `metrics.jsonl` gets a record every this many steps (0: per epoch only).
+    public var metricsEvery = 50
+    /// Polled after every step; when it returns true the run writes
+    /// `last.safetensors` and throws `RunInterrupted` (a signal handler's flag, say).
+    public var shouldStop: () -> Bool = { false }
+    /// Called with every `metrics.jsonl` record, with or without a directory
+    /// (where a TensorBoard writer, say, listens).
+    public var onMetrics: (MetricsRecord) throws -> Void = { _ in }
+
+    public init() {}
 }
 
 /// The files of a run directory.
@@ -25,7 +72,7 @@ enum RunFiles {
     static let metrics = "metrics.jsonl"
 }
 
-/// A run stopped on request (`shouldStop`) before its last epoch; its `last`
+/// A run stopped on request (`RunControls.shouldStop`) before its last epoch; its `last`
 /// checkpoint, if it has a directory, continues exactly from there.
 public struct RunInterrupted: Error, CustomStringConvertible {
     /// Epochs completed and optimizer steps taken when it stopped.
@@ -57,15 +104,8 @@ final class CheckpointedRun<Model: Layer> {
     /// The training set the run started on (recorded on the first epoch).
     private(set) var data: DataRecord?
     private let origin: DataOrigin?
-    /// Also write `last` every this many optimizer steps (mid-epoch).
-    var checkpointEvery: Int?
-    /// Log a `step` record to `metrics.jsonl` every this many steps (0: epochs only).
-    var metricsEvery = 50
-    /// Polled after every step: true stops the run after writing `last`.
-    var shouldStop: () -> Bool = { false }
-    /// Called with every record written to `metrics.jsonl` (and as often
-    /// without a directory): where a TensorBoard writer, say, listens.
-    var onMetrics: (MetricsRecord) throws -> Void = { _ in }
+    /// Mid-epoch checkpoints, metrics, stop requests.
+    var controls = RunControls()
 
     static var lastFile: String { RunFiles.last }
     static var bestFile: String { RunFiles.best }
@@ -114,7 +154,7 @@ final class CheckpointedRun<Model: Layer> {
     /// stands, mid-epoch included. Before each epoch calls
     /// `beforeEpoch(epoch)`; `save(path, withOptimizer)` writes `last` (with
     /// the optimizer) and `best` (without), only with a directory.
-    /// - Throws: `RunInterrupted` when `shouldStop` asked for a stop, after
+    /// - Throws: `RunInterrupted` when `controls.shouldStop` asked for a stop, after
     ///   `last` was written; `ModelError` for a training set other than the run's.
     func run(train: FashionMNIST, validation: FashionMNIST?, test: FashionMNIST?, until: Int?,
              beforeEpoch: (Int) -> Void = { _ in },
@@ -131,17 +171,17 @@ final class CheckpointedRun<Model: Layer> {
             var stopped = false
             let summary = try trainer.trainEpoch(on: train, validation: validation, test: test) {
                 let step = trainer.step
-                if metricsEvery > 0, step % metricsEvery == 0 {
+                if controls.metricsEvery > 0, step % controls.metricsEvery == 0 {
                     let record = MetricsRecord.step(epoch: trainer.epoch + 1, step: step, totals: trainer.totals, learningRate: optimizer.learningRate)
                     try log.append(record)
-                    try onMetrics(record)
+                    try controls.onMetrics(record)
                 }
-                if shouldStop() {
+                if controls.shouldStop() {
                     try saveLast()
                     stopped = true
                     return false
                 }
-                if let every = checkpointEvery, step % every == 0 { try saveLast() }
+                if let every = controls.checkpointEvery, step % every == 0 { try saveLast() }
                 return true
             }
             guard let summary, !stopped else { throw interrupted() }
@@ -157,11 +197,11 @@ final class CheckpointedRun<Model: Layer> {
             // resume redoes this epoch, drops the log's newer records and writes `best` again.
             let record = MetricsRecord.epoch(summary, step: trainer.step)
             try log.append(record)
-            try onMetrics(record)
+            try controls.onMetrics(record)
             if improved, let best = path(Self.bestFile) { try save(best, false) }
             try saveLast()
             onEpochEnd(summary)
-            if shouldStop() && trainer.epoch < trainer.config.epochs { throw interrupted() }
+            if controls.shouldStop() && trainer.epoch < trainer.config.epochs { throw interrupted() }
         }
         return summaries
     }

@@ -56,38 +56,12 @@ public final class TrainingRun {
     var optimizer: SGD { core.optimizer }
 
     /// Where the run stands, as its checkpoints record it.
-    public var state: TrainingState {
-        var s = base
-        let p = core.progress
-        s.epoch = p.epoch; s.step = p.step
-        s.lastTop1 = p.lastTop1; s.bestTop1 = p.bestTop1; s.bestEpoch = p.bestEpoch
-        s.totals = p.totals.seen > 0 ? p.totals : nil
-        s.data = core.data
-        return s
-    }
+    public var state: TrainingState { base.updated(with: core.progress, data: core.data) }
 
-    /// Also write `last.safetensors` every this many optimizer steps, so a
-    /// kill loses at most that many; resuming continues from the exact step.
-    public var checkpointEvery: Int? {
-        get { core.checkpointEvery }
-        set { core.checkpointEvery = newValue }
-    }
-    /// `metrics.jsonl` gets a record every this many steps (0: per epoch only).
-    public var metricsEvery: Int {
-        get { core.metricsEvery }
-        set { core.metricsEvery = newValue }
-    }
-    /// Polled after every step; when it returns true the run writes
-    /// `last.safetensors` and throws `RunInterrupted` (a signal handler's flag, say).
-    public var shouldStop: () -> Bool {
-        get { core.shouldStop }
-        set { core.shouldStop = newValue }
-    }
-    /// Called with every `metrics.jsonl` record (every `metricsEvery` steps
-    /// and every epoch), with or without a directory.
-    public var onMetrics: (MetricsRecord) throws -> Void {
-        get { core.onMetrics }
-        set { core.onMetrics = newValue }
+    /// Mid-epoch checkpoints, the metrics interval and listener, stop requests.
+    public var controls: RunControls {
+        get { core.controls }
+        set { core.controls = newValue }
     }
 
     /// A fresh run. `directory` (created if needed) must not already hold a run.
@@ -144,15 +118,14 @@ public final class TrainingRun {
             model: model, groups: ParameterGroup.standard(model, weightDecay: wd, exclude: exclude), config: state.config,
             momentum: state.momentum, nesterov: state.nesterov,
             regularizer: mode == .customL2 ? { CustomL2.term(model) * (0.5 * wd) } : nil,
-            progress: RunProgress(epoch: state.epoch, step: state.step, totals: state.totals ?? EpochTotals(),
-                                  lastTop1: state.lastTop1, bestTop1: state.bestTop1, bestEpoch: state.bestEpoch),
+            progress: state.progress,
             data: state.data, origin: origin, directory: directory, reporter: progress)
     }
 
     /// Trains the remaining epochs (or up to epoch `until`), from the exact
     /// step the run stands at, saving checkpoints after each epoch (and every
-    /// `checkpointEvery` steps).
-    /// - Throws: `RunInterrupted` when `shouldStop` stopped it; `ModelError`
+    /// `controls.checkpointEvery` steps).
+    /// - Throws: `RunInterrupted` when `controls.shouldStop` stopped it; `ModelError`
     ///   for a training set other than the one the run started on.
     @discardableResult
     public func run(train: FashionMNIST, validation: FashionMNIST? = nil, test: FashionMNIST?, until: Int? = nil,
@@ -175,3 +148,5 @@ extension TrainingState {
         return s
     }
 }
+
+extension TrainingState: RunRecord {}
