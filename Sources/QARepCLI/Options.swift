@@ -200,6 +200,16 @@ struct SGDOptions: ParsableArguments {
         return s
     }
 
+    /// What these flags ask of a run as it trains: mid-epoch checkpoints,
+    /// TensorBoard event files, and a stop (with a checkpoint) on SIGINT or SIGTERM.
+    func runControls() throws -> RunControls {
+        var controls = RunControls()
+        controls.checkpointEvery = checkpointEvery
+        controls.shouldStop = { StopSignals.isRequested }
+        try attachTensorBoard(tensorboard, to: &controls.onMetrics)
+        return controls
+    }
+
     /// On resume: notes every given flag that contradicts `saved` (`--epochs`
     /// only when `epochsMayChange` is false).
     func compare(with saved: TrainingSettings, epochsMayChange: Bool, _ check: inout ResumeCheck) {

@@ -92,9 +92,7 @@ public struct QAT: ParsableCommand {
             let form = run.model.hasPostBN ? "post-BN kept as a BN" : "fully folded"
             progress.finish("QAT of \(fp32.config.name) \(fp32.config.block.rawValue) (\(form)) for \(options.epochs) epochs, calibrated on \(calibration.count) images")
         }
-        run.controls.checkpointEvery = sgd.checkpointEvery
-        run.controls.shouldStop = { StopSignals.isRequested }
-        try attachTensorBoard(sgd.tensorboard, to: &run.controls.onMetrics)
+        run.controls = try sgd.runControls()
         let summaries = try stoppable(resumeCommand: "qarep qat") { try run.run(train: train, validation: validation, test: test) }
         let fake = evaluate(run.model, on: test)
         var report = Report(top1: fp32Top1, qatTop1: fake.top1, epochs: run.state.epoch, images: test.count,

@@ -85,9 +85,7 @@ public struct Train: ParsableCommand {
             progress.finish("training \(options.model.name) \(options.model.block.rawValue) (\(params) parameters) on \(train.count) images, "
                             + "validating on \(validation?.count ?? 0), testing on \(test.count)")
         }
-        run.controls.checkpointEvery = sgd.checkpointEvery
-        run.controls.shouldStop = { StopSignals.isRequested }
-        try attachTensorBoard(sgd.tensorboard, to: &run.controls.onMetrics)
+        run.controls = try sgd.runControls()
         let summaries = try stoppable(resumeCommand: "qarep train") { try run.run(train: train, validation: validation, test: test) }
         let state = run.state
         return Report(top1: state.lastTop1, bestValidationTop1: state.bestTop1, bestEpoch: state.bestEpoch, epochs: state.epoch, steps: state.step,
