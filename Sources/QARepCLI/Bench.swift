@@ -59,6 +59,7 @@ public struct Bench: ParsableCommand {
             qat[name] = try measureQAT(config)
             inference[name] = try measureInference(config)
         }
+        let handOff = measureHandOff()
         if json {
             let layers = zip(names, rows).map { name, r in
                 Report.Layer(name: name, fwd: r["fwd"]!, sgemm: r["sgemm"]!, fwdbwd: r["fwdbwd"]!, sgemm3: r["sgemm3"]!)
@@ -67,7 +68,8 @@ public struct Bench: ParsableCommand {
                                  inferenceImagesPerSecond: inference, blasCore: BLASCore.name,
                                  floatKernel: "\(FloatKernelPath.best)", integerKernel: "\(IntegerKernelPath.best)",
                                  convForwardVsSgemm: skipLayers ? nil : fwdRatio,
-                                 convForwardBackwardVsSgemm: skipLayers ? nil : bwdRatio, layers: layers))
+                                 convForwardBackwardVsSgemm: skipLayers ? nil : bwdRatio,
+                                 handOffMicroseconds: handOff, layers: layers))
         } else {
             if !skipLayers {
                 print(String(format: "all layers: forward %.0f%% of sgemm, forward+backward %.0f%% of sgemm", 100 * fwdRatio, 100 * bwdRatio))
@@ -85,6 +87,7 @@ public struct Bench: ParsableCommand {
                       + pad(String(format: "%.0f", i["fp32_1"]!), 16) + pad(String(format: "%.0f", i["int8_1"]!), 9)
                       + pad(String(format: "%.2fx", i["int8_1"]! / i["fp32_1"]!), 7))
             }
+            print(String(format: "kernel thread hand-off: %.2f us per parallel job of \(threads) workers", handOff))
         }
     }
 
@@ -102,6 +105,9 @@ public struct Bench: ParsableCommand {
         /// Whole-network conv GFLOP/s over sgemm's on the same GEMMs.
         public var convForwardVsSgemm: Double?
         public var convForwardBackwardVsSgemm: Double?
+        /// Median microseconds of one parallel job that does nothing, on
+        /// `--threads` workers: what each kernel pays to share its work.
+        public var handOffMicroseconds: Double
         public var layers: [Layer]
 
         /// GFLOP/s of one convolution shape: forward, sgemm, forward+backward, 3 sgemms.
@@ -211,6 +217,17 @@ public struct Bench: ParsableCommand {
         let int8One = median { for _ in 0..<singles { _ = engine.logits(one) } }
         return ["fp32_batch": Double(batch) / fp32Batch, "int8_batch": Double(batch) / int8Batch,
                 "fp32_1": Double(singles) / fp32One, "int8_1": Double(singles) / int8One]
+    }
+
+    /// Microseconds per `parallelFor` job whose workers do nothing.
+    func measureHandOff() -> Double {
+        let jobs = 2_000
+        let marks = UnsafeMutablePointer<Int>.allocate(capacity: threads)
+        defer { marks.deallocate() }
+        let perBatch = median {
+            for job in 0..<jobs { parallelFor(threads, threads: threads) { worker, _ in marks[worker] = job } }
+        }
+        return perBatch / Double(jobs) * 1e6
     }
 
     func median(_ body: () -> Void) -> Double {

@@ -277,27 +277,3 @@ struct PixelChunks {
         }
     }
 }
-
-/// Splits `0..<count` into `min(threads, count)` contiguous ranges and calls
-/// `body(worker, range)` for each, concurrently over
-/// `DispatchQueue.concurrentPerform` when there is more than one.
-func parallelFor(_ count: Int, threads: Int, _ body: (_ worker: Int, _ range: Range<Int>) -> Void) {
-    guard count > 0 else { return }
-    let workers = Swift.max(1, Swift.min(threads, count))
-    func run(_ worker: Int) { body(worker, (count * worker / workers)..<(count * (worker + 1) / workers)) }
-    if workers == 1 {
-        run(0)
-    } else {
-        // Workers write disjoint parts of the output and their own scratch,
-        // which the type system cannot see through raw pointers.
-        withoutActuallyEscaping(run) { run in
-            let work = UncheckedSendable(run)
-            DispatchQueue.concurrentPerform(iterations: workers) { work.value($0) }
-        }
-    }
-}
-
-private struct UncheckedSendable<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
-}

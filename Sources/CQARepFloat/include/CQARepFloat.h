@@ -89,6 +89,16 @@ void qarep_f32_gather_patches(const qarep_f32_source *source, const int64_t *pix
 void qarep_f32_to_pixel_major(const float *input, int64_t batch, int64_t channels, int64_t plane,
                               int64_t row_stride, float *output);
 
+/// One spin-wait hint (`pause` on x86): lets a waiting thread yield the
+/// core's pipeline to its sibling and saves power while it polls.
+static inline void qarep_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,4 +1,5 @@
 import Foundation
+import QARepKernels
 
 // Elementwise operations. Binary operations take tensors of the same shape, or
 // a one-element tensor on either side (broadcast as a scalar).
@@ -7,10 +8,12 @@ extension Tensor {
     /// `a + b`.
     public static func + (a: Tensor, b: Tensor) -> Tensor {
         guard a.shape == b.shape else { return binary(a, b, { $0 + $1 }, da: { g, _, _ in g }, db: { g, _, _ in g }) }
-        // The residual sums of every block: a plain loop, and the gradient passes through unchanged.
-        let x = a.data, y = b.data, n = x.count
+        // The residual sums of every block: one vector pass, and the gradient passes through unchanged.
+        let n = a.count
         let out = [Float](unsafeUninitializedCapacity: n) { buf, count in
-            for i in 0..<n { buf[i] = x[i] + y[i] }
+            a.data.withUnsafeBufferPointer { x in
+                b.data.withUnsafeBufferPointer { y in add(x.baseAddress!, y.baseAddress!, into: buf.baseAddress!, count: n) }
+            }
             count = n
         }
         return Tensor.result(out, shape: a.shape, inputs: [a, b]) { g in
@@ -55,17 +58,23 @@ extension Tensor {
 
     /// `max(x, 0)`; the gradient at 0 is 0, as in PyTorch.
     public func relu() -> Tensor {
-        let x = data, n = x.count
+        let n = count
         let out = [Float](unsafeUninitializedCapacity: n) { buf, count in
-            for i in 0..<n { buf[i] = max(x[i], 0) }
+            data.withUnsafeBufferPointer { reluForward($0.baseAddress!, into: buf.baseAddress!, count: n) }
             count = n
         }
         return Tensor.result(out, shape: shape, inputs: [self]) { [self] g in
-            // The masked gradient as a new array: a first gradient needs no zero-filled buffer.
-            accumulateGrad([Float](unsafeUninitializedCapacity: n) { buf, count in
-                for i in 0..<n { buf[i] = out[i] > 0 ? g[i] : 0 }
-                count = n
-            })
+            let first = grad == nil
+            if first { grad = [Float](unsafeUninitializedCapacity: n) { _, count in count = n } }
+            // A first gradient is stored, not added: it needs no zero-filled buffer.
+            grad!.withUnsafeMutableBufferPointer { dx in
+                out.withUnsafeBufferPointer { y in
+                    g.withUnsafeBufferPointer { g in
+                        reluBackward(output: y.baseAddress!, gradient: g.baseAddress!, into: dx.baseAddress!,
+                                     count: n, accumulate: !first)
+                    }
+                }
+            }
         }
     }
 

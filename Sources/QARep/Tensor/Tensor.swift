@@ -1,4 +1,5 @@
 import Foundation
+import QARepKernels
 
 /// A float32 tensor with define-by-run reverse-mode automatic differentiation.
 ///
@@ -79,9 +80,7 @@ public final class Tensor {
             grad = g
         } else {
             grad!.withUnsafeMutableBufferPointer { acc in
-                g.withUnsafeBufferPointer { src in
-                    for i in 0..<acc.count { acc[i] += src[i] }
-                }
+                g.withUnsafeBufferPointer { accumulate($0.baseAddress!, into: acc.baseAddress!, count: acc.count) }
             }
         }
     }
