@@ -21,47 +21,77 @@ public func sumAndSumOfSquares(_ x: UnsafePointer<Float>, count: Int) -> (Float,
     return (a, b)
 }
 
-/// `(sum g, sum g * h)` of `count` floats.
+/// `(sum g', sum g' * h)` of `count` floats, where `h = (x - mean) * invStd`
+/// is recomputed from `x` with the forward pass's arithmetic (so the same
+/// bits as a stored copy) and `g' = g` masked to 0 where `reluOutput <= 0`
+/// when a ReLU output is given.
 @inline(__always)
-public func sumAndDot(_ g: UnsafePointer<Float>, _ h: UnsafePointer<Float>, count: Int) -> (Float, Float) {
+public func sumAndDotNormalized(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int, mean: Float,
+                                invStd: Float, reluOutput: UnsafePointer<Float>?) -> (Float, Float) {
     var s = SIMD16<Float>(), d = SIMD16<Float>()
     var i = 0
+    let zero = SIMD16<Float>()
     while i + 16 <= count {
-        let gv = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD16<Float>.self)
+        var gv = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD16<Float>.self)
+        if let reluOutput { gv = zero.replacing(with: gv, where: UnsafeRawPointer(reluOutput + i).loadUnaligned(as: SIMD16<Float>.self) .> zero) }
+        let h = (UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self) - mean) * invStd
         s += gv
-        d += gv * UnsafeRawPointer(h + i).loadUnaligned(as: SIMD16<Float>.self)
+        d += gv * h
         i += 16
     }
     var a = s.sum(), b = d.sum()
-    while i < count { a += g[i]; b += g[i] * h[i]; i += 1 }
+    while i < count {
+        let gi: Float = reluOutput.map { $0[i] > 0 ? g[i] : 0 } ?? g[i]
+        a += gi; b += gi * ((x[i] - mean) * invStd); i += 1
+    }
     return (a, b)
 }
 
-/// `xhat[i] = (x[i] - mean) * invStd`, `y[i] = xhat[i] * gamma + beta`.
+/// `y[i] = ((x[i] - mean) * invStd) * gamma + beta`, then `max(y, 0)` with `relu`.
 @inline(__always)
 public func normalize(_ x: UnsafePointer<Float>, count: Int, mean: Float, invStd: Float, gamma: Float, beta: Float,
-                      xhat: UnsafeMutablePointer<Float>, y: UnsafeMutablePointer<Float>) {
+                      relu: Bool, y: UnsafeMutablePointer<Float>) {
     var i = 0
+    let zero = SIMD16<Float>()
     while i + 16 <= count {
         let h = (UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self) - mean) * invStd
-        UnsafeMutableRawPointer(xhat + i).storeBytes(of: h, as: SIMD16<Float>.self)
-        UnsafeMutableRawPointer(y + i).storeBytes(of: h * gamma + beta, as: SIMD16<Float>.self)
+        var v = h * gamma + beta
+        if relu { v = v.replacing(with: zero, where: v .< zero) }
+        UnsafeMutableRawPointer(y + i).storeBytes(of: v, as: SIMD16<Float>.self)
         i += 16
     }
-    while i < count { let h = (x[i] - mean) * invStd; xhat[i] = h; y[i] = h * gamma + beta; i += 1 }
+    while i < count { let v = ((x[i] - mean) * invStd) * gamma + beta; y[i] = relu ? max(v, 0) : v; i += 1 }
 }
 
-/// `dx[i] += scale * (g[i] - meanG - h[i] * meanGH)`.
+/// `dx[i] += scale * (g'[i] - meanG - h[i] * meanGH)`, with `h` and `g'` as
+/// in `sumAndDotNormalized`.
 @inline(__always)
-public func addNormalizationGradient(_ g: UnsafePointer<Float>, _ h: UnsafePointer<Float>, count: Int, scale: Float,
+public func addNormalizationGradient(_ g: UnsafePointer<Float>, _ x: UnsafePointer<Float>, count: Int, mean: Float,
+                                     invStd: Float, reluOutput: UnsafePointer<Float>?, scale: Float,
                                      meanG: Float, meanGH: Float, dx: UnsafeMutablePointer<Float>) {
     var i = 0
+    let zero = SIMD16<Float>()
     while i + 16 <= count {
-        let gv = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD16<Float>.self)
-        let hv = UnsafeRawPointer(h + i).loadUnaligned(as: SIMD16<Float>.self)
+        var gv = UnsafeRawPointer(g + i).loadUnaligned(as: SIMD16<Float>.self)
+        if let reluOutput { gv = zero.replacing(with: gv, where: UnsafeRawPointer(reluOutput + i).loadUnaligned(as: SIMD16<Float>.self) .> zero) }
+        let hv = (UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self) - mean) * invStd
         let d = UnsafeRawPointer(dx + i).loadUnaligned(as: SIMD16<Float>.self) + scale * (gv - meanG - hv * meanGH)
         UnsafeMutableRawPointer(dx + i).storeBytes(of: d, as: SIMD16<Float>.self)
         i += 16
     }
-    while i < count { dx[i] += scale * (g[i] - meanG - h[i] * meanGH); i += 1 }
+    while i < count {
+        let gi: Float = reluOutput.map { $0[i] > 0 ? g[i] : 0 } ?? g[i]
+        dx[i] += scale * (gi - meanG - ((x[i] - mean) * invStd) * meanGH); i += 1
+    }
+}
+
+/// `dx[i] += scale * g'[i]` (batch norm in evaluation mode), `g'` as in
+/// `sumAndDotNormalized`.
+@inline(__always)
+public func addScaledGradient(_ g: UnsafePointer<Float>, count: Int, reluOutput: UnsafePointer<Float>?, scale: Float,
+                              dx: UnsafeMutablePointer<Float>) {
+    for i in 0..<count {
+        let gi: Float = reluOutput.map { $0[i] > 0 ? g[i] : 0 } ?? g[i]
+        dx[i] += scale * gi
+    }
 }

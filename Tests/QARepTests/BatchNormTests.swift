@@ -128,3 +128,32 @@ struct BatchNormTests {
         expectClose(bn.scale, [2 / (3 + 1e-5 as Float).squareRoot(), 0.5 / (0.25 + 1e-5 as Float).squareRoot()])
     }
 }
+
+@Suite("Batch norm fused with ReLU")
+struct FusedBatchNormReLUTests {
+    /// Output and the gradients of x, weight and bias for the upstream
+    /// gradient `g`, fused or as batch norm then ReLU.
+    func run(fused: Bool, training: Bool, shape: [Int]) -> [[Float]] {
+        let x = randomTensor(shape, seed: 31)
+        let weight = randomTensor([shape[1]], seed: 32, in: 0.5 ... 1.5)
+        let bias = randomTensor([shape[1]], seed: 33)
+        let rm = randomTensor([shape[1]], seed: 34, requiresGrad: false)
+        let rv = randomTensor([shape[1]], seed: 35, in: 0.5 ... 2, requiresGrad: false)
+        let y = fused
+            ? batchNorm(x, weight: weight, bias: bias, runningMean: rm, runningVar: rv, training: training, relu: true)
+            : batchNorm(x, weight: weight, bias: bias, runningMean: rm, runningVar: rv, training: training).relu()
+        let out = y.data
+        y.backward(gradient: randomFloats(y.count, seed: 36, in: -1 ... 1))
+        return [out, x.grad!, weight.grad!, bias.grad!, rm.data, rv.data]
+    }
+
+    // Bit for bit: the fused pass computes the same expressions in the same order.
+    @Test("the same values, gradients and running statistics as batchNorm then relu, bit for bit",
+          arguments: [true, false], [[4, 3, 5, 7], [2, 16, 9, 9], [6, 5]])
+    func matchesUnfused(_ training: Bool, _ shape: [Int]) {
+        let fused = run(fused: true, training: training, shape: shape)
+        let unfused = run(fused: false, training: training, shape: shape)
+        #expect(fused == unfused)
+        #expect(fused[0].contains(0) && fused[0].contains { $0 > 0 }, "both sides of the ReLU are covered")
+    }
+}

@@ -13,18 +13,32 @@ struct ChannelReductionsTests {
         let (s, ss) = sumAndSumOfSquares(x, count: count)
         #expect(abs(Double(s) - x.reduce(0.0) { $0 + Double($1) }) < 1e-4)
         #expect(abs(Double(ss) - x.reduce(0.0) { $0 + Double($1) * Double($1) }) < 1e-3)
-        let (sg, dot) = sumAndDot(g, x, count: count)
+        // The backward sums recompute xhat = (x - mean) * invStd; with a ReLU
+        // output, the gradient passes only where it is positive.
+        let (mean, invStd): (Float, Float) = (0.25, 2)
+        let xhat = x.map { ($0 - mean) * invStd }
+        let (sg, dot) = sumAndDotNormalized(g, x, count: count, mean: mean, invStd: invStd, reluOutput: nil)
         #expect(abs(Double(sg) - g.reduce(0.0) { $0 + Double($1) }) < 1e-4)
-        #expect(abs(Double(dot) - zip(g, x).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }) < 1e-3)
+        #expect(abs(Double(dot) - zip(g, xhat).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }) < 1e-3)
+        let relu = (0..<count).map { Float($0 % 3) - 1 }
+        let masked = zip(g, relu).map { $1 > 0 ? $0 : 0 }
+        let (msg, mdot) = sumAndDotNormalized(g, x, count: count, mean: mean, invStd: invStd, reluOutput: relu)
+        #expect(abs(Double(msg) - masked.reduce(0.0) { $0 + Double($1) }) < 1e-4)
+        #expect(abs(Double(mdot) - zip(masked, xhat).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }) < 1e-3)
 
-        var xhat = [Float](repeating: .nan, count: count), y = xhat
-        normalize(x, count: count, mean: 0.25, invStd: 2, gamma: 1.5, beta: -0.5, xhat: &xhat, y: &y)
-        for i in 0..<count {
-            #expect(xhat[i] == (x[i] - 0.25) * 2)
-            #expect(y[i] == xhat[i] * 1.5 - 0.5)
+        for fused in [false, true] {
+            var y = [Float](repeating: .nan, count: count)
+            normalize(x, count: count, mean: mean, invStd: invStd, gamma: 1.5, beta: -0.5, relu: fused, y: &y)
+            for i in 0..<count { #expect(y[i] == (fused ? max(xhat[i] * 1.5 - 0.5, 0) : xhat[i] * 1.5 - 0.5)) }
         }
-        var dx = [Float](repeating: 1, count: count)
-        addNormalizationGradient(g, x, count: count, scale: 0.5, meanG: 0.1, meanGH: -0.2, dx: &dx)
-        for i in 0..<count { #expect(dx[i] == 1 + 0.5 * (g[i] - 0.1 - x[i] * -0.2)) }
+        for (mask, gradient) in [(nil, g), (relu, masked)] as [([Float]?, [Float])] {
+            var dx = [Float](repeating: 1, count: count)
+            addNormalizationGradient(g, x, count: count, mean: mean, invStd: invStd, reluOutput: mask, scale: 0.5,
+                                     meanG: 0.1, meanGH: -0.2, dx: &dx)
+            for i in 0..<count { #expect(dx[i] == 1 + 0.5 * (gradient[i] - 0.1 - xhat[i] * -0.2)) }
+            var de = [Float](repeating: 1, count: count)
+            addScaledGradient(g, count: count, reluOutput: mask, scale: 0.5, dx: &de)
+            for i in 0..<count { #expect(de[i] == 1 + 0.5 * gradient[i]) }
+        }
     }
 }

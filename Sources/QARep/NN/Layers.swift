@@ -64,11 +64,14 @@ public final class BatchNorm2d: Module, Layer {
         (0..<channels).map { weight.data[$0] / (runningVar.data[$0] + eps).squareRoot() }
     }
 
-    public func callAsFunction(_ x: Tensor) -> Tensor {
+    public func callAsFunction(_ x: Tensor) -> Tensor { callAsFunction(x, relu: false) }
+
+    /// Batch norm, then ReLU when `relu` is set, in one fused operation.
+    public func callAsFunction(_ x: Tensor, relu: Bool) -> Tensor {
         let batchStatistics = training && !freezeStatistics
         if batchStatistics { numBatchesTracked += 1 }
         return batchNorm(x, weight: weight, bias: bias, runningMean: runningMean, runningVar: runningVar,
-                         training: batchStatistics, momentum: momentum, eps: eps)
+                         training: batchStatistics, momentum: momentum, eps: eps, relu: relu)
     }
 }
 

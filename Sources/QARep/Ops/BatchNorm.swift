@@ -7,10 +7,13 @@ import QARepKernels
 /// `running = (1 - momentum) * running + momentum * batchStat`, where the
 /// variance stored is the unbiased one (`* M / (M - 1)`, M = N*H*W).
 /// Evaluation: normalizes with the running statistics.
-/// `y = (x - mean) / sqrt(var + eps) * weight + bias`.
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias`, then `max(y, 0)` with
+/// `relu`: the same values and gradients as `batchNorm(...).relu()`, in one
+/// pass less each way. The backward pass recomputes the normalized input
+/// from `x` (same arithmetic, same bits) rather than keeping a copy.
 public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
                       runningMean: Tensor, runningVar: Tensor,
-                      training: Bool, momentum: Float = 0.1, eps: Float = 1e-5) -> Tensor {
+                      training: Bool, momentum: Float = 0.1, eps: Float = 1e-5, relu: Bool = false) -> Tensor {
     precondition(x.rank == 4 || x.rank == 2, "batchNorm input must be [N, C, H, W] or [N, C], got \(x.shape)")
     let (N, C) = (x.shape[0], x.shape[1])
     let P = x.rank == 4 ? x.shape[2] * x.shape[3] : 1
@@ -60,17 +63,14 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
     }
 
     let gamma = weight.data, beta = bias.data
-    var xhat = [Float](unsafeUninitializedCapacity: total) { _, n in n = total }
     let y = [Float](unsafeUninitializedCapacity: total) { yp, count in
         xd.withUnsafeBufferPointer { xp in
-            xhat.withUnsafeMutableBufferPointer { hp in
-                parallelChunks(C, work: total) { channels in
-                    for c in channels {
-                        for n in 0..<N {
-                            let base = (n * C + c) * P
-                            normalize(xp.baseAddress! + base, count: P, mean: mean[c], invStd: invStd[c], gamma: gamma[c],
-                                      beta: beta[c], xhat: hp.baseAddress! + base, y: yp.baseAddress! + base)
-                        }
+            parallelChunks(C, work: total) { channels in
+                for c in channels {
+                    for n in 0..<N {
+                        let base = (n * C + c) * P
+                        normalize(xp.baseAddress! + base, count: P, mean: mean[c], invStd: invStd[c], gamma: gamma[c],
+                                  beta: beta[c], relu: relu, y: yp.baseAddress! + base)
                     }
                 }
             }
@@ -81,16 +81,19 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
     return Tensor.result(y, shape: x.shape, inputs: [x, weight, bias]) { g in
         // Per-channel sums of g and g * xhat, channels shared among the threads.
         var sumG = [Double](repeating: 0, count: C), sumGH = [Double](repeating: 0, count: C)
-        g.withUnsafeBufferPointer { gp in
-            xhat.withUnsafeBufferPointer { hp in
-                sumG.withUnsafeMutableBufferPointer { sg in
-                    sumGH.withUnsafeMutableBufferPointer { sgh in
-                        parallelChunks(C, work: total) { channels in
-                            for c in channels {
-                                for n in 0..<N {
-                                    let base = (n * C + c) * P
-                                    let (a, b) = sumAndDot(gp.baseAddress! + base, hp.baseAddress! + base, count: P)
-                                    sg[c] += Double(a); sgh[c] += Double(b)
+        withReLUOutput(relu ? y : nil) { mask in
+            g.withUnsafeBufferPointer { gp in
+                xd.withUnsafeBufferPointer { xp in
+                    sumG.withUnsafeMutableBufferPointer { sg in
+                        sumGH.withUnsafeMutableBufferPointer { sgh in
+                            parallelChunks(C, work: total) { channels in
+                                for c in channels {
+                                    for n in 0..<N {
+                                        let base = (n * C + c) * P
+                                        let (a, b) = sumAndDotNormalized(gp.baseAddress! + base, xp.baseAddress! + base, count: P,
+                                                                         mean: mean[c], invStd: invStd[c], reluOutput: mask.map { $0 + base })
+                                        sg[c] += Double(a); sgh[c] += Double(b)
+                                    }
                                 }
                             }
                         }
@@ -102,20 +105,25 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
         if bias.requiresGrad { bias.accumulateGrad { db in for c in 0..<C { db[c] += Float(sumG[c]) } } }
         guard x.requiresGrad else { return }
         x.accumulateGrad { dx in
-            g.withUnsafeBufferPointer { gp in
-                xhat.withUnsafeBufferPointer { hp in
-                    parallelChunks(C, work: total) { channels in
-                        for c in channels {
-                            let scale = gamma[c] * invStd[c]
-                            for n in 0..<N {
-                                let base = (n * C + c) * P
-                                if training {
-                                    // dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat))
-                                    addNormalizationGradient(gp.baseAddress! + base, hp.baseAddress! + base, count: P,
-                                                             scale: scale, meanG: Float(sumG[c] / Double(M)),
-                                                             meanGH: Float(sumGH[c] / Double(M)), dx: dx.baseAddress! + base)
-                                } else {
-                                    for i in base..<(base + P) { dx[i] += scale * gp[i] }
+            withReLUOutput(relu ? y : nil) { mask in
+                g.withUnsafeBufferPointer { gp in
+                    xd.withUnsafeBufferPointer { xp in
+                        parallelChunks(C, work: total) { channels in
+                            for c in channels {
+                                let scale = gamma[c] * invStd[c]
+                                for n in 0..<N {
+                                    let base = (n * C + c) * P
+                                    if training {
+                                        // dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat))
+                                        addNormalizationGradient(gp.baseAddress! + base, xp.baseAddress! + base, count: P,
+                                                                 mean: mean[c], invStd: invStd[c],
+                                                                 reluOutput: mask.map { $0 + base }, scale: scale,
+                                                                 meanG: Float(sumG[c] / Double(M)),
+                                                                 meanGH: Float(sumGH[c] / Double(M)), dx: dx.baseAddress! + base)
+                                    } else {
+                                        addScaledGradient(gp.baseAddress! + base, count: P, reluOutput: mask.map { $0 + base },
+                                                          scale: scale, dx: dx.baseAddress! + base)
+                                    }
                                 }
                             }
                         }
@@ -124,4 +132,11 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
             }
         }
     }
+}
+
+/// Runs `body` with a pointer to the ReLU output whose positive entries let
+/// the gradient through, or nil when there is no ReLU.
+private func withReLUOutput<R>(_ y: [Float]?, _ body: (UnsafePointer<Float>?) -> R) -> R {
+    guard let y else { return body(nil) }
+    return y.withUnsafeBufferPointer { body($0.baseAddress!) }
 }

@@ -42,7 +42,7 @@ public final class QuantConvUnit: Module, Layer {
             let t = postBNScale(bn)
             let y = conv2d(xq, weight: weightQuant(scaleChannels(conv.weight, by: t)), stride: conv.stride, padding: conv.padding)
             let invT = Tensor(repeating: 1, shape: [bn.channels]) / t
-            return bn(channelAffine(y, scale: invT, shift: conv.bias)).relu()
+            return bn(channelAffine(y, scale: invT, shift: conv.bias), relu: true)
         }
         // Running statistics (or no BN): exactly the deployed convolution.
         let (wq, bq) = deployedTensors()

@@ -40,7 +40,7 @@ public final class RepVGGBlock: Module, Layer {
     public func callAsFunction(_ x: Tensor) -> Tensor {
         var y = dense(x) + pointwise(x)
         if hasIdentity { y = y + (identityBN.map { $0(x) } ?? x) }
-        if let postBN { y = postBN(y) }
+        if let postBN { return postBN(y, relu: true) }
         return y.relu()
     }
 }
