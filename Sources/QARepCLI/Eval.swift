@@ -44,12 +44,14 @@ public struct Eval: ParsableCommand {
         let test = try data.test()
         if let int8 {
             let model = try Int8Model.read(from: int8)
+            try data.check(test, fits: model.config, model: int8)
             let result = evaluate(model, on: test, keepLogits: logitsOut != nil)
             if let logitsOut { try writeNumPy(result.logits!, rows: result.count, columns: model.head.classes, to: logitsOut) }
             return Report(images: result.count, config: model.config.name, block: model.config.block.rawValue, form: "int8",
                           int8Top1: result.top1)
         }
         let net = try model.load(checkpoint!)
+        try data.check(test, fits: net.config, model: checkpoint!)
         let foldHere = deploy && !net.isDeployed
         let result = net.isDeployed ? evaluate(try DeployedEngine(net), on: test, keepLogits: logitsOut != nil)
                                     : evaluate(net, on: test, keepLogits: logitsOut != nil && !foldHere)

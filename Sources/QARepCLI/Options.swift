@@ -5,7 +5,12 @@ import QARepKernels
 
 /// Where the data is and how much of it to use.
 struct DataOptions: ParsableArguments {
-    @Option(name: .customLong("data-root"), help: "Directory with the Fashion-MNIST IDX files, gzipped or not (default \(FashionMNIST.defaultRoot)).")
+    @Option(help: "Dataset: fashion-mnist (IDX files) or cifar10 (the binary version's .bin files) (default fashion-mnist).")
+    var dataset: DatasetName?
+    @Option(name: .customLong("data-root"), help: """
+        Directory with the dataset's files (default \(FashionMNIST.defaultRoot) for fashion-mnist, \
+        ./\(CIFAR10.defaultRoot) for cifar10).
+        """)
     var givenRoot: String?
     @Option(help: "Use only the first N training images.") var trainLimit: Int?
     @Option(help: "Use only the first N test images.") var testLimit: Int?
@@ -15,11 +20,25 @@ struct DataOptions: ParsableArguments {
         if let n = testLimit, n <= 0 { throw ValidationError("--test-limit must be positive, got \(n)") }
     }
 
-    var dataRoot: String { givenRoot ?? FashionMNIST.defaultRoot }
+    var datasetName: DatasetName { dataset ?? .fashionMNIST }
+    var dataRoot: String { givenRoot ?? datasetName.defaultRoot }
 
-    func train() throws -> FashionMNIST { try FashionMNIST.load(split: .train, root: dataRoot, limit: trainLimit) }
-    func test() throws -> FashionMNIST { try FashionMNIST.load(split: .test, root: dataRoot, limit: testLimit) }
+    func train(limit: Int? = nil) throws -> any Dataset { try datasetName.load(.train, root: dataRoot, limit: limit ?? trainLimit) }
+    func test() throws -> any Dataset { try datasetName.load(.test, root: dataRoot, limit: testLimit) }
+
+    /// Refuses data the model cannot take: other input channels or more classes.
+    func check(_ data: any Dataset, fits config: ModelConfig, model: String) throws {
+        guard data.channels == config.inChannels else {
+            throw CommandError("\(model) takes \(config.inChannels)-channel images; \(datasetName.rawValue) has \(data.channels) "
+                               + "(use the --dataset it was trained on)")
+        }
+        guard data.classCount <= config.classes else {
+            throw CommandError("\(model) has \(config.classes) classes; \(datasetName.rawValue) has \(data.classCount)")
+        }
+    }
 }
+
+extension DatasetName: ExpressibleByArgument {}
 
 /// The data of a training run: `DataOptions` plus the validation split.
 struct RunDataOptions: ParsableArguments {
@@ -36,14 +55,14 @@ struct RunDataOptions: ParsableArguments {
     }
 
     /// The training images, split into training and validation parts, and the test images.
-    func load() throws -> (train: FashionMNIST, validation: FashionMNIST?, test: FashionMNIST, origin: DataOrigin) {
+    func load() throws -> (train: any Dataset, validation: (any Dataset)?, test: any Dataset, origin: DataOrigin) {
         let all = try data.train()
         let held = valSplit ?? (all.count >= 50_000 ? 5000 : all.count / 10)
         guard held < all.count else {
             throw CommandError("--val-split \(held) leaves no training images out of \(all.count)")
         }
         // An absolute path, so that a resume from another directory finds the same files.
-        let origin = DataOrigin(root: absolutePath(data.dataRoot), trainLimit: data.trainLimit, testLimit: data.testLimit,
+        let origin = DataOrigin(dataset: data.datasetName, root: absolutePath(data.dataRoot), trainLimit: data.trainLimit, testLimit: data.testLimit,
                                 validationImages: held)
         let train = held == 0 ? all : all.subset(0..<(all.count - held))
         let validation = held == 0 ? nil : all.subset((all.count - held)..<all.count)
@@ -53,11 +72,14 @@ struct RunDataOptions: ParsableArguments {
     /// On resume: the saved run's data, refusing flags that contradict it.
     func resumed(from saved: DataOrigin?, _ check: inout ResumeCheck) -> RunDataOptions {
         guard let saved else { return self }
+        // Runs saved before --dataset existed trained on Fashion-MNIST.
+        check.compare("--dataset", data.dataset?.rawValue, (saved.dataset ?? .fashionMNIST).rawValue)
         check.compare("--data-root", data.givenRoot.map(absolutePath), saved.root)
         check.compare("--train-limit", data.trainLimit, saved.trainLimit)
         check.compare("--test-limit", data.testLimit, saved.testLimit)
         check.compare("--val-split", valSplit, saved.validationImages)
         var d = self
+        d.data.dataset = saved.dataset ?? .fashionMNIST
         d.data.givenRoot = saved.root; d.data.trainLimit = saved.trainLimit; d.data.testLimit = saved.testLimit
         d.valSplit = saved.validationImages ?? 0
         return d
@@ -120,7 +142,10 @@ enum ConfigName: String, ExpressibleByArgument, CaseIterable, Codable {
     case a0Half = "a0-half"
     case a0
 
-    func config(block: BlockKind) throws -> ModelConfig { try ModelConfig.named(rawValue, block: block) }
+    /// The named config for images with `inChannels` channels and `classes` classes.
+    func config(block: BlockKind, inChannels: Int = 1, classes: Int = 10) throws -> ModelConfig {
+        try ModelConfig.named(rawValue, block: block, classes: classes, inChannels: inChannels)
+    }
 }
 
 extension BlockKind: ExpressibleByArgument {}

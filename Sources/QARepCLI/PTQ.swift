@@ -43,8 +43,9 @@ public struct PTQ: ParsableCommand {
     public func execute() throws -> Report {
         runtime.apply()
         let net = try model.load(checkpoint)
-        let calibration = try FashionMNIST.load(split: .train, root: data.dataRoot, limit: quantization.calibrationImages)
+        let calibration = try data.train(limit: quantization.calibrationImages)
         let test = try data.test()
+        try data.check(test, fits: net.config, model: checkpoint)
         let qconfig = quantization.qconfig
         runtime.progress.finish("calibrating \(qconfig.calibrator) on \(calibration.count) training images")
         let quantized = try postTrainingQuantize(net, calibration: calibration, qconfig: qconfig)

@@ -59,7 +59,7 @@ public struct QAT: ParsableCommand {
     /// - Throws: `ExitWithMessage` when a signal stopped the run (after its checkpoint).
     public func execute() throws -> Report {
         let progress = runtime.progress
-        let run: QATRun, train: FashionMNIST, validation: FashionMNIST?, test: FashionMNIST
+        let run: QATRun, train: any Dataset, validation: (any Dataset)?, test: any Dataset
         var fp32Top1: Double?
         if let resume {
             let (state, _) = try QATRun.savedState(in: resume)
@@ -79,6 +79,7 @@ public struct QAT: ParsableCommand {
             let origin: DataOrigin
             (train, validation, test, origin) = try data.load()
             let fp32 = try model.load(from!)
+            try data.data.check(train, fits: fp32.config, model: from!)
             fp32Top1 = evaluate(fp32, on: test).top1
             var options = QATOptions()
             options.settings = sgd.settings(Self.defaults)

@@ -48,7 +48,8 @@ public struct Quickstart: ParsableCommand {
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
 
         progress.finish("1/5 training tiny QARepVGG (FP32, multi-branch) for \(epochs) epoch(s) on \(train.count) images")
-        var options = TrainingRunOptions(model: try ConfigName.tiny.config(block: .qarepvgg), epochs: epochs)
+        var options = TrainingRunOptions(model: try ConfigName.tiny.config(block: .qarepvgg, inChannels: train.channels,
+                                                                         classes: train.classCount), epochs: epochs)
         options.batchSize = 64
         options.learningRate = 0.1
         let fp32Run = try TrainingRun(options: options, trainImages: train.count, directory: path("fp32"), progress: progress)

@@ -58,7 +58,7 @@ public struct Train: ParsableCommand {
     /// - Throws: `ExitWithMessage` when a signal stopped the run (after its checkpoint).
     public func execute() throws -> Report {
         let progress = runtime.progress
-        let run: TrainingRun, train: FashionMNIST, validation: FashionMNIST?, test: FashionMNIST
+        let run: TrainingRun, train: any Dataset, validation: (any Dataset)?, test: any Dataset
         if let resume {
             let saved = try TrainingRun.checkpointToResume(in: resume)
             guard let state = saved.training else { throw CommandError("\(saved.source): not a training checkpoint (no training state to resume)") }
@@ -77,7 +77,10 @@ public struct Train: ParsableCommand {
             runtime.apply()
             let origin: DataOrigin
             (train, validation, test, origin) = try data.load()
-            var options = TrainingRunOptions(model: try (config ?? .tiny).config(block: block ?? .qarepvgg), epochs: 1)
+            // The model takes its input channels and classes from the data.
+            let modelConfig = try (config ?? .tiny).config(block: block ?? .qarepvgg, inChannels: train.channels,
+                                                           classes: train.classCount)
+            var options = TrainingRunOptions(model: modelConfig, epochs: 1)
             options.settings = sgd.settings(Self.defaults)
             options.weightDecayMode = weightDecayMode ?? .l2
             run = try TrainingRun(options: options, trainImages: train.count, directory: out, dataOrigin: origin, progress: progress)

@@ -65,11 +65,13 @@ struct GraphBuilder {
     }
 
     /// A float tensor value with a symbolic batch dimension `N`.
-    static func floatValue(_ name: String, dims: [Int?]) -> Onnx_ValueInfoProto {
+    /// A float value's declaration; a nil dimension is symbolic, named by
+    /// `symbols` at its index (`N` for the batch by default).
+    static func floatValue(_ name: String, dims: [Int?], symbols: [Int: String] = [:]) -> Onnx_ValueInfoProto {
         var shape = Onnx_TensorShapeProto()
-        shape.dim = dims.map { d in
+        shape.dim = dims.enumerated().map { i, d in
             var dim = Onnx_TensorShapeProto.Dimension()
-            if let d { dim.dimValue = Int64(d) } else { dim.dimParam = "N" }
+            if let d { dim.dimValue = Int64(d) } else { dim.dimParam = symbols[i] ?? "N" }
             return dim
         }
         var tensorType = Onnx_TypeProto.Tensor()

@@ -13,10 +13,16 @@ import SwiftProtobuf
 ///   into integer kernels.
 /// - `fp32(_:)`: the deployed float network (Conv with bias, Relu, ...).
 ///
-/// The graph input is `input` `[N, C, 28, 28]` float (normalized images), the
-/// output `logits` `[N, classes]`.
+/// The graph input is `input` `[N, C, H, W]` float (normalized images; the
+/// networks end in a global average pool, so H and W are symbolic: 28x28 for
+/// Fashion-MNIST, 32x32 for CIFAR-10), the output `logits` `[N, classes]`.
 public enum ONNXExport {
     public static let opset: Int64 = 13
+
+    /// The graph input: a batch of `channels`-channel images of any size.
+    static func imageInput(channels: Int) -> Onnx_ValueInfoProto {
+        GraphBuilder.floatValue("input", dims: [nil, channels, nil, nil], symbols: [0: "N", 2: "H", 3: "W"])
+    }
 
     /// The INT8 model as a QDQ graph.
     public static func int8(_ model: Int8Model) throws -> Data {
@@ -62,7 +68,7 @@ public enum ONNXExport {
         let bdq = g.node("DequantizeLinear", [b, bs, bz], name: "linear.bias.dequantize", ["axis": .int(0)])
         g.node("Gemm", [x, wdq, bdq], name: "linear", output: "logits", ["transB": .int(1)])
         let onnx = g.model(name: "qarep-\(model.config.name)-\(model.config.block.rawValue)-int8",
-                           input: GraphBuilder.floatValue("input", dims: [nil, model.convs[0].inChannels, 28, 28]),
+                           input: imageInput(channels: model.convs[0].inChannels),
                            output: GraphBuilder.floatValue("logits", dims: [nil, h.classes]),
                            docString: "QARep INT8 model in QDQ form (int8 per-channel weights, int32 biases, \(signed ? "int8 symmetric" : "uint8 asymmetric") activations)")
         return try onnx.serializedData()
@@ -87,7 +93,7 @@ public enum ONNXExport {
         let lb = g.floats("linear.bias", deployed.linear.bias!.data, dims: deployed.linear.bias!.shape)
         g.node("Gemm", [x, lw, lb], name: "linear", output: "logits", ["transB": .int(1)])
         let onnx = g.model(name: "qarep-\(model.config.name)-\(model.config.block.rawValue)-fp32",
-                           input: GraphBuilder.floatValue("input", dims: [nil, model.config.inChannels, 28, 28]),
+                           input: imageInput(channels: model.config.inChannels),
                            output: GraphBuilder.floatValue("logits", dims: [nil, model.config.classes]),
                            docString: "QARep deployed FP32 model (every block folded into one 3x3 convolution)")
         return try onnx.serializedData()

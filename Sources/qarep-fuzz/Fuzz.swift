@@ -21,6 +21,8 @@ enum FuzzTarget: String, CaseIterable {
     case int8
     /// `QATRun.loadModel`: a QAT checkpoint's state, tensors and observers.
     case qat
+    /// `CIFAR10.load`: a binary-version batch file (label + 3x32x32 records).
+    case cifar10
 
     /// Runs one input; errors are the expected outcome for most inputs.
     /// Returns whether the reader accepted it.
@@ -44,6 +46,10 @@ enum FuzzTarget: String, CaseIterable {
         case .qat:
             guard let file = try? SafeTensorsFile(parsing: bytes, source: "fuzz") else { return false }
             return (try? QATRun.loadModel(file, name: "fuzz")) != nil
+        case .cifar10:
+            let dir = FuzzTarget.scratch
+            _ = FileManager.default.createFile(atPath: dir + "/" + CIFAR10.testFile, contents: Data(bytes))
+            return (try? CIFAR10.load(split: .test, root: dir)) != nil
         }
     }
 

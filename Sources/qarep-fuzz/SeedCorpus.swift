@@ -47,5 +47,9 @@ enum SeedCorpus {
         let idx = try directory(.idx)
         try Data(bigEndian([0x0803, 2, 4, 4]) + (0..<32).map { UInt8($0 * 7 % 256) }).write(to: URL(fileURLWithPath: idx + "/images"))
         try Data(bigEndian([0x0801, 3]) + [1, 2, 9]).write(to: URL(fileURLWithPath: idx + "/labels"))
+
+        // CIFAR-10: two records (labels 3 and 8) of a 3x32x32 gradient.
+        let record = { (label: UInt8) in [label] + (0..<3072).map { UInt8(($0 * 5 + Int(label)) % 256) } }
+        try Data(record(3) + record(8)).write(to: URL(fileURLWithPath: try directory(.cifar10) + "/" + CIFAR10.testFile))
     }
 }

@@ -29,6 +29,10 @@ struct FuzzCorpusTests {
         for f in try seeds("int8") { #expect(throws: Never.self) { _ = try Int8Model.read(from: f) } }
         for f in try seeds("qat") { #expect(throws: Never.self) { _ = try QATRun.loadModel(from: f) } }
     }
+
+    @Test("the CIFAR-10 seed is a valid test batch") func cifar10() throws {
+        #expect(try CIFAR10.load(split: .test, root: corpus + "/cifar10").labels == [3, 8])
+    }
 }
 
 /// Inputs that once crashed a reader (found by fuzzing or crafted after it):

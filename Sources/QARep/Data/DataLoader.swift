@@ -48,10 +48,11 @@ public struct Batch: Sendable {
 /// epoch boundary sees exactly the batches it would have seen.
 ///
 /// Augmentation (when `augment` is true), per sample: pad the raw image with
-/// 2 pixels of 0 on each side, take a random `height x width` crop of the
-/// padded image (offsets uniform in 0...4 both ways), then flip it
-/// horizontally with probability 1/2. Normalisation comes after, so padding
-/// pixels become `(0 - mean) / std`.
+/// `dataset.cropPadding` pixels of 0 on each side (2 for Fashion-MNIST), take
+/// a random `height x width` crop of the padded image (offsets uniform in
+/// 0...2p both ways), then flip it horizontally with probability 1/2; every
+/// channel gets the same crop and flip. Normalisation comes after, per
+/// channel, so padding pixels become `(0 - mean[c]) / std[c]`.
 ///
 /// ```swift
 /// let loader = DataLoader(dataset: train, batchSize: 128, shuffle: true, augment: true, seed: 42)
@@ -59,7 +60,7 @@ public struct Batch: Sendable {
 /// ```
 public final class DataLoader: Sendable {
     /// The samples.
-    public let dataset: FashionMNIST
+    public let dataset: any Dataset
     /// Samples per batch (the last batch may be smaller unless `dropLast`).
     public let batchSize: Int
     /// Whether each epoch visits the samples in a new random order.
@@ -74,10 +75,7 @@ public final class DataLoader: Sendable {
     /// each batch on the caller's thread inside `next()`.
     public let prefetch: Int
 
-    /// Zero padding, in pixels, around an image before the random crop.
-    public static let cropPadding = 2
-
-    /// Raw byte -> normalised float.
+    /// Raw byte -> normalised float, 256 entries per channel.
     private let normalized: [Float]
 
     /// Creates a loader.
@@ -87,12 +85,12 @@ public final class DataLoader: Sendable {
     ///   - batchSize: samples per batch, > 0.
     ///   - shuffle: visit samples in a random order that changes every epoch
     ///     (otherwise in dataset order).
-    ///   - augment: random crop with 2-pixel zero padding and horizontal flip.
+    ///   - augment: random crop with `dataset.cropPadding` pixels of zero padding and horizontal flip.
     ///   - seed: base seed; with the epoch it fixes every random choice.
     ///   - dropLast: skip a final batch smaller than `batchSize`.
     ///   - prefetch: ready batches buffered by the background producer, >= 0
     ///     (0: no background thread).
-    public init(dataset: FashionMNIST, batchSize: Int, shuffle: Bool, augment: Bool, seed: UInt64,
+    public init(dataset: any Dataset, batchSize: Int, shuffle: Bool, augment: Bool, seed: UInt64,
                 dropLast: Bool = false, prefetch: Int = 2) {
         precondition(batchSize > 0, "DataLoader: batchSize must be positive, got \(batchSize)")
         precondition(prefetch >= 0, "DataLoader: prefetch must be >= 0, got \(prefetch)")
@@ -103,7 +101,7 @@ public final class DataLoader: Sendable {
         self.seed = seed
         self.dropLast = dropLast
         self.prefetch = prefetch
-        self.normalized = (0...255).map { FashionMNIST.normalize(UInt8($0)) }
+        self.normalized = (0..<dataset.channels).flatMap { c in (0...255).map { dataset.normalize(UInt8($0), channel: c) } }
     }
 
     /// Number of batches in one epoch: `count / batchSize`, rounded up unless
@@ -153,26 +151,29 @@ public final class DataLoader: Sendable {
     func makeBatch(index: Int, order: [Int], augmentSeed: UInt64) -> Batch {
         let start = index * batchSize
         let indices = Array(order[start ..< min(start + batchSize, order.count)])
-        let height = dataset.height, width = dataset.width
-        let pixelsPerImage = height * width
+        let height = dataset.height, width = dataset.width, channels = dataset.channels
+        let plane = height * width, pixelsPerImage = channels * plane, pad = dataset.cropPadding
         var images = [Float](repeating: 0, count: indices.count * pixelsPerImage)
         var rng = SplitMix64.stream(seed: augmentSeed, index: UInt64(index))
 
-        normalized.withUnsafeBufferPointer { lut in
+        normalized.withUnsafeBufferPointer { luts in
             dataset.images.withUnsafeBufferPointer { source in
                 images.withUnsafeMutableBufferPointer { out in
                     for (n, sample) in indices.enumerated() {
-                        let src = UnsafeBufferPointer(rebasing: source[sample * pixelsPerImage ..< (sample + 1) * pixelsPerImage])
-                        let dst = UnsafeMutableBufferPointer(rebasing: out[n * pixelsPerImage ..< (n + 1) * pixelsPerImage])
-                        if augment {
-                            let pad = DataLoader.cropPadding
-                            // Fixed draw order per sample: dy, dx, flip.
-                            let dy = rng.uniform(below: 2 * pad + 1) - pad
-                            let dx = rng.uniform(below: 2 * pad + 1) - pad
-                            let flip = rng.next() & 1 == 1
-                            Self.cropFlip(src, into: dst, height: height, width: width, dy: dy, dx: dx, flip: flip, lut: lut)
-                        } else {
-                            for i in 0 ..< pixelsPerImage { dst[i] = lut[Int(src[i])] }
+                        // Fixed draw order per sample: dy, dx, flip; one draw for all channels.
+                        let dy = augment ? rng.uniform(below: 2 * pad + 1) - pad : 0
+                        let dx = augment ? rng.uniform(below: 2 * pad + 1) - pad : 0
+                        let flip = augment && rng.next() & 1 == 1
+                        for c in 0..<channels {
+                            let first = sample * pixelsPerImage + c * plane, to = n * pixelsPerImage + c * plane
+                            let src = UnsafeBufferPointer(rebasing: source[first ..< first + plane])
+                            let dst = UnsafeMutableBufferPointer(rebasing: out[to ..< to + plane])
+                            let lut = UnsafeBufferPointer(rebasing: luts[(c * 256) ..< (c * 256 + 256)])
+                            if augment {
+                                Self.cropFlip(src, into: dst, height: height, width: width, dy: dy, dx: dx, flip: flip, lut: lut)
+                            } else {
+                                for i in 0 ..< plane { dst[i] = lut[Int(src[i])] }
+                            }
                         }
                     }
                 }
@@ -180,7 +181,7 @@ public final class DataLoader: Sendable {
         }
         let labels = indices.map { Int32(dataset.labels[$0]) }
         return Batch(images: images, labels: labels, indices: indices,
-                     channels: 1, height: height, width: width)
+                     channels: channels, height: height, width: width)
     }
 
     /// `dst(y, x) = lut[src(y + dy, x' + dx)]` with `x' = flip ? width-1-x : x`,

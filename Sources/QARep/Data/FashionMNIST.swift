@@ -5,7 +5,7 @@ import Foundation
 ///
 /// Pixels are kept as raw bytes; `DataLoader` normalises them per batch with
 /// `mean` and `std`.
-public struct FashionMNIST: Sendable {
+public struct FashionMNIST: Dataset {
     /// Where Debian's `dataset-fashion-mnist` package installs the files.
     public static let defaultRoot = "/usr/share/datasets/fashion-mnist"
 
@@ -23,35 +23,25 @@ public struct FashionMNIST: Sendable {
         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
     ]
 
-    /// Which half of the dataset to load.
-    public enum Split: String, Sendable, CaseIterable {
-        /// 60,000 images, files `train-*`.
-        case train
-        /// 10,000 images, files `t10k-*`.
-        case test
-
-        /// The file-name prefix of this split (`train` or `t10k`).
-        public var filePrefix: String {
-            switch self {
-            case .train: "train"
-            case .test: "t10k"
-            }
-        }
-    }
+    /// Which half of the dataset to load: `train` (60,000 images, files
+    /// `train-*`) or `test` (10,000 images, files `t10k-*`).
+    public typealias Split = DatasetSplit
 
     /// Raw pixels, `count * channels * height * width` bytes, sample-major
     /// then row-major (NCHW with C = 1).
     public let images: [UInt8]
     /// One label in `0..<classCount` per image.
     public let labels: [UInt8]
-    /// Number of samples.
-    public let count: Int
     /// Image height in pixels (28 for the real data).
     public let height: Int
     /// Image width in pixels (28 for the real data).
     public let width: Int
     /// Channels per image: always 1 (grey).
     public var channels: Int { 1 }
+    public var classCount: Int { Self.classCount }
+    public var channelMeans: [Float] { [Self.mean] }
+    public var channelStds: [Float] { [Self.std] }
+    public var cropPadding: Int { 2 }
 
     /// Creates a dataset from raw pixels and labels, for example a tiny
     /// synthetic one in a test.
@@ -70,7 +60,6 @@ public struct FashionMNIST: Sendable {
                      "FashionMNIST: labels must be < \(FashionMNIST.classCount)")
         self.images = images
         self.labels = labels
-        self.count = labels.count
         self.height = height
         self.width = width
     }
@@ -95,8 +84,8 @@ public struct FashionMNIST: Sendable {
         if let limit, limit < 0 {
             throw DataError(path: root, reason: "sample limit must be >= 0, got \(limit)")
         }
-        let imagesPath = try locate("\(split.filePrefix)-images-idx3-ubyte", in: root)
-        let labelsPath = try locate("\(split.filePrefix)-labels-idx1-ubyte", in: root)
+        let imagesPath = try locate("\(filePrefix(split))-images-idx3-ubyte", in: root)
+        let labelsPath = try locate("\(filePrefix(split))-labels-idx1-ubyte", in: root)
 
         let images = try IDX.readImages(at: imagesPath)
         guard images.rows == 28, images.cols == 28 else {
@@ -136,10 +125,12 @@ public struct FashionMNIST: Sendable {
     private init(validatedImages images: [UInt8], labels: [UInt8], height: Int, width: Int) {
         self.images = images
         self.labels = labels
-        self.count = labels.count
         self.height = height
         self.width = width
     }
+
+    /// The file-name prefix of a split (`train` or `t10k`).
+    private static func filePrefix(_ split: Split) -> String { split == .train ? "train" : "t10k" }
 
     /// `root/name` if it exists, else `root/name.gz` if that exists.
     private static func locate(_ name: String, in root: String) throws -> String {

@@ -163,7 +163,7 @@ public final class Int8Engine {
 }
 
 /// Evaluates an INT8 model on the integer engine.
-public func evaluate(_ model: Int8Model, on dataset: FashionMNIST, batchSize: Int = 256, keepLogits: Bool = false) -> Evaluation {
+public func evaluate(_ model: Int8Model, on dataset: any Dataset, batchSize: Int = 256, keepLogits: Bool = false) -> Evaluation {
     let engine = try! Int8Engine(model)  // models reach here validated (convert or read)
     return evaluate(on: dataset, batchSize: batchSize, keepLogits: keepLogits) { engine.logits($0) }
 }

@@ -8,7 +8,7 @@
 ///   - qconfig: schemes and the activation calibrator (`.minmax` by default).
 /// - Returns: the calibrated fake-quantized model, in evaluation mode, ready
 ///   for `convertToInt8()`.
-public func postTrainingQuantize(_ model: RepVGGNet, calibration: FashionMNIST, qconfig: QConfig = .tensorRT) throws -> QuantizedNet {
+public func postTrainingQuantize(_ model: RepVGGNet, calibration: any Dataset, qconfig: QConfig = .tensorRT) throws -> QuantizedNet {
     let quantized = try QuantizedNet(from: model, form: .folded, qconfig: qconfig)
     try quantized.calibrate(on: calibration)
     quantized.eval()

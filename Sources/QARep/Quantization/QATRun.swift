@@ -111,7 +111,7 @@ public final class QATRun {
     }
 
     /// Prepares and calibrates a new QAT run from `fp32`.
-    public convenience init(from fp32: RepVGGNet, source: String, options: QATOptions, calibration: FashionMNIST,
+    public convenience init(from fp32: RepVGGNet, source: String, options: QATOptions, calibration: any Dataset,
                             trainImages: Int, directory: String?, dataOrigin: DataOrigin? = nil,
                             progress: ProgressReporter = ProgressReporter()) throws {
         try options.validate()
@@ -216,7 +216,7 @@ public final class QATRun {
     /// each; when the last epoch is done, converts to INT8 and writes
     /// `int8.safetensors` beside the checkpoint.
     @discardableResult
-    public func run(train: FashionMNIST, validation: FashionMNIST? = nil, test: FashionMNIST?, until: Int? = nil,
+    public func run(train: any Dataset, validation: (any Dataset)? = nil, test: (any Dataset)?, until: Int? = nil,
                     onEpochEnd: (EpochSummary) -> Void = { _ in }) throws -> [EpochSummary] {
         let summaries = try core.run(train: train, validation: validation, test: test, until: until, beforeEpoch: applyFreezes(epoch:),
                                      save: saveCheckpoint(to:withOptimizer:), onEpochEnd: onEpochEnd)

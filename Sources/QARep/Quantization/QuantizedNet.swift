@@ -74,7 +74,7 @@ public final class QuantizedNet: Module, Layer {
     /// and fake quantization off, then turns fake quantization on and
     /// observers off: post-training calibration.
     /// - Throws: `QuantizationError` for an empty calibration set.
-    public func calibrate(on images: FashionMNIST, batchSize: Int = 128) throws {
+    public func calibrate(on images: any Dataset, batchSize: Int = 128) throws {
         guard images.count > 0 else { throw QuantizationError("calibration needs at least one image, got 0") }
         let wasTraining = training
         eval()

@@ -125,7 +125,7 @@ public final class DeployedEngine {
 }
 
 /// Evaluates a deployed network on the float engine.
-public func evaluate(_ engine: DeployedEngine, on dataset: FashionMNIST, batchSize: Int = 256,
+public func evaluate(_ engine: DeployedEngine, on dataset: any Dataset, batchSize: Int = 256,
                      keepLogits: Bool = false) -> Evaluation {
     evaluate(on: dataset, batchSize: batchSize, keepLogits: keepLogits) { engine.logits($0) }
 }

@@ -156,7 +156,7 @@ final class CheckpointedRun<Model: Layer> {
     /// the optimizer) and `best` (without), only with a directory.
     /// - Throws: `RunInterrupted` when `controls.shouldStop` asked for a stop, after
     ///   `last` was written; `ModelError` for a training set other than the run's.
-    func run(train: FashionMNIST, validation: FashionMNIST?, test: FashionMNIST?, until: Int?,
+    func run(train: any Dataset, validation: (any Dataset)?, test: (any Dataset)?, until: Int?,
              beforeEpoch: (Int) -> Void = { _ in },
              save: (_ path: String, _ withOptimizer: Bool) throws -> Void,
              onEpochEnd: (EpochSummary) -> Void = { _ in }) throws -> [EpochSummary] {

@@ -6,10 +6,10 @@ public struct DataRecord: Codable, Sendable, Equatable {
     public var origin: DataOrigin?
     /// Number of training images.
     public var trainImages: Int
-    /// `FashionMNIST.fingerprint` of the training set.
+    /// `Dataset.fingerprint` of the training set.
     public var trainFingerprint: String
 
-    public init(origin: DataOrigin?, train: FashionMNIST) {
+    public init(origin: DataOrigin?, train: any Dataset) {
         self.origin = origin
         trainImages = train.count
         trainFingerprint = train.fingerprint
@@ -17,7 +17,7 @@ public struct DataRecord: Codable, Sendable, Equatable {
 
     /// Refuses a training set other than the recorded one.
     /// - Throws: `ModelError` saying how they differ.
-    public func check(_ train: FashionMNIST) throws {
+    public func check(_ train: any Dataset) throws {
         guard train.count == trainImages, train.fingerprint == trainFingerprint else {
             throw ModelError("the training set (\(train.count) images, fingerprint \(train.fingerprint)) is not the one this run "
                              + "started with (\(trainImages) images, fingerprint \(trainFingerprint)); continuing on other data "
@@ -28,30 +28,18 @@ public struct DataRecord: Codable, Sendable, Equatable {
 
 /// A data directory and how much of it a run uses.
 public struct DataOrigin: Codable, Sendable, Equatable {
+    /// Which dataset (`--dataset`); nil in runs saved before there was a
+    /// choice, which all used Fashion-MNIST.
+    public var dataset: DatasetName?
     public var root: String
     public var trainLimit: Int?
     public var testLimit: Int?
     /// Training images held out, from the end, for validation.
     public var validationImages: Int?
 
-    public init(root: String, trainLimit: Int? = nil, testLimit: Int? = nil, validationImages: Int? = nil) {
-        self.root = root; self.trainLimit = trainLimit; self.testLimit = testLimit
+    public init(dataset: DatasetName? = nil, root: String, trainLimit: Int? = nil, testLimit: Int? = nil,
+                validationImages: Int? = nil) {
+        self.dataset = dataset; self.root = root; self.trainLimit = trainLimit; self.testLimit = testLimit
         self.validationImages = validationImages
-    }
-}
-
-extension FashionMNIST {
-    /// A 64-bit FNV-1a hash of the image size, pixels and labels, in hex:
-    /// equal for the same images in the same order, different (with
-    /// overwhelming probability) for anything else.
-    public var fingerprint: String {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        func mix(_ bytes: UnsafeBufferPointer<UInt8>) {
-            for b in bytes { hash = (hash ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
-        }
-        withUnsafeBytes(of: (UInt64(height), UInt64(width), UInt64(count))) { mix($0.bindMemory(to: UInt8.self)) }
-        images.withUnsafeBufferPointer(mix)
-        labels.withUnsafeBufferPointer(mix)
-        return String(hash, radix: 16)
     }
 }

@@ -14,7 +14,7 @@ public struct Evaluation: Sendable, Codable {
 
 /// Evaluates `model` in evaluation mode, without recording gradients, and
 /// restores the previous mode afterwards.
-public func evaluate(_ model: some Layer, on dataset: FashionMNIST, batchSize: Int = 256, keepLogits: Bool = false) -> Evaluation {
+public func evaluate(_ model: some Layer, on dataset: any Dataset, batchSize: Int = 256, keepLogits: Bool = false) -> Evaluation {
     let wasTraining = model.training
     model.eval()
     defer { model.train(wasTraining) }
@@ -23,7 +23,7 @@ public func evaluate(_ model: some Layer, on dataset: FashionMNIST, batchSize: I
 
 /// Evaluates any logits function (a float model, a fake-quantized model, an
 /// integer engine) over `dataset` in order.
-public func evaluate(on dataset: FashionMNIST, batchSize: Int = 256, keepLogits: Bool = false,
+public func evaluate(on dataset: any Dataset, batchSize: Int = 256, keepLogits: Bool = false,
                      logits: (Tensor) -> Tensor) -> Evaluation {
     let loader = DataLoader(dataset: dataset, batchSize: batchSize, shuffle: false, augment: false, seed: 0)
     var correct = 0, lossSum = 0.0

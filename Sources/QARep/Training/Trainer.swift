@@ -89,7 +89,7 @@ public final class Trainer<Model: Layer> {
     /// - Throws: `TrainingError` when the loss becomes NaN or infinite; the
     ///   model is then left as it was before the failing step's update.
     @discardableResult
-    public func trainEpoch(on train: FashionMNIST, validation: FashionMNIST? = nil, test: FashionMNIST? = nil) throws -> EpochSummary {
+    public func trainEpoch(on train: any Dataset, validation: (any Dataset)? = nil, test: (any Dataset)? = nil) throws -> EpochSummary {
         try trainEpoch(on: train, validation: validation, test: test, afterStep: { true })!
     }
 
@@ -99,7 +99,7 @@ public final class Trainer<Model: Layer> {
     /// `afterStep` after every optimizer step. When `afterStep` returns
     /// false the epoch stops there, still in progress, and the result is nil;
     /// otherwise it ends as `trainEpoch(on:test:)` does.
-    public func trainEpoch(on train: FashionMNIST, validation: FashionMNIST? = nil, test: FashionMNIST?,
+    public func trainEpoch(on train: any Dataset, validation: (any Dataset)? = nil, test: (any Dataset)?,
                            afterStep: () throws -> Bool) throws -> EpochSummary? {
         let loader = DataLoader(dataset: train, batchSize: config.batchSize, shuffle: true,
                                 augment: config.augment, seed: config.seed, dropLast: true)
@@ -182,7 +182,7 @@ public final class Trainer<Model: Layer> {
 
     /// Trains from the current epoch to `config.epochs` (or to `until`, to
     /// stop early and resume later), calling `onEpochEnd` after each epoch.
-    public func fit(train: FashionMNIST, test: FashionMNIST? = nil, until: Int? = nil,
+    public func fit(train: any Dataset, test: (any Dataset)? = nil, until: Int? = nil,
                     onEpochEnd: (EpochSummary) throws -> Void = { _ in }) throws -> [EpochSummary] {
         var out: [EpochSummary] = []
         while epoch < min(until ?? config.epochs, config.epochs) {

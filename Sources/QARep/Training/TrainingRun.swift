@@ -128,7 +128,7 @@ public final class TrainingRun {
     /// - Throws: `RunInterrupted` when `controls.shouldStop` stopped it; `ModelError`
     ///   for a training set other than the one the run started on.
     @discardableResult
-    public func run(train: FashionMNIST, validation: FashionMNIST? = nil, test: FashionMNIST?, until: Int? = nil,
+    public func run(train: any Dataset, validation: (any Dataset)? = nil, test: (any Dataset)?, until: Int? = nil,
                     onEpochEnd: (EpochSummary) -> Void = { _ in }) throws -> [EpochSummary] {
         try core.run(train: train, validation: validation, test: test, until: until, save: { path, withOptimizer in
             try Checkpoint.save(model, to: path, training: state, optimizer: withOptimizer ? optimizer : nil)
