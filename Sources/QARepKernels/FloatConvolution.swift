@@ -151,9 +151,9 @@ public struct PaddedFloatNHWC: Sendable {
 
     /// Copies NCHW `x` into `buffer`, borders zero; images shared among `threads`.
     public func fill(_ buffer: UnsafeMutablePointer<Float>, from x: UnsafePointer<Float>, threads: Int) {
-        parallelFor(g.batch, threads: threads) { _, images in
-            qarep_f32_to_padded_nhwc(x, Int64(images.lowerBound), Int64(images.count), Int64(g.inChannels),
-                                     Int64(g.height), Int64(g.width), Int64(g.padding), buffer)
+        parallelDynamic(g.batch, threads: threads) { _, image in
+            qarep_f32_to_padded_nhwc(x, Int64(image), 1, Int64(g.inChannels), Int64(g.height), Int64(g.width),
+                                     Int64(g.padding), buffer)
         }
     }
 }
@@ -231,16 +231,15 @@ public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloa
                 outputOffsets.withUnsafeBufferPointer { oo in
                     let source = qarep_f32_source(source: paddedInput, tap_offsets: to.baseAddress,
                                                   taps: Int64(g.kernelH), segment: Int64(segment))
-                    parallelFor(chunks, threads: workers) { _, range in
-                        for c in range {
-                            let first = c * chunk, count = min(chunk, pixels - first)
-                            var epilogue = qarep_f32_epilogue(bias: bias, relu: relu ? 1 : 0, output: output,
-                                                              pixel_offsets: oo.baseAddress! + first,
-                                                              channel_stride: Int64(channelStride))
-                            var s = source
-                            qarep_f32_conv(w.baseAddress, Int64(g.outChannels), &s, wo.baseAddress! + first,
-                                           Int64(count), &epilogue, isa)
-                        }
+                    // Each output pixel is one chunk's alone: workers may take chunks in any order.
+                    parallelDynamic(chunks, threads: workers) { _, c in
+                        let first = c * chunk, count = min(chunk, pixels - first)
+                        var epilogue = qarep_f32_epilogue(bias: bias, relu: relu ? 1 : 0, output: output,
+                                                          pixel_offsets: oo.baseAddress! + first,
+                                                          channel_stride: Int64(channelStride))
+                        var s = source
+                        qarep_f32_conv(w.baseAddress, Int64(g.outChannels), &s, wo.baseAddress! + first,
+                                       Int64(count), &epilogue, isa)
                     }
                 }
             }
@@ -371,10 +370,9 @@ public func convolutionWeightGradient(paddedInput: UnsafePointer<Float>, layout:
     let taps = g.kernelH * g.kernelW, k = taps * g.inChannels
     let rows = UnsafeMutablePointer<Float>.allocate(capacity: g.columns * stride)
     defer { rows.deallocate() }
-    parallelFor(g.batch, threads: threads) { _, images in
-        qarep_f32_to_pixel_major(dy + images.lowerBound * g.outChannels * g.outPlane, Int64(images.count),
-                                 Int64(g.outChannels), Int64(g.outPlane), Int64(stride),
-                                 rows + images.lowerBound * g.outPlane * stride)
+    parallelDynamic(g.batch, threads: threads) { _, image in
+        qarep_f32_to_pixel_major(dy + image * g.outChannels * g.outPlane, 1, Int64(g.outChannels), Int64(g.outPlane),
+                                 Int64(stride), rows + image * g.outPlane * stride)
     }
     let workers = max(1, min(threads, g.columns / 256))
     let partial = UnsafeMutablePointer<Float>.allocate(capacity: workers * k * stride)

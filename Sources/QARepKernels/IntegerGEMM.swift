@@ -253,8 +253,9 @@ func pixelChunk(paddedInputSize kp: Int) -> Int {
 }
 
 /// How a run over `pixels` output pixels is cut: chunks of `chunk` pixels (a
-/// multiple of 6, see `pixelChunk`), shared out in contiguous runs among
-/// `workers` threads.
+/// multiple of 6, see `pixelChunk`), taken by up to `workers` threads as they
+/// finish the last (every output pixel belongs to one chunk, so the order
+/// does not change a bit).
 struct PixelChunks {
     let pixels: Int, chunk: Int, chunks: Int, workers: Int
 
@@ -266,14 +267,11 @@ struct PixelChunks {
         workers = Swift.max(1, Swift.min(threads, chunks))
     }
 
-    /// Calls `body(worker, first, count)` for every chunk; a worker's chunks
-    /// run one after another on one thread, workers run concurrently.
+    /// Calls `body(worker, first, count)` once for every chunk, on `workers` threads.
     func forEach(_ body: (_ worker: Int, _ first: Int, _ count: Int) -> Void) {
-        parallelFor(chunks, threads: workers) { worker, range in
-            for c in range {
-                let first = c * chunk
-                body(worker, first, Swift.min(chunk, pixels - first))
-            }
+        parallelDynamic(chunks, threads: workers) { worker, c in
+            let first = c * chunk
+            body(worker, first, Swift.min(chunk, pixels - first))
         }
     }
 }

@@ -27,6 +27,34 @@ public func parallelFor(_ count: Int, threads: Int, _ body: (_ worker: Int, _ ra
     }
 }
 
+/// Calls `body(worker, i)` once for every `i` in `0..<count`, the workers
+/// (`worker` in `0..<min(threads, count)`, for per-worker scratch) taking the
+/// next index as they finish the last, so a worker slowed by its core's other
+/// load does not hold the rest up. Which worker runs an index depends on
+/// timing: only for work whose every output is computed by one call
+/// (convolution output tiles, layout copies), never for per-worker sums.
+public func parallelDynamic(_ count: Int, threads: Int, _ body: (_ worker: Int, _ index: Int) -> Void) {
+    guard count > 0 else { return }
+    let workers = max(1, min(threads, count))
+    guard workers > 1 else {
+        for i in 0..<count { body(0, i) }
+        return
+    }
+    let next = IndexCounter()
+    parallelFor(workers, threads: workers) { worker, _ in
+        while true {
+            let i = next.value.wrappingAdd(1, ordering: .relaxed).oldValue
+            guard i < count else { break }
+            body(worker, i)
+        }
+    }
+}
+
+/// The shared next-index counter of `parallelDynamic`.
+private final class IndexCounter: Sendable {
+    let value = Atomic<Int>(0)
+}
+
 /// Runs `body` over `0..<n` split into contiguous chunks, one per worker,
 /// when there is enough `work` (elements touched) to pay for the hand-off.
 /// Chunks must write disjoint memory.

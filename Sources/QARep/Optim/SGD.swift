@@ -1,3 +1,5 @@
+import QARepKernels
+
 /// Stochastic gradient descent with momentum, exactly PyTorch's `torch.optim.SGD`:
 ///
 ///     d = grad + weightDecay * p
@@ -27,18 +29,27 @@ public final class SGD: Optimizer {
 
     public func update(_ w: UnsafeMutableBufferPointer<Float>, gradient grad: [Float],
                        state: inout [String: [Float]], weightDecay wd: Float) {
-        let lr = learningRate
+        let lr = learningRate, (momentum, dampening, nesterov) = (self.momentum, self.dampening, self.nesterov)
+        // Elements are independent: large tensors are shared among the kernel threads.
         guard momentum != 0 else {
-            for i in 0..<w.count { w[i] -= lr * (grad[i] + wd * w[i]) }
+            parallelChunks(w.count, work: w.count) { range in
+                for i in range { w[i] -= lr * (grad[i] + wd * w[i]) }
+            }
             return
         }
         let first = state["momentum_buffer"] == nil
         var buf = state.removeValue(forKey: "momentum_buffer") ?? [Float](repeating: 0, count: w.count)
-        for i in 0..<w.count {
-            var d = grad[i] + wd * w[i]
-            buf[i] = first ? d : momentum * buf[i] + (1 - dampening) * d
-            d = nesterov ? d + momentum * buf[i] : buf[i]
-            w[i] -= lr * d
+        buf.withUnsafeMutableBufferPointer { buf in
+            grad.withUnsafeBufferPointer { grad in
+                parallelChunks(w.count, work: w.count) { range in
+                    for i in range {
+                        var d = grad[i] + wd * w[i]
+                        buf[i] = first ? d : momentum * buf[i] + (1 - dampening) * d
+                        d = nesterov ? d + momentum * buf[i] : buf[i]
+                        w[i] -= lr * d
+                    }
+                }
+            }
         }
         state["momentum_buffer"] = buf
     }
