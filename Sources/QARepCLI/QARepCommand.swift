@@ -9,7 +9,7 @@ public struct QARepCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "qarep",
         abstract: "Quantization-aware training for QARepVGG on Linux CPUs.",
-        subcommands: [Train.self, Eval.self, PTQ.self, QAT.self, Export.self, Bench.self, Quickstart.self])
+        subcommands: [Train.self, Eval.self, PTQ.self, QAT.self, Export.self, ReportCommand.self, Bench.self, Quickstart.self])
 
     public init() {}
 

@@ -7,7 +7,7 @@ import Testing
 
 /// A data root holding synthetic-band IDX files (512 training, 200 test
 /// images), so the commands run end to end without the real dataset.
-private func syntheticDataRoot() throws -> String {
+func syntheticDataRoot() throws -> String {
     let dir = temporaryDirectory("cli-data")
     func bigEndian(_ values: [UInt32]) -> [UInt8] {
         values.flatMap { v in [UInt8(v >> 24), UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)] }
