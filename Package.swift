@@ -48,6 +48,7 @@ let package = Package(
 
         // MARK: Recipes
         .executableTarget(name: "train-fashion-mnist", dependencies: ["QARep"], path: "recipes/train-fashion-mnist"),
+        .executableTarget(name: "paper-ablation", dependencies: ["QARep", "QARepKernels"], path: "recipes/paper-ablation"),
 
         // MARK: Tests
         .testTarget(name: "QARepTests", dependencies: ["QARep", "QARepKernels", "QARepONNX", "QARepCLI", "QARepTensorBoard", "CZlib"],
