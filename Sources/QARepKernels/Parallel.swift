@@ -83,14 +83,16 @@ final class WorkerPool: @unchecked Sendable {
     private let pending = Atomic<Int>(0)
     /// Workers asleep on `wake`.
     private let sleepers = Atomic<Int>(0)
-    private var mutex = pthread_mutex_t()
-    private var wake = pthread_cond_t()
+    /// Allocated, not stored inline: pthread objects must not move, and
+    /// `&property` on a class may pass a temporary copy.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     /// One per pool thread; slot i runs worker index i + 1.
     private var slots: [WorkerSlot] = []
 
     private init() {
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&wake, nil)
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(wake, nil)
     }
 
     /// Runs `body(0)` on this thread and `body(1)...body(workers - 1)` on pool
@@ -111,9 +113,9 @@ final class WorkerPool: @unchecked Sendable {
                 slot.assigned.wrappingAdd(1, ordering: .sequentiallyConsistent)
             }
             if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
-                pthread_mutex_lock(&mutex)
-                pthread_cond_broadcast(&wake)
-                pthread_mutex_unlock(&mutex)
+                pthread_mutex_lock(mutex)
+                pthread_cond_broadcast(wake)
+                pthread_mutex_unlock(mutex)
             }
             body(0)
             while pending.load(ordering: .acquiring) > 0 { qarep_cpu_relax() }
@@ -160,10 +162,10 @@ final class WorkerPool: @unchecked Sendable {
 
     /// Sleeps on `wake` while `idle()` holds.
     private func sleep(while idle: () -> Bool) {
-        pthread_mutex_lock(&mutex)
+        pthread_mutex_lock(mutex)
         sleepers.wrappingAdd(1, ordering: .sequentiallyConsistent)
-        while idle() { pthread_cond_wait(&wake, &mutex) }
+        while idle() { pthread_cond_wait(wake, mutex) }
         sleepers.wrappingSubtract(1, ordering: .relaxed)
-        pthread_mutex_unlock(&mutex)
+        pthread_mutex_unlock(mutex)
     }
 }
