@@ -70,18 +70,15 @@ public struct CIFAR10: Dataset {
             guard FileManager.default.fileExists(atPath: path) else {
                 throw DataError(path: path, reason: "no such file (CIFAR-10 binary version: \(trainFiles.joined(separator: ", ")) and \(testFile))")
             }
-            let bytes: Data
-            do { bytes = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-                throw DataError(path: path, reason: "cannot be read (\(error.localizedDescription))")
-            }
+            let bytes: [UInt8]
+            do { bytes = try readWholeFile(path) } catch { throw DataError(path: path, reason: error.reason) }
             guard !bytes.isEmpty, bytes.count % recordSize == 0 else {
                 throw DataError(path: path, reason: "has \(bytes.count) bytes, not a whole number of \(recordSize)-byte records "
                                 + "(a label and a 3x32x32 image each); the file is truncated or not CIFAR-10's binary version")
             }
             let records = bytes.count / recordSize
             images.reserveCapacity(images.count + records * (recordSize - 1))
-            try bytes.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
-                let b = raw.bindMemory(to: UInt8.self)
+            try bytes.withUnsafeBufferPointer { b in
                 for r in 0..<records {
                     let label = b[r * recordSize]
                     guard Int(label) < classCount else {

@@ -17,7 +17,8 @@ extension SafeTensorsFile {
     /// - Throws: ``CheckpointError`` whose message starts with `path`, for I/O
     ///   errors as well as for malformed contents.
     public static func read(from path: String) throws -> SafeTensorsFile {
-        let bytes = try readWholeFile(path)
+        let bytes: [UInt8]
+        do { bytes = try readWholeFile(path) } catch { throw CheckpointError("\(path): \(error.reason)") }
         return try SafeTensorsFile(parsing: bytes, source: path)
     }
 
@@ -228,36 +229,4 @@ private struct Entry {
         }
         return n
     }
-}
-
-/// Reads the whole regular file at `path`.
-private func readWholeFile(_ path: String) throws -> [UInt8] {
-    func reason() -> String { String(cString: strerror(errno)) }
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw CheckpointError("\(path): cannot open: \(reason())") }
-    defer { _ = close(fd) }
-    var info = stat()
-    guard fstat(fd, &info) == 0 else { throw CheckpointError("\(path): cannot stat: \(reason())") }
-    guard (info.st_mode & S_IFMT) == S_IFREG else {
-        throw CheckpointError("\(path): not a regular file")
-    }
-    let expected = Int(info.st_size)
-    var bytes = [UInt8](repeating: 0, count: expected)
-    var filled = 0
-    var failure: String? = nil
-    bytes.withUnsafeMutableBytes { buffer in
-        while filled < expected {
-            let n = read(fd, buffer.baseAddress! + filled, min(expected - filled, 1 << 30))
-            if n < 0 {
-                if errno == EINTR { continue }
-                failure = reason()
-                return
-            }
-            if n == 0 { break }  // the file shrank while we read it
-            filled += n
-        }
-    }
-    if let failure { throw CheckpointError("\(path): read failed: \(failure)") }
-    if filled < expected { bytes.removeSubrange(filled...) }
-    return bytes
 }
