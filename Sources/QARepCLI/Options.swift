@@ -264,11 +264,15 @@ struct QuantizationOptions: ParsableArguments {
     @Option(help: "Percentile of |x| for --calibrator percentile, in (0, 100] (default 99.99).") var percentile: Double?
     @Option(help: "Calibration images, the first N training images (default 512).") var calibImages: Int?
     @Option(help: "Bit width of weights and activations, 2-8; the integer engine runs 8 (default 8).") var bits: Int?
+    @Option(help: "Bit width of the weights alone, 2-8 (default --bits).") var weightBits: Int?
+    @Option(help: "Bit width of the activations alone, 2-8 (default --bits).") var activationBits: Int?
     @Flag(help: "Unsigned asymmetric activations instead of signed symmetric.") var unsignedActivations = false
 
     func validate() throws {
         if let n = calibImages, n <= 0 { throw ValidationError("--calib-images must be at least 1, got \(n)") }
-        if let b = bits, !(2...8).contains(b) { throw ValidationError("--bits must be between 2 and 8, got \(b)") }
+        for (flag, value) in [("--bits", bits), ("--weight-bits", weightBits), ("--activation-bits", activationBits)] {
+            if let b = value, !(2...8).contains(b) { throw ValidationError("\(flag) must be between 2 and 8, got \(b)") }
+        }
         if let p = percentile {
             if !(p > 0 && p <= 100) { throw ValidationError("--percentile must be in (0, 100], got \(p)") }
             if method != .percentile { throw ValidationError("--percentile applies to --calibrator percentile, not \(method.rawValue)") }
@@ -277,14 +281,23 @@ struct QuantizationOptions: ParsableArguments {
 
     var method: Calibrator.Method { calibrator ?? .minmax }
     var bitWidth: Int { bits ?? 8 }
+    var weightBitWidth: Int { weightBits ?? bitWidth }
+    var activationBitWidth: Int { activationBits ?? bitWidth }
+    /// Whether the integer engine can run the result (8-bit weights and activations).
+    var isInt8: Bool { weightBitWidth == 8 && activationBitWidth == 8 }
+    /// `W8A8`, `W4A8`, ...
+    var widthLabel: String { "W\(weightBitWidth)A\(activationBitWidth)" }
     var calibrationImages: Int { calibImages ?? 512 }
 
     /// The activation calibrator with its settings.
     var calibratorSettings: Calibrator { Calibrator(method, percentile: percentile ?? 99.99) }
 
-    /// TensorRT's schemes (or unsigned activations) at `--bits`, with the calibrator.
+    /// TensorRT's schemes (or unsigned activations) at the asked widths, with the calibrator.
     var qconfig: QConfig {
-        (unsignedActivations ? QConfig.unsignedActivations : .tensorRT).withBits(bitWidth).with(calibrator: calibratorSettings)
+        var q = (unsignedActivations ? QConfig.unsignedActivations : .tensorRT).with(calibrator: calibratorSettings)
+        q.weight.bits = weightBitWidth
+        q.activation.bits = activationBitWidth
+        return q
     }
 
     /// On resume: notes every given flag that contradicts the saved run's settings.
@@ -294,6 +307,9 @@ struct QuantizationOptions: ParsableArguments {
         else { check.compare("--percentile", percentile, nil) }
         check.compare("--calib-images", calibImages, saved.calibrationImages)
         check.compare("--bits", bits, saved.qconfig.activation.bits)
+        check.compare("--bits", bits, saved.qconfig.weight.bits)
+        check.compare("--weight-bits", weightBits, saved.qconfig.weight.bits)
+        check.compare("--activation-bits", activationBits, saved.qconfig.activation.bits)
         check.compare("--unsigned-activations", unsignedActivations ? true : nil, !saved.qconfig.activation.signed)
     }
 }

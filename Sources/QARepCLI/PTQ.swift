@@ -19,7 +19,9 @@ public struct PTQ: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        if out != nil && quantization.bitWidth != 8 { throw ValidationError("--out writes an INT8 model, which needs --bits 8, got \(quantization.bitWidth)") }
+        if out != nil && !quantization.isInt8 {
+            throw ValidationError("--out writes an INT8 model, which needs 8-bit weights and activations, got \(quantization.widthLabel)")
+        }
     }
 
     /// What `qarep ptq --json` prints.
@@ -35,7 +37,10 @@ public struct PTQ: ParsableCommand {
         /// With `--calibrator percentile`.
         public var percentile: Double?
         public var calibImages: Int
+        /// `--bits`, and the widths of weights and activations (which default to it).
         public var bits: Int
+        public var weightBits: Int
+        public var activationBits: Int
         public var images: Int
         public var int8Model: String?
     }
@@ -53,9 +58,10 @@ public struct PTQ: ParsableCommand {
         let fp32 = evaluate(net, on: test)
         let fake = evaluate(quantized, on: test)
         var report = Report(top1: fp32.top1, fakeQuantTop1: fake.top1, calibrator: qconfig.calibrator.method.rawValue,
-                            calibImages: calibration.count, bits: quantization.bitWidth, images: test.count)
+                            calibImages: calibration.count, bits: quantization.bitWidth,
+                            weightBits: quantization.weightBitWidth, activationBits: quantization.activationBitWidth, images: test.count)
         if case .percentile(let p) = qconfig.calibrator { report.percentile = p }
-        if quantization.bitWidth == 8 {
+        if quantization.isInt8 {
             let int8 = try quantized.convertToInt8()
             let engine = evaluate(int8, on: test)
             report.int8Top1 = engine.top1
@@ -72,9 +78,9 @@ public struct PTQ: ParsableCommand {
         let r = try execute()
         if runtime.json { return try printJSON(r) }
         print("\(checkpoint): \(quantization.calibratorSettings) calibration on \(r.calibImages) images, \(r.images) test images")
-        var rows = [("FP32", r.top1), ("INT8 fake-quant", r.fakeQuantTop1)]
+        var rows = [("FP32", r.top1), ("\(quantization.widthLabel) fake-quant", r.fakeQuantTop1)]
         if let t = r.int8Top1 { rows.append(("INT8 engine", t)) }
-        for (name, t) in rows { print(String(format: "%-16@ top-1 %@", name, percent(t))) }
+        for (name, t) in rows { print(String(format: "%-20@ top-1 %@", name, percent(t))) }
         if let path = r.int8Model { print("INT8 model: \(path)") }
     }
 

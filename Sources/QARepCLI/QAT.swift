@@ -99,7 +99,7 @@ public struct QAT: ParsableCommand {
         var report = Report(top1: fp32Top1, qatTop1: fake.top1, epochs: run.state.epoch, images: test.count,
                             checkpoint: run.directory.map { ($0 as NSString).appendingPathComponent(QATRun.lastFile) },
                             summaries: summaries)
-        if run.state.options.qconfig.activation.bits == 8 {
+        if run.state.options.qconfig.weight.bits == 8 && run.state.options.qconfig.activation.bits == 8 {
             let int8 = try run.model.convertToInt8()
             let engine = evaluate(int8, on: test)
             report.int8Top1 = engine.top1

@@ -45,11 +45,30 @@ struct CommandLineTests {
         #expect(tighter == scales[90]!.count - 1, "input scales at 90: \(scales[90]!), at 99.99: \(scales[99.99]!)")
     }
 
+    @Test("ptq --weight-bits and --activation-bits set the two widths apart, as QConfig does in the library")
+    func separateBitWidths() throws {
+        let data = try syntheticDataRoot()
+        defer { try? FileManager.default.removeItem(atPath: data) }
+        let checkpoint = shippedCheckpoints + "/tiny-qarepvgg.safetensors"
+        let report = try PTQ.parse(["--checkpoint", checkpoint, "--weight-bits", "8", "--activation-bits", "4",
+                                    "--calib-images", "64", "--data-root", data, "--quiet"]).execute()
+        #expect(report.weightBits == 8 && report.activationBits == 4 && report.bits == 8)
+        #expect(report.int8Top1 == nil, "the integer engine runs W8A8 only")
+        var qconfig = QConfig.tensorRT
+        qconfig.activation.bits = 4
+        let calibration = try FashionMNIST.load(split: .train, root: data, limit: 64)
+        let quantized = try postTrainingQuantize(try Checkpoint.loadModel(checkpoint), calibration: calibration, qconfig: qconfig)
+        #expect(report.fakeQuantTop1 == evaluate(quantized, on: try FashionMNIST.load(split: .test, root: data)).top1)
+    }
+
     @Test("impossible flags are refused before any work, with a message naming the flag", arguments: [
         (["ptq", "--checkpoint", "x", "--calibrator", "percentile", "--percentile", "0"], "--percentile"),
         (["ptq", "--checkpoint", "x", "--percentile", "90"], "--percentile"),
         (["ptq", "--checkpoint", "x", "--calibrator", "median"], "--calibrator"),
         (["ptq", "--checkpoint", "x", "--bits", "9"], "--bits"),
+        (["ptq", "--checkpoint", "x", "--weight-bits", "1"], "--weight-bits"),
+        (["qat", "--from", "x", "--activation-bits", "9"], "--activation-bits"),
+        (["ptq", "--checkpoint", "x", "--activation-bits", "4", "--out", "y"], "--out"),
         (["ptq", "--checkpoint", "x", "--bits", "4", "--out", "y"], "--out"),
         (["bench", "--batch", "0"], "--batch"),
         (["bench", "--models", "b0"], "--models"),
