@@ -69,6 +69,8 @@ struct CommandLineTests {
         (["ptq", "--checkpoint", "x", "--weight-bits", "1"], "--weight-bits"),
         (["qat", "--from", "x", "--activation-bits", "9"], "--activation-bits"),
         (["ptq", "--checkpoint", "x", "--activation-bits", "4", "--out", "y"], "--out"),
+        (["report", "--checkpoint", "x", "--weight-bits", "4", "--json"], "--weight-bits"),
+        (["report", "--checkpoint", "x"], "--out"),
         (["ptq", "--checkpoint", "x", "--bits", "4", "--out", "y"], "--out"),
         (["bench", "--batch", "0"], "--batch"),
         (["bench", "--models", "b0"], "--models"),
