@@ -30,8 +30,9 @@ public struct ReportCommand: ParsableCommand {
         if out == nil && !runtime.json { throw ValidationError("--out DIR (for report.html) or --json is needed: the report has to go somewhere") }
     }
 
-    /// What `qarep report --json` prints: the report of `--checkpoint`, and
-    /// the one of `--compare` when given.
+    /// What `qarep report --json` prints: the report of `--checkpoint` (its
+    /// fields at the top level: `layers`, `fp32_top1`, ...), and the one of
+    /// `--compare`, flattened the same way, when given.
     public struct Output: Encodable, Sendable {
         public var checkpoint: String
         public var report: QuantizationReport
@@ -39,31 +40,23 @@ public struct ReportCommand: ParsableCommand {
         /// `report.html`, when `--out` was given.
         public var html: String?
 
+        /// The report of `--compare`.
         public struct Compared: Encodable, Sendable {
             public var checkpoint: String
             public var report: QuantizationReport
+
+            public func encode(to encoder: any Encoder) throws {
+                try encodeFlattened(report, checkpoint: checkpoint, to: encoder)
+            }
         }
 
-        // The report's fields at the top level (`layers`, `fp32_top1`, ...), beside these.
-        enum CodingKeys: String, CodingKey { case checkpoint, compare, html }
+        enum CodingKeys: String, CodingKey { case compare, html }
 
         public func encode(to encoder: any Encoder) throws {
-            try report.encode(to: encoder)
+            try encodeFlattened(report, checkpoint: checkpoint, to: encoder)
             var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(checkpoint, forKey: .checkpoint)
-            try container.encodeIfPresent(compare.map { c in ComparedReport(checkpoint: c.checkpoint, report: c.report) }, forKey: .compare)
+            try container.encodeIfPresent(compare, forKey: .compare)
             try container.encodeIfPresent(html, forKey: .html)
-        }
-    }
-
-    /// `Compared`, flattened the same way.
-    struct ComparedReport: Encodable {
-        let checkpoint: String, report: QuantizationReport
-        enum CodingKeys: String, CodingKey { case checkpoint }
-        func encode(to encoder: any Encoder) throws {
-            try report.encode(to: encoder)
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(checkpoint, forKey: .checkpoint)
         }
     }
 
@@ -119,4 +112,12 @@ public struct ReportCommand: ParsableCommand {
         }
         if let html = output.html { print("report: \(html)") }
     }
+}
+
+/// `report`'s fields and `checkpoint` as one JSON object.
+private func encodeFlattened(_ report: QuantizationReport, checkpoint: String, to encoder: any Encoder) throws {
+    enum Key: String, CodingKey { case checkpoint }
+    try report.encode(to: encoder)
+    var container = encoder.container(keyedBy: Key.self)
+    try container.encode(checkpoint, forKey: .checkpoint)
 }

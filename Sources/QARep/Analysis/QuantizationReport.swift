@@ -107,7 +107,7 @@ public func quantizationReport(_ model: RepVGGNet, calibration: any Dataset, tes
     for b in widths { quantized[b] = try postTrainingQuantize(model, calibration: calibration, qconfig: qconfig.withBits(b)) }
     let deployed = model.isDeployed ? model : model.deployed()
     deployed.eval()
-    let names = layerNames(model)
+    let names = quantized[8]!.unitNames
     let convs = deployed.blocks.map { ($0 as! ReparamBlock).conv }
 
     // Weights: fused kernel statistics and SQNR against each width's fake quantization.
@@ -205,13 +205,6 @@ func sqnr(_ original: [Float], _ quantized: [Float]) -> Double {
         e += (Double(x) - Double(q)) * (Double(x) - Double(q))
     }
     return sqnrDecibels(signal: s, noise: e)
-}
-
-/// `stage0`, `stage1.0`, ...: the checkpoint names of the blocks, in order.
-func layerNames(_ model: RepVGGNet) -> [String] {
-    model.stages.enumerated().flatMap { s, blocks in
-        blocks.indices.map { s == 0 ? "stage0" : "stage\(s).\($0)" }
-    }
 }
 
 /// The BN scales of one training-form block, identity BN marked.

@@ -245,7 +245,7 @@ public final class DataLoader: Sendable {
 extension FashionMNIST {
     /// The normalised value of a raw pixel: `(Float(pixel) / 255 - mean) / std`.
     public static func normalize(_ pixel: UInt8) -> Float {
-        (Float(pixel) / 255 - mean) / std
+        normalizedPixel(pixel, mean: mean, std: std)
     }
 }
 

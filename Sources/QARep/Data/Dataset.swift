@@ -39,7 +39,7 @@ extension Dataset {
 
     /// The normalized value of raw pixel `pixel` in channel `channel`.
     public func normalize(_ pixel: UInt8, channel: Int) -> Float {
-        (Float(pixel) / 255 - channelMeans[channel]) / channelStds[channel]
+        normalizedPixel(pixel, mean: channelMeans[channel], std: channelStds[channel])
     }
 
     /// A 64-bit FNV-1a hash of the image shape, pixels and labels, in hex:
@@ -57,6 +57,11 @@ extension Dataset {
         labels.withUnsafeBufferPointer(mix)
         return String(hash, radix: 16)
     }
+}
+
+/// `(pixel / 255 - mean) / std`: what the loader feeds for a raw byte.
+func normalizedPixel(_ pixel: UInt8, mean: Float, std: Float) -> Float {
+    (Float(pixel) / 255 - mean) / std
 }
 
 /// The datasets the command line knows, by the name `--dataset` takes.

@@ -114,7 +114,6 @@ public struct FashionMNIST: Dataset {
     public func subset(_ range: Range<Int>) -> FashionMNIST {
         precondition(range.lowerBound >= 0 && range.upperBound <= count,
                      "FashionMNIST.subset: \(range) is outside 0..<\(count)")
-        let pixelsPerImage = height * width
         return FashionMNIST(
             validatedImages: Array(images[range.lowerBound * pixelsPerImage ..< range.upperBound * pixelsPerImage]),
             labels: Array(labels[range]),
