@@ -334,20 +334,10 @@ AVX2 static inline void transpose6x16(const __m128i v[NR], uint64_t rows[MR]) {
     }
 }
 
-AVX2 static void store_tile_avx2(const int32_t t[NR][MR], const block_params *b, const tile_pixels *tp,
-                                 const qarep_i8_epilogue *e) {
-    if (!e->multiplier) { store_raw(t, b, tp, e); return; }
-    const __m256d z = _mm256_set1_pd(e->zero_point), lo = _mm256_set1_pd(e->min), hi = _mm256_set1_pd(e->max);
-    __m256d m[4];
-    for (int i = 0; i < 4; i++) m[i] = _mm256_loadu_pd(b->multiplier + 4 * i);
-    const __m256i b0 = _mm256_loadu_si256((const __m256i *)b->bias);
-    const __m256i b1 = _mm256_loadu_si256((const __m256i *)(b->bias + 8));
-    __m128i codes[NR];
-    for (int q = 0; q < tp->count; q++) {
-        __m256i a0 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)t[q]), b0);
-        __m256i a1 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(t[q] + 8)), b1);
-        codes[q] = requantize16(a0, a1, m, z, lo, hi, e->output_signed);
-    }
+// Stores a tile's codes (16 channels of each pixel, already requantized):
+// NHWC bytes, or NCHW planes.
+AVX2 static void store_codes_avx2(const __m128i codes[NR], const block_params *b, const tile_pixels *tp,
+                                  const qarep_i8_epilogue *e) {
     if (e->pixel_offsets) {
         // NHWC: a pixel's 16 channels are 16 consecutive bytes.
         uint8_t *out = (uint8_t *)e->output + b->o0;
@@ -383,6 +373,52 @@ AVX2 static void store_tile_avx2(const int32_t t[NR][MR], const block_params *b,
         _mm_storeu_si128((__m128i *)bytes, codes[q]);
         for (int r = 0; r < b->rows; r++) out[tp->base[q] + r * e->channel_stride] = bytes[r];
     }
+}
+
+AVX2 static void store_tile_avx2(const int32_t t[NR][MR], const block_params *b, const tile_pixels *tp,
+                                 const qarep_i8_epilogue *e) {
+    if (!e->multiplier) { store_raw(t, b, tp, e); return; }
+    const __m256d z = _mm256_set1_pd(e->zero_point), lo = _mm256_set1_pd(e->min), hi = _mm256_set1_pd(e->max);
+    __m256d m[4];
+    for (int i = 0; i < 4; i++) m[i] = _mm256_loadu_pd(b->multiplier + 4 * i);
+    const __m256i b0 = _mm256_loadu_si256((const __m256i *)b->bias);
+    const __m256i b1 = _mm256_loadu_si256((const __m256i *)(b->bias + 8));
+    __m128i codes[NR];
+    for (int q = 0; q < tp->count; q++) {
+        __m256i a0 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)t[q]), b0);
+        __m256i a1 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(t[q] + 8)), b1);
+        codes[q] = requantize16(a0, a1, m, z, lo, hi, e->output_signed);
+    }
+    store_codes_avx2(codes, b, tp, e);
+}
+
+// Eight lanes of requantize1 in one register: the same Double product,
+// round-to-nearest-even, zero point and clamp as requantize4, twice as wide.
+VNNI512 static inline __m256i requantize8(__m256i v, __m512d m, __m512d z, __m512d lo, __m512d hi) {
+    __m512d d = _mm512_mul_pd(_mm512_cvtepi32_pd(v), m);
+    d = _mm512_roundscale_pd(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    d = _mm512_add_pd(d, z);
+    d = _mm512_min_pd(_mm512_max_pd(d, lo), hi);
+    return _mm512_cvtpd_epi32(d);
+}
+
+// The VNNI path's epilogue: half the requantization instructions of the
+// AVX2 one. Codes lie inside the 8-bit range, so truncating each int32 lane
+// to its low byte gives the int8 or uint8 code.
+VNNI512 static void store_tile_avx512(const int32_t t[NR][MR], const block_params *b, const tile_pixels *tp,
+                                      const qarep_i8_epilogue *e) {
+    if (!e->multiplier) { store_raw(t, b, tp, e); return; }
+    const __m512d z = _mm512_set1_pd(e->zero_point), lo = _mm512_set1_pd(e->min), hi = _mm512_set1_pd(e->max);
+    const __m512d m0 = _mm512_loadu_pd(b->multiplier), m1 = _mm512_loadu_pd(b->multiplier + 8);
+    const __m512i bias = _mm512_loadu_si512((const void *)b->bias);
+    __m128i codes[NR];
+    for (int q = 0; q < tp->count; q++) {
+        const __m512i a = _mm512_add_epi32(_mm512_loadu_si512((const void *)t[q]), bias);
+        const __m256i r0 = requantize8(_mm512_castsi512_si256(a), m0, z, lo, hi);
+        const __m256i r1 = requantize8(_mm512_extracti64x4_epi64(a, 1), m1, z, lo, hi);
+        codes[q] = _mm512_cvtepi32_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(r0), r1, 1));
+    }
+    store_codes_avx2(codes, b, tp, e);
 }
 #endif
 
@@ -439,12 +475,12 @@ static void drive(const operands *op, int64_t out_channels, const int64_t *pixel
                 if (kernel == KERNEL_VNNI512) {
                     if (blk + 1 < g1) {
                         tile_vnni_wide(w, op->block_bytes, (const uint8_t *const *)a, &s8, t[0], t[1]);
-                        store_tile_avx2(t[0], &params[blk], &tp, epilogue);
-                        store_tile_avx2(t[1], &params[blk + 1], &tp, epilogue);
+                        store_tile_avx512(t[0], &params[blk], &tp, epilogue);
+                        store_tile_avx512(t[1], &params[blk + 1], &tp, epilogue);
                         blk++;
                     } else {
                         tile_vnni(w, (const uint8_t *const *)a, &s8, t[0]);
-                        store_tile_avx2(t[0], &params[blk], &tp, epilogue);
+                        store_tile_avx512(t[0], &params[blk], &tp, epilogue);
                     }
                     continue;
                 }
