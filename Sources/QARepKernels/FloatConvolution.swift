@@ -58,16 +58,51 @@ public struct PackedFloatWeights: Sendable {
                      "\(weights.count) weights for [\(outChannels), \(inChannels), \(kernelH), \(kernelW)]")
         self.outChannels = outChannels; self.inChannels = inChannels
         self.kernelH = kernelH; self.kernelW = kernelW
-        let mr = Int(QAREP_F32_MR), taps = kernelH * kernelW, k = taps * inChannels
+        let taps = kernelH * kernelW
+        storage = Self.pack(weights.baseAddress!, outChannels: outChannels, outStride: inChannels * taps,
+                            inChannels: inChannels, inStride: taps, tapOffsets: Array(0..<taps))
+    }
+
+    /// The weights of `convolutionInputGradient`'s phase with kernel rows
+    /// `rows` and columns `cols` of the forward weights `w[O, C, kh, kw]`:
+    /// a `[C, O, rows, cols]` kernel, rotated by 180 degrees,
+    ///
+    ///     w'[c, o, u', v'] = w[o, c, rows[u - 1 - u'], cols[v - 1 - v']]
+    ///
+    /// packed straight from `w`.
+    init(inputGradientOf w: UnsafePointer<Float>, outChannels o: Int, inChannels c: Int, kernelH kh: Int, kernelW kw: Int,
+         rows: [Int], cols: [Int]) {
+        let (u, v) = (rows.count, cols.count)
+        outChannels = c; inChannels = o; kernelH = u; kernelW = v
+        // Forward tap of each packed tap t' = u' * v + v'.
+        let source = (0..<(u * v)).map { t in rows[u - 1 - t / v] * kw + cols[v - 1 - t % v] }
+        storage = Self.pack(w, outChannels: c, outStride: kh * kw, inChannels: o, inStride: c * kh * kw,
+                            tapOffsets: source)
+    }
+
+    /// Packed storage of `outChannels` x `inChannels` x taps weights, weight
+    /// (o, c, t) at `w[o * outStride + c * inStride + tapOffsets[t]]`: block b
+    /// holds `[(t * C + c) * 16 + o % 16]`, written in order, blocks shared
+    /// among the kernel threads.
+    private static func pack(_ w: UnsafePointer<Float>, outChannels: Int, outStride: Int, inChannels: Int, inStride: Int,
+                             tapOffsets: [Int]) -> [Float] {
+        let mr = Int(QAREP_F32_MR), taps = tapOffsets.count, k = taps * inChannels
         let blocks = (outChannels + mr - 1) / mr
-        storage = [Float](unsafeUninitializedCapacity: blocks * mr * k) { buf, count in
-            buf.initialize(repeating: 0)
-            for o in 0..<outChannels {
-                let block = buf.baseAddress! + (o / mr) * mr * k + o % mr
-                for c in 0..<inChannels {
-                    for t in 0..<taps {
-                        // Packed reduction index (i, j, c) = t * C + c.
-                        block[(t * inChannels + c) * mr] = weights[(o * inChannels + c) * taps + t]
+        return [Float](unsafeUninitializedCapacity: blocks * mr * k) { buf, count in
+            let base = buf.baseAddress!
+            tapOffsets.withUnsafeBufferPointer { tapOffsets in
+                parallelFor(blocks, threads: blocks * mr * k >= 1 << 15 ? KernelThreads.count : 1) { _, range in
+                    for b in range {
+                        var out = base + b * mr * k
+                        let rows = min(mr, outChannels - b * mr), first = w + b * mr * outStride
+                        for t in 0..<taps {
+                            for c in 0..<inChannels {
+                                let source = first + c * inStride + tapOffsets[t]
+                                for r in 0..<rows { out[r] = source[r * outStride] }
+                                for r in rows..<mr { out[r] = 0 }
+                                out += mr
+                            }
+                        }
                     }
                 }
             }
@@ -290,35 +325,24 @@ public func convolutionInputGradient(outputGradient dy: UnsafePointer<Float>, we
     let padded = UnsafeMutablePointer<Float>.allocate(capacity: dyLayout.count)
     defer { padded.deallocate() }
     dyLayout.fill(padded, from: dy, threads: threads)
+    // A stride larger than the kernel (a 1x1 convolution of stride 2) leaves
+    // phases no tap reaches: their gradient is zero. One parallel fill of dx
+    // costs less than picking those pixels out one by one.
+    if s > kh || s > kw {
+        let count = g.batch * g.inChannels * g.height * g.width
+        parallelChunks(count, work: count) { range in (dx + range.lowerBound).update(repeating: 0, count: range.count) }
+    }
     for a in 0..<s {
         for b in 0..<s {
             let rows = Array(stride(from: a, to: kh, by: s)), cols = Array(stride(from: b, to: kw, by: s))
             // Output pixels of this phase: iy = q*s + a - p inside [0, H), likewise ix.
             let qs = (0..<g.height).filter { (($0 + p) % s) == a }, rs = (0..<g.width).filter { (($0 + p) % s) == b }
             if qs.isEmpty || rs.isEmpty { continue }
-            guard !rows.isEmpty && !cols.isEmpty else {
-                // No tap reaches these pixels: their gradient is zero.
-                for n in 0..<g.batch {
-                    for c in 0..<g.inChannels {
-                        for iy in qs { for ix in rs { dx[((n * g.inChannels + c) * g.height + iy) * g.width + ix] = 0 } }
-                    }
-                }
-                continue
-            }
+            // No tap reaches these pixels: dx was zeroed above.
+            if rows.isEmpty || cols.isEmpty { continue }
             let (u, v) = (rows.count, cols.count)
-            // w'[c, o, u', v'] = w[o, c, rows[u - 1 - u'], cols[v - 1 - v']]
-            var sub = [Float](repeating: 0, count: g.inChannels * g.outChannels * u * v)
-            for o in 0..<g.outChannels {
-                for c in 0..<g.inChannels {
-                    for uu in 0..<u {
-                        for vv in 0..<v {
-                            sub[((c * g.outChannels + o) * u + uu) * v + vv] =
-                                w[((o * g.inChannels + c) * kh + rows[u - 1 - uu]) * kw + cols[v - 1 - vv]]
-                        }
-                    }
-                }
-            }
-            let packed = PackedFloatWeights(sub, outChannels: g.inChannels, inChannels: g.outChannels, kernelH: u, kernelW: v)
+            let packed = PackedFloatWeights(inputGradientOf: w, outChannels: g.outChannels, inChannels: g.inChannels,
+                                            kernelH: kh, kernelW: kw, rows: rows, cols: cols)
             let phase = PaddedFloatNHWC(ConvGeometry(batch: g.batch, inChannels: g.outChannels, height: g.outHeight,
                                                      width: g.outWidth, outChannels: g.inChannels, kernelH: u, kernelW: v,
                                                      stride: 1, padding: max(padY, padX)))
@@ -389,14 +413,18 @@ public func convolutionWeightGradient(paddedInput: UnsafePointer<Float>, layout:
                                       partial + worker * k * stride, isa)
         }
     }
-    for worker in 1..<workers {
-        let src = partial + worker * k * stride
-        for i in 0..<(k * stride) { partial[i] += src[i] }
-    }
-    // dwt[(t * C + c)][o] -> dw[o][c][t]
-    for o in 0..<g.outChannels {
-        for c in 0..<g.inChannels {
-            for t in 0..<taps { dw[(o * g.inChannels + c) * taps + t] += partial[(t * g.inChannels + c) * stride + o] }
+    // Worker sums added in worker order, then dwt[(t * C + c)][o] -> dw[o][c][t];
+    // each output channel's sums are one worker's alone.
+    parallelFor(g.outChannels, threads: g.outChannels * k >= 1 << 14 ? threads : 1) { _, channels in
+        for t in 0..<taps {
+            for c in 0..<g.inChannels {
+                let row = partial + (t * g.inChannels + c) * stride, target = dw + c * taps + t
+                for o in channels {
+                    var sum = row[o]
+                    for worker in 1..<workers { sum += row[worker * k * stride + o] }
+                    target[o * g.inChannels * taps] += sum
+                }
+            }
         }
     }
 }
