@@ -196,6 +196,23 @@ struct GradientTests {
         expectGradients([("x", x)]) { globalAveragePool(x.squared()) }
     }
 
+    @Test("maxPool2d, with and without padding and overlap", arguments: [(2, 2, 0), (3, 2, 1), (3, 1, 1)])
+    func maxPoolGradient(_ shape: (kernel: Int, stride: Int, padding: Int)) {
+        // Values 0.05 apart: no window changes its winner within the finite-difference step.
+        var rng = SplitMix64(seed: 41)
+        var values = (0..<180).map { (i: Int) -> Float in Float(i) * 0.05 - 4 }
+        for i in stride(from: values.count - 1, to: 0, by: -1) { values.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        let x = Tensor(values, shape: [2, 3, 6, 5], requiresGrad: true)
+        expectGradients([("x", x)]) { maxPool2d(x, kernel: shape.kernel, stride: shape.stride, padding: shape.padding) }
+    }
+
+    @Test("concatenateChannels")
+    func concatenateGradient() {
+        let a = randomTensor([2, 3, 4, 5], seed: 42, requiresGrad: true)
+        let b = randomTensor([2, 1, 4, 5], seed: 43, requiresGrad: true)
+        expectGradients([("a", a), ("b", b)]) { concatenateChannels([a, b.squared()]) }
+    }
+
     // MARK: - Linear and loss
 
     @Test("linear with bias")

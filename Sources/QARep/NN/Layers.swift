@@ -28,7 +28,7 @@ public final class Conv2d: Module, Layer {
     public var kernelSize: Int { weight.shape[2] }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding)
+        traced(.conv(self), [x]) { conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding) }
     }
 }
 
@@ -68,6 +68,12 @@ public final class BatchNorm2d: Module, Layer {
 
     /// Batch norm, then ReLU when `relu` is set, in one fused operation.
     public func callAsFunction(_ x: Tensor, relu: Bool) -> Tensor {
+        // A captured graph holds the two operations apart; the values are the same bits.
+        if relu && GraphTracer.current != nil { return callAsFunction(x, relu: false).relu() }
+        return traced(.batchNorm(self), [x]) { normalize(x, relu: relu) }
+    }
+
+    private func normalize(_ x: Tensor, relu: Bool) -> Tensor {
         let batchStatistics = training && !freezeStatistics
         if batchStatistics { numBatchesTracked += 1 }
         return batchNorm(x, weight: weight, bias: bias, runningMean: runningMean, runningVar: runningVar,
@@ -92,7 +98,7 @@ public final class Linear: Module, Layer {
                   bias: bias ? Tensor.uniform([outFeatures], bound: bound, rng: &rng) : nil)
     }
 
-    public func callAsFunction(_ x: Tensor) -> Tensor { linear(x, weight: weight, bias: bias) }
+    public func callAsFunction(_ x: Tensor) -> Tensor { traced(.linear(self), [x]) { linear(x, weight: weight, bias: bias) } }
 }
 
 /// `max(x, 0)`.
@@ -105,6 +111,21 @@ public final class ReLU: Module, Layer {
 public final class GlobalAveragePool: Module, Layer {
     public override init() {}
     public func callAsFunction(_ x: Tensor) -> Tensor { globalAveragePool(x) }
+}
+
+/// Max pooling over `kernel x kernel` windows (see `maxPool2d`).
+public final class MaxPool2d: Module, Layer {
+    public let kernel: Int, stride: Int, padding: Int
+    public init(kernel: Int, stride: Int? = nil, padding: Int = 0) {
+        self.kernel = kernel; self.stride = stride ?? kernel; self.padding = padding
+    }
+    public func callAsFunction(_ x: Tensor) -> Tensor { maxPool2d(x, kernel: kernel, stride: stride, padding: padding) }
+}
+
+/// `[N, ...]` to `[N, product of the rest]`.
+public final class Flatten: Module, Layer {
+    public override init() {}
+    public func callAsFunction(_ x: Tensor) -> Tensor { x.reshaped([x.shape[0], -1]) }
 }
 
 /// Layers applied in order; children are named `0`, `1`, ... like PyTorch's

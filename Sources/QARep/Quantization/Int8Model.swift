@@ -58,39 +58,8 @@ public struct Int8Model: Sendable, Equatable {
     public func validate() throws {
         guard activation.bits == 8 else { throw QuantizationError("INT8 model: activations must be 8-bit, got \(activation.bits)") }
         guard !convs.isEmpty else { throw QuantizationError("INT8 model has no convolutions") }
-        func checkScale(_ s: Float, _ what: String) throws {
-            guard s.isFinite && s > 0 else { throw QuantizationError("INT8 model: \(what) is \(s), must be a positive finite number") }
-        }
-        func checkZero(_ z: Int32, _ what: String) throws {
-            guard z >= activation.qmin && z <= activation.qmax else {
-                throw QuantizationError("INT8 model: \(what) \(z) is outside [\(activation.qmin), \(activation.qmax)]")
-            }
-            if activation.symmetric && z != 0 { throw QuantizationError("INT8 model: \(what) is \(z), must be 0 for symmetric activations") }
-        }
         for (i, c) in convs.enumerated() {
-            // Bounds first, so that no product below can overflow on a corrupt file.
-            guard (1...Self.maxChannels).contains(c.inChannels), (1...Self.maxChannels).contains(c.outChannels),
-                  (1...Self.maxKernel).contains(c.kernelSize), (1...Self.maxKernel).contains(c.stride),
-                  (0...Self.maxKernel).contains(c.padding) else {
-                throw QuantizationError("INT8 model: layer \(c.name): bad geometry (\(c.inChannels) -> \(c.outChannels) channels, "
-                                        + "kernel \(c.kernelSize), stride \(c.stride), padding \(c.padding))")
-            }
-            let k = c.inChannels * c.kernelSize * c.kernelSize
-            guard c.weight.count == c.outChannels * k, c.weightScales.count == c.outChannels, c.bias.count == c.outChannels else {
-                throw QuantizationError("INT8 model: layer \(c.name): weight, scale or bias sizes do not match \(c.outChannels) output channels")
-            }
-            guard c.weight.allSatisfy({ $0 != -128 }) else { throw QuantizationError("INT8 model: layer \(c.name): weights must be in [-127, 127]") }
-            // The int32 accumulator holds the bias plus at most K products of |x - z| <= 255 and |w| <= 127.
-            let headroom = Int64(Int32.max) - 255 * 127 * Int64(k)
-            if let big = c.bias.first(where: { Int64($0).magnitude > headroom }) {
-                throw QuantizationError("INT8 model: layer \(c.name): bias \(big) leaves no int32 headroom for \(k) products (input scale \(c.inputScale) too small for this layer)")
-            }
-            guard c.stride >= 1, c.padding >= 0, c.kernelSize >= 1 else { throw QuantizationError("INT8 model: layer \(c.name): bad geometry") }
-            try checkScale(c.inputScale, "layer \(c.name) input scale")
-            try checkScale(c.outputScale, "layer \(c.name) output scale")
-            for s in c.weightScales { try checkScale(s, "layer \(c.name) weight scale") }
-            try checkZero(c.inputZeroPoint, "layer \(c.name) input zero point")
-            try checkZero(c.outputZeroPoint, "layer \(c.name) output zero point")
+            try Self.validate(c, activation: activation)
             if i > 0 {
                 let p = convs[i - 1]
                 guard p.outChannels == c.inChannels else {
@@ -101,6 +70,50 @@ public struct Int8Model: Sendable, Equatable {
                 }
             }
         }
+        try validateHead()
+    }
+
+    static func checkScale(_ s: Float, _ what: String) throws {
+        guard s.isFinite && s > 0 else { throw QuantizationError("INT8 model: \(what) is \(s), must be a positive finite number") }
+    }
+
+    static func checkZero(_ z: Int32, _ what: String, activation: QuantScheme) throws {
+        guard z >= activation.qmin && z <= activation.qmax else {
+            throw QuantizationError("INT8 model: \(what) \(z) is outside [\(activation.qmin), \(activation.qmax)]")
+        }
+        if activation.symmetric && z != 0 { throw QuantizationError("INT8 model: \(what) is \(z), must be 0 for symmetric activations") }
+    }
+
+    /// The invariants of one convolution the integer kernels rely on.
+    static func validate(_ c: Int8Conv, activation: QuantScheme) throws {
+        // Bounds first, so that no product below can overflow on a corrupt file.
+        guard (1...Self.maxChannels).contains(c.inChannels), (1...Self.maxChannels).contains(c.outChannels),
+              (1...Self.maxKernel).contains(c.kernelSize), (1...Self.maxKernel).contains(c.stride),
+              (0...Self.maxKernel).contains(c.padding) else {
+            throw QuantizationError("INT8 model: layer \(c.name): bad geometry (\(c.inChannels) -> \(c.outChannels) channels, "
+                                    + "kernel \(c.kernelSize), stride \(c.stride), padding \(c.padding))")
+        }
+        let k = c.inChannels * c.kernelSize * c.kernelSize
+        guard c.weight.count == c.outChannels * k, c.weightScales.count == c.outChannels, c.bias.count == c.outChannels else {
+            throw QuantizationError("INT8 model: layer \(c.name): weight, scale or bias sizes do not match \(c.outChannels) output channels")
+        }
+        guard c.weight.allSatisfy({ $0 != -128 }) else { throw QuantizationError("INT8 model: layer \(c.name): weights must be in [-127, 127]") }
+        // The int32 accumulator holds the bias plus at most K products of |x - z| <= 255 and |w| <= 127.
+        let headroom = Int64(Int32.max) - 255 * 127 * Int64(k)
+        if let big = c.bias.first(where: { Int64($0).magnitude > headroom }) {
+            throw QuantizationError("INT8 model: layer \(c.name): bias \(big) leaves no int32 headroom for \(k) products (input scale \(c.inputScale) too small for this layer)")
+        }
+        guard c.stride >= 1, c.padding >= 0, c.kernelSize >= 1 else { throw QuantizationError("INT8 model: layer \(c.name): bad geometry") }
+        try checkScale(c.inputScale, "layer \(c.name) input scale")
+        try checkScale(c.outputScale, "layer \(c.name) output scale")
+        for s in c.weightScales { try checkScale(s, "layer \(c.name) weight scale") }
+        try checkZero(c.inputZeroPoint, "layer \(c.name) input zero point", activation: activation)
+        try checkZero(c.outputZeroPoint, "layer \(c.name) output zero point", activation: activation)
+    }
+
+    private func validateHead() throws {
+        func checkScale(_ s: Float, _ what: String) throws { try Self.checkScale(s, what) }
+        func checkZero(_ z: Int32, _ what: String) throws { try Self.checkZero(z, what, activation: activation) }
         let last = convs.last!, h = head
         guard (1...Self.maxChannels).contains(h.classes) else { throw QuantizationError("INT8 model: head has \(h.classes) classes") }
         guard h.inFeatures == last.outChannels, h.weight.count == h.classes * h.inFeatures,

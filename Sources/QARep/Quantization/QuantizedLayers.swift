@@ -27,26 +27,9 @@ public final class QuantConvUnit: Module, Layer {
                                                  channels: conv.outChannels, tracksCurrentValues: true)
     }
 
-    /// Per-channel `gamma / sqrt(running_var + eps)` of the post-BN as a
-    /// tensor with a gradient to gamma (running_var is a constant).
-    func postBNScale(_ bn: BatchNorm2d) -> Tensor {
-        let std = Tensor(bn.runningVar.data.map { ($0 + bn.eps).squareRoot() }, shape: [bn.channels])
-        return bn.weight / std
-    }
-
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        let xq = inputQuant(x)
-        if let bn = postBN, bn.training && !bn.freezeStatistics {
-            // Batch statistics: fold with the running scale, undo it after the
-            // convolution, and let the BN normalize with the batch's own.
-            let t = postBNScale(bn)
-            let y = conv2d(xq, weight: weightQuant(scaleChannels(conv.weight, by: t)), stride: conv.stride, padding: conv.padding)
-            let invT = Tensor(repeating: 1, shape: [bn.channels]) / t
-            return bn(channelAffine(y, scale: invT, shift: conv.bias), relu: true)
-        }
-        // Running statistics (or no BN): exactly the deployed convolution.
-        let (wq, bq) = deployedTensors()
-        return conv2d(xq, weight: wq, bias: bq, stride: conv.stride, padding: conv.padding).relu()
+        fakeQuantizedConvolution(inputQuant(x), inputQuant: inputQuant, conv: conv, weightQuant: weightQuant,
+                                 postBN: postBN, relu: true)
     }
 
     /// The weight and bias this unit convolves with outside BN training: the
@@ -55,28 +38,74 @@ public final class QuantConvUnit: Module, Layer {
     /// quantized to int32 units of `s_in * s_w` as the engine has it. Their
     /// values are `dequantize` of the converted model's codes, element by element.
     public func deployedTensors() -> (weight: Tensor, bias: Tensor) {
-        let (w, b) = foldedTensors()
-        let wq = weightQuant(w)
-        let bq = inputQuant.fakeQuantEnabled ? fakeQuantizeBias(b, inputScale: inputQuant.scales[0], weightScales: weightQuant.scales) : b
-        return (wq, bq)
-    }
-
-    /// Weight and bias with the post-BN (running statistics) folded in, as
-    /// differentiable tensors: `W * t`, `(b - mean) * t + beta`.
-    func foldedTensors() -> (weight: Tensor, bias: Tensor) {
-        guard let bn = postBN else { return (conv.weight, conv.bias!) }
-        let t = postBNScale(bn)
-        return (scaleChannels(conv.weight, by: t), (conv.bias! - bn.runningMean.detached()) * t + bn.bias)
+        deployedConvolutionTensors(conv: conv, postBN: postBN, weightQuant: weightQuant, inputQuant: inputQuant)
     }
 
     /// The deployable weight and bias: the post-BN folded in (if any), by the
-    /// same operations as `foldedTensors()`, so conversion quantizes exactly
+    /// same operations as the simulation, so conversion quantizes exactly
     /// the values the simulation does.
-    public func foldedWeights() -> (weight: [Float], bias: [Float]) {
-        noGrad {
-            let (w, b) = foldedTensors()
-            return (w.data, b.data)
-        }
+    public func foldedWeights() -> (weight: [Float], bias: [Float]) { foldedConvolutionWeights(conv: conv, postBN: postBN) }
+}
+
+// The arithmetic of a fake-quantized convolution with an optional post-BN,
+// shared by `QuantConvUnit` (RepVGG) and `QuantGraphConv` (any captured graph).
+
+/// `conv(xq)` under fake quantization (see `QuantConvUnit`): in BN training,
+/// the fold simulated with the running scale and undone after the
+/// convolution; otherwise exactly the deployed convolution. ReLU when `relu`.
+func fakeQuantizedConvolution(_ xq: Tensor, inputQuant: FakeQuantize, conv: Conv2d, weightQuant: FakeQuantize,
+                              postBN: BatchNorm2d?, relu: Bool) -> Tensor {
+    if let bn = postBN, bn.training && !bn.freezeStatistics {
+        // Batch statistics: fold with the running scale, undo it after the
+        // convolution, and let the BN normalize with the batch's own.
+        let t = postBNScale(bn)
+        let y = conv2d(xq, weight: weightQuant(scaleChannels(conv.weight, by: t)), stride: conv.stride, padding: conv.padding)
+        let invT = Tensor(repeating: 1, shape: [bn.channels]) / t
+        return bn(channelAffine(y, scale: invT, shift: conv.bias), relu: relu)
+    }
+    // Running statistics (or no BN): exactly the deployed convolution.
+    let (wq, bq) = deployedConvolutionTensors(conv: conv, postBN: postBN, weightQuant: weightQuant, inputQuant: inputQuant)
+    let y = conv2d(xq, weight: wq, bias: bq, stride: conv.stride, padding: conv.padding)
+    return relu ? y.relu() : y
+}
+
+/// Per-channel `gamma / sqrt(running_var + eps)` of the post-BN as a
+/// tensor with a gradient to gamma (running_var is a constant).
+func postBNScale(_ bn: BatchNorm2d) -> Tensor {
+    let std = Tensor(bn.runningVar.data.map { ($0 + bn.eps).squareRoot() }, shape: [bn.channels])
+    return bn.weight / std
+}
+
+/// The folded weight fake-quantized and the bias quantized to int32 units of
+/// `s_in * s_w` once the input is quantized.
+func deployedConvolutionTensors(conv: Conv2d, postBN: BatchNorm2d?, weightQuant: FakeQuantize,
+                                inputQuant: FakeQuantize) -> (weight: Tensor, bias: Tensor) {
+    let (w, b) = foldedConvolutionTensors(conv: conv, postBN: postBN)
+    return quantizedWeightAndBias(w, b, weightQuant: weightQuant, inputQuant: inputQuant)
+}
+
+/// `FQ_w(w)` and, once the input is quantized, `b` quantized to int32 units
+/// of `s_in * s_w[o]`: what a convolution or linear layer multiplies with.
+func quantizedWeightAndBias(_ w: Tensor, _ b: Tensor, weightQuant: FakeQuantize,
+                            inputQuant: FakeQuantize) -> (weight: Tensor, bias: Tensor) {
+    let wq = weightQuant(w)
+    let bq = inputQuant.fakeQuantEnabled ? fakeQuantizeBias(b, inputScale: inputQuant.scales[0], weightScales: weightQuant.scales) : b
+    return (wq, bq)
+}
+
+/// Weight and bias with the post-BN (running statistics) folded in, as
+/// differentiable tensors: `W * t`, `(b - mean) * t + beta`.
+func foldedConvolutionTensors(conv: Conv2d, postBN: BatchNorm2d?) -> (weight: Tensor, bias: Tensor) {
+    guard let bn = postBN else { return (conv.weight, conv.bias!) }
+    let t = postBNScale(bn)
+    return (scaleChannels(conv.weight, by: t), (conv.bias! - bn.runningMean.detached()) * t + bn.bias)
+}
+
+/// `foldedConvolutionTensors` as plain arrays.
+func foldedConvolutionWeights(conv: Conv2d, postBN: BatchNorm2d?) -> (weight: [Float], bias: [Float]) {
+    noGrad {
+        let (w, b) = foldedConvolutionTensors(conv: conv, postBN: postBN)
+        return (w.data, b.data)
     }
 }
 
@@ -110,8 +139,6 @@ public final class QuantLinearHead: Module, Layer {
 
     /// The weight and bias the head multiplies with, as `QuantConvUnit.deployedTensors()`.
     public func deployedTensors() -> (weight: Tensor, bias: Tensor) {
-        let wq = weightQuant(weight)
-        let bq = inputQuant.fakeQuantEnabled ? fakeQuantizeBias(bias, inputScale: inputQuant.scales[0], weightScales: weightQuant.scales) : bias
-        return (wq, bq)
+        quantizedWeightAndBias(weight, bias, weightQuant: weightQuant, inputQuant: inputQuant)
     }
 }

@@ -75,22 +75,31 @@ public final class QuantizedNet: Module, Layer {
     /// observers off: post-training calibration.
     /// - Throws: `QuantizationError` for an empty calibration set.
     public func calibrate(on images: any Dataset, batchSize: Int = 128) throws {
-        guard images.count > 0 else { throw QuantizationError("calibration needs at least one image, got 0") }
-        let wasTraining = training
-        eval()
-        setQuantization(observe: true, fakeQuantize: false)
-        let loader = DataLoader(dataset: images, batchSize: batchSize, shuffle: false, augment: false, seed: 0)
-        noGrad {
-            for batch in loader.batches(epoch: 0) {
-                _ = self(Tensor(batch.images, shape: [batch.count, batch.channels, batch.height, batch.width]))
-            }
-        }
-        setQuantization(observe: false, fakeQuantize: true)
-        // Weight ranges track the weights; keep them current when weights change (QAT).
-        for u in units { u.weightQuant.observerEnabled = true }
-        linear.weightQuant.observerEnabled = true
-        train(wasTraining)
+        try calibrateFakeQuantized(self, quantizers: fakeQuantizers,
+                                   weightQuantizers: units.map(\.weightQuant) + [linear.weightQuant],
+                                   on: images, batchSize: batchSize)
     }
+}
+
+/// Post-training calibration of a fake-quantized model: runs `images`
+/// through it in evaluation mode with observers on and fake quantization
+/// off, then turns fake quantization on and observers off, except the weight
+/// observers, which keep tracking the weights (they change in QAT).
+func calibrateFakeQuantized(_ model: some Layer, quantizers: [FakeQuantize], weightQuantizers: [FakeQuantize],
+                            on images: any Dataset, batchSize: Int) throws {
+    guard images.count > 0 else { throw QuantizationError("calibration needs at least one image, got 0") }
+    let wasTraining = model.training
+    model.eval()
+    for fq in quantizers { fq.observerEnabled = true; fq.fakeQuantEnabled = false }
+    let loader = DataLoader(dataset: images, batchSize: batchSize, shuffle: false, augment: false, seed: 0)
+    noGrad {
+        for batch in loader.batches(epoch: 0) {
+            _ = model(Tensor(batch.images, shape: [batch.count, batch.channels, batch.height, batch.width]))
+        }
+    }
+    for fq in quantizers { fq.observerEnabled = false; fq.fakeQuantEnabled = true }
+    for fq in weightQuantizers { fq.observerEnabled = true }
+    model.train(wasTraining)
 }
 
 extension BatchNorm2d {

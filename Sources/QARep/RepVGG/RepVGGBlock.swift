@@ -37,7 +37,9 @@ public final class RepVGGBlock: Module, Layer {
     public var inChannels: Int { dense.conv.inChannels }
     public var outChannels: Int { dense.conv.outChannels }
 
-    public func callAsFunction(_ x: Tensor) -> Tensor {
+    public func callAsFunction(_ x: Tensor) -> Tensor { traced(.repVGGBlock(self), [x]) { forward(x) } }
+
+    private func forward(_ x: Tensor) -> Tensor {
         var y = dense(x) + pointwise(x)
         if hasIdentity { y = y + (identityBN.map { $0(x) } ?? x) }
         if let postBN { return postBN(y, relu: true) }
@@ -52,5 +54,5 @@ public final class ReparamBlock: Module, Layer {
 
     public init(conv: Conv2d) { _conv.wrappedValue = conv }
 
-    public func callAsFunction(_ x: Tensor) -> Tensor { conv(x).relu() }
+    public func callAsFunction(_ x: Tensor) -> Tensor { traced(.reparamBlock(self), [x]) { conv(x).relu() } }
 }

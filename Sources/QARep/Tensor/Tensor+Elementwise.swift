@@ -8,6 +8,10 @@ extension Tensor {
     /// `a + b`.
     public static func + (a: Tensor, b: Tensor) -> Tensor {
         guard a.shape == b.shape else { return binary(a, b, { $0 + $1 }, da: { g, _, _ in g }, db: { g, _, _ in g }) }
+        return traced(.add, [a, b]) { sum(a, b) }
+    }
+
+    private static func sum(_ a: Tensor, _ b: Tensor) -> Tensor {
         // The residual sums of every block: one vector pass, and the gradient passes through unchanged.
         let n = a.count
         let out = [Float](unsafeUninitializedCapacity: n) { buf, count in
@@ -57,7 +61,9 @@ extension Tensor {
     }
 
     /// `max(x, 0)`; the gradient at 0 is 0, as in PyTorch.
-    public func relu() -> Tensor {
+    public func relu() -> Tensor { traced(.relu, [self]) { reluOp() } }
+
+    private func reluOp() -> Tensor {
         let n = count
         let out = [Float](unsafeUninitializedCapacity: n) { buf, count in
             data.withUnsafeBufferPointer { reluForward($0.baseAddress!, into: buf.baseAddress!, count: n) }
@@ -79,9 +85,10 @@ extension Tensor {
     }
 
     /// Applies `f` elementwise; `derivative(x)` is `f'(x)` at the input value.
-    func map(_ f: (Float) -> Float, derivative: @escaping (Float) -> Float) -> Tensor {
+    /// `operation` is the public operation's name, for graph capture's errors.
+    func map(_ f: (Float) -> Float, derivative: @escaping (Float) -> Float, operation: String = #function) -> Tensor {
         let x = data
-        return Tensor.result(x.map(f), shape: shape, inputs: [self]) { [self] g in
+        return Tensor.result(x.map(f), shape: shape, inputs: [self], operation: operation) { [self] g in
             guard requiresGrad else { return }
             accumulateGrad { acc in
                 for i in 0..<acc.count { acc[i] += g[i] * derivative(x[i]) }
@@ -93,7 +100,7 @@ extension Tensor {
     /// `da(g, x, y)` and `db(g, x, y)` give the gradient contributions.
     static func binary(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float,
                        da: @escaping (Float, Float, Float) -> Float,
-                       db: @escaping (Float, Float, Float) -> Float) -> Tensor {
+                       db: @escaping (Float, Float, Float) -> Float, operation: String = #function) -> Tensor {
         let aScalar = a.count == 1 && b.count != 1
         let bScalar = b.count == 1 && a.count != 1
         precondition(aScalar || bScalar || a.shape == b.shape,
@@ -103,7 +110,7 @@ extension Tensor {
         let x = a.data, y = b.data
         var out = [Float](repeating: 0, count: n)
         for i in 0..<n { out[i] = f(x[aScalar ? 0 : i], y[bScalar ? 0 : i]) }
-        return Tensor.result(out, shape: shape, inputs: [a, b]) { g in
+        return Tensor.result(out, shape: shape, inputs: [a, b], operation: operation) { g in
             if a.requiresGrad {
                 a.accumulateGrad { acc in
                     for i in 0..<n { acc[aScalar ? 0 : i] += da(g[i], x[aScalar ? 0 : i], y[bScalar ? 0 : i]) }

@@ -8,6 +8,10 @@ extension Tensor {
             dims[k] = count / known
         }
         precondition(dims.reduce(1, *) == count, "cannot reshape \(shape) (\(count) elements) to \(newShape)")
+        // [N, ...] to [N, rest] is a graph's flatten; other reshapes it does not hold.
+        if rank >= 2 && dims == [shape[0], count / max(shape[0], 1)] {
+            return traced(.flatten, [self]) { Tensor.result(data, shape: dims, inputs: [self]) { [self] g in accumulateGrad(g) } }
+        }
         return Tensor.result(data, shape: dims, inputs: [self]) { [self] g in accumulateGrad(g) }
     }
 

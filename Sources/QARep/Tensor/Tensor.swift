@@ -94,9 +94,12 @@ public final class Tensor {
 
     /// Makes a tensor computed from `inputs`, recording `backward` when any
     /// input requires a gradient and gradient recording is on.
-    static func result(_ data: [Float], shape: [Int], inputs: [Tensor],
+    /// `operation` names the operation for graph capture, which refuses
+    /// tensors made outside the operations it knows.
+    static func result(_ data: [Float], shape: [Int], inputs: [Tensor], operation: String = #function,
                        backward: @escaping ([Float]) -> Void) -> Tensor {
         let out = Tensor(data, shape: shape)
+        GraphTracer.current?.madeTensor(by: operation)
         if GradMode.isEnabled && inputs.contains(where: { $0.requiresGrad }) {
             out.requiresGrad = true
             out.parents = inputs
