@@ -49,6 +49,7 @@ let package = Package(
         // MARK: Recipes
         .executableTarget(name: "train-fashion-mnist", dependencies: ["QARep"], path: "recipes/train-fashion-mnist"),
         .executableTarget(name: "paper-ablation", dependencies: ["QARep", "QARepKernels"], path: "recipes/paper-ablation"),
+        .executableTarget(name: "custom-model-qat", dependencies: ["QARep", "QARepONNX"], path: "recipes/custom-model-qat"),
 
         // MARK: Tests
         .testTarget(name: "QARepTests", dependencies: ["QARep", "QARepKernels", "QARepONNX", "QARepCLI", "QARepTensorBoard", "CZlib"],

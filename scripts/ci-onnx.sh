@@ -19,3 +19,11 @@ ckpt=checkpoints/tiny-qarepvgg.safetensors
 "$QAREP" eval --checkpoint "$ckpt" --deploy --logits-out "$tmp/fp32.npy" --quiet
 "$tmp/venv/bin/python" scripts/check_onnx.py --fp32 "$tmp/fp32.onnx" --fp32-logits "$tmp/fp32.npy" \
     --int8 "$tmp/int8.onnx" --int8-logits "$tmp/int8.npy"
+
+# Any-model quantization: the custom-model recipe (a residual network with a
+# float-kept classifier), briefly trained, through graph capture, QAT,
+# conversion and QDQ export; ONNX Runtime must agree with the graph engine.
+swift build -c release --product custom-model-qat >/dev/null
+RECIPE=.build/release/custom-model-qat
+"$RECIPE" --train-limit 2048 --epochs 1 --qat-epochs 1 --out "$tmp/custom" >/dev/null
+"$tmp/venv/bin/python" scripts/check_onnx.py --int8 "$tmp/custom/custom-int8.onnx" --int8-logits "$tmp/custom/custom-int8-logits.npy"

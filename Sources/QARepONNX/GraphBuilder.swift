@@ -11,6 +11,7 @@ struct GraphBuilder {
     enum Attribute {
         case int(Int64)
         case ints([Int64])
+        case float(Float)
     }
 
     /// A float initializer (`dims` [] for a scalar).
@@ -57,6 +58,7 @@ struct GraphBuilder {
             switch value {
             case .int(let i): a.type = .int; a.i = i
             case .ints(let v): a.type = .ints; a.ints = v
+            case .float(let f): a.type = .float; a.f = f
             }
             n.attribute.append(a)
         }

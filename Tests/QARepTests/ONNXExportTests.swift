@@ -33,6 +33,29 @@ struct ONNXExportTests {
         #expect(model.graph.output.first?.name == "logits")
     }
 
+    @Test("a converted graph exports as QDQ: every quantized tensor Q/DQ'd once, float-kept layers as float operators")
+    func graphExport() throws {
+        let data = syntheticBands(count: 96, seed: 30)
+        let net = EveryOpNet(seed: 31)
+        randomizeBatchNorms(net, seed: 32)
+        let example = Tensor([Float](repeating: 0, count: 28 * 28), shape: [1, 1, 28, 28])
+        let prepared = try QuantizedGraph(net, example: example, qconfig: QConfigMapping().setting("branch", to: nil), mode: .ptq)
+        try prepared.calibrate(on: data)
+        let int8 = try prepared.convertToInt8()
+        let model = try Onnx_ModelProto(serializedBytes: ONNXExport.int8(int8))
+        let ops = model.graph.node.map(\.opType)
+        // Q/DQ after: input, stem, max pool (repeats the stem's), block, add, branch (float, quantized for
+        // the concat), concat, deployed block, pool, flatten (repeats the pool's). The logits stay float.
+        let quantizedTensors = int8.nodes.filter { $0.outputParams != nil }.count
+        #expect(ops.filter { $0 == "QuantizeLinear" }.count == quantizedTensors && quantizedTensors == 10, "\(ops)")
+        for op in ["Conv", "Add", "Concat", "MaxPool", "GlobalAveragePool", "Flatten", "Gemm", "Relu"] { #expect(ops.contains(op), "\(op)") }
+        let inits = Dictionary(uniqueKeysWithValues: model.graph.initializer.map { ($0.name, $0) })
+        #expect(inits["stem.weight"]?.dataType == Int32(Onnx_TensorProto.DataType.int8.rawValue))
+        #expect(inits["branch.weight"]?.dataType == Int32(Onnx_TensorProto.DataType.float.rawValue), "the float-kept branch")
+        #expect(model.graph.output.first?.name == "logits")
+        #expect(model.graph.input.first?.type.tensorType.shape.dim[1].dimValue == 1)
+    }
+
     @Test("unsigned activations export uint8 zero points")
     func unsignedZeroPoints() throws {
         let (_, int8) = try smallInt8(.unsignedActivations)

@@ -16,6 +16,8 @@ public struct Int8Linear: Sendable, Equatable {
     public var weightScales: [Float]
     /// In units of `s_in * s_w[k]`.
     public var bias: [Int32]
+    /// The scale of the input codes.
+    public var inputScale: Float
 }
 
 /// One operation of a converted graph.
@@ -62,6 +64,8 @@ public struct Int8Graph {
     public var nodes: [Node]
     /// The value id of the model's output.
     public var output: Int
+    /// Shapes of the input and the output in the capture run (batch included).
+    public var inputShape: [Int], outputShape: [Int]
 }
 
 extension QuantizedGraph {
@@ -102,7 +106,8 @@ extension QuantizedGraph {
                 let (k, c) = (layer.weight.shape[0], layer.weight.shape[1])
                 let (wq, ws) = quantizeWeights(layer.weight.data, channels: k, scheme: scheme)
                 op = .linear(Int8Linear(inFeatures: c, outFeatures: k, weight: wq, weightScales: ws,
-                                        bias: quantizeBias(layer.bias.data, inputScale: input(step).scale, weightScales: ws)),
+                                        bias: quantizeBias(layer.bias.data, inputScale: input(step).scale, weightScales: ws),
+                                        inputScale: input(step).scale),
                              relu: layer.relu)
             case .add(let relu): op = .add(relu: relu)
             case .concat: op = .concat
@@ -114,6 +119,7 @@ extension QuantizedGraph {
             }
             nodes.append(Int8Graph.Node(name: step.name, op: op, inputs: step.inputs, output: step.output, outputParams: out))
         }
-        return Int8Graph(activation: activation, nodes: nodes, output: graph.output)
+        return Int8Graph(activation: activation, nodes: nodes, output: graph.output,
+                         inputShape: graph.nodes[0].shape, outputShape: graph.nodes[graph.output].shape)
     }
 }
