@@ -12,6 +12,8 @@ public struct PTQ: ParsableCommand {
     @OptionGroup var quantization: QuantizationOptions
     @Option(help: "Write the INT8 model (native safetensors) here.") var out: String?
     @Flag(help: "Print each activation quantizer's calibrated range on stderr.") var showRanges = false
+    @Flag(help: "After calibration, take each layer's mean output shift from weight rounding out of its bias, measured on the calibration images (empirical bias correction, Nagel et al. 2019).")
+    var biasCorrection = false
     @OptionGroup var model: ModelOptions
     @OptionGroup var data: DataOptions
     @OptionGroup var runtime: RuntimeOptions
@@ -43,6 +45,8 @@ public struct PTQ: ParsableCommand {
         public var activationBits: Int
         public var images: Int
         public var int8Model: String?
+        /// With `--bias-correction`: the largest bias change of each layer (units, then the head).
+        public var biasCorrections: [Float]?
     }
 
     public func execute() throws -> Report {
@@ -54,6 +58,7 @@ public struct PTQ: ParsableCommand {
         let qconfig = quantization.qconfig
         runtime.progress.finish("calibrating \(qconfig.calibrator) on \(calibration.count) training images")
         let quantized = try postTrainingQuantize(net, calibration: calibration, qconfig: qconfig)
+        let corrections = biasCorrection ? try quantized.correctBias(on: calibration) : nil
         if showRanges { printRanges(quantized) }
         let fp32 = evaluate(net, on: test)
         let fake = evaluate(quantized, on: test)
@@ -61,6 +66,7 @@ public struct PTQ: ParsableCommand {
                             calibImages: calibration.count, bits: quantization.bitWidth,
                             weightBits: quantization.weightBitWidth, activationBits: quantization.activationBitWidth, images: test.count)
         if case .percentile(let p) = qconfig.calibrator { report.percentile = p }
+        report.biasCorrections = corrections
         if quantization.isInt8 {
             let int8 = try quantized.convertToInt8()
             let engine = evaluate(int8, on: test)
@@ -77,7 +83,7 @@ public struct PTQ: ParsableCommand {
     public func run() throws {
         let r = try execute()
         if runtime.json { return try printJSON(r) }
-        print("\(checkpoint): \(quantization.calibratorSettings) calibration on \(r.calibImages) images, \(r.images) test images")
+        print("\(checkpoint): \(quantization.calibratorSettings) calibration\(biasCorrection ? " and bias correction" : "") on \(r.calibImages) images, \(r.images) test images")
         var rows = [("FP32", r.top1), ("\(quantization.widthLabel) fake-quant", r.fakeQuantTop1)]
         if let t = r.int8Top1 { rows.append(("INT8 engine", t)) }
         for (name, t) in rows { print(String(format: "%-20@ top-1 %@", name, percent(t))) }

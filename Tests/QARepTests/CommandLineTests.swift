@@ -61,6 +61,16 @@ struct CommandLineTests {
         #expect(report.fakeQuantTop1 == evaluate(quantized, on: try FashionMNIST.load(split: .test, root: data)).top1)
     }
 
+    @Test("ptq --bias-correction corrects every layer (tiny: 7 blocks and the head) and its report says by how much")
+    func biasCorrectionFlag() throws {
+        let data = try syntheticDataRoot()
+        defer { try? FileManager.default.removeItem(atPath: data) }
+        let report = try PTQ.parse(["--checkpoint", shippedCheckpoints + "/tiny-qarepvgg.safetensors", "--weight-bits", "4",
+                                    "--bias-correction", "--calib-images", "64", "--data-root", data, "--quiet"]).execute()
+        let corrections = try #require(report.biasCorrections)
+        #expect(corrections.count == 8 && corrections.allSatisfy { $0.isFinite } && corrections.contains { $0 > 0 }, "\(corrections)")
+    }
+
     @Test("impossible flags are refused before any work, with a message naming the flag", arguments: [
         (["ptq", "--checkpoint", "x", "--calibrator", "percentile", "--percentile", "0"], "--percentile"),
         (["ptq", "--checkpoint", "x", "--percentile", "90"], "--percentile"),
