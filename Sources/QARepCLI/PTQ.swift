@@ -14,6 +14,8 @@ public struct PTQ: ParsableCommand {
     @Flag(help: "Print each activation quantizer's calibrated range on stderr.") var showRanges = false
     @Flag(help: "After calibration, take each layer's mean output shift from weight rounding out of its bias, measured on the calibration images (empirical bias correction, Nagel et al. 2019).")
     var biasCorrection = false
+    @Flag(help: "Before calibration, equalize the weight ranges of consecutive layers channel by channel (cross-layer equalization, Nagel et al. 2019); the FP32 outputs do not change.")
+    var cle = false
     @OptionGroup var model: ModelOptions
     @OptionGroup var data: DataOptions
     @OptionGroup var runtime: RuntimeOptions
@@ -47,6 +49,8 @@ public struct PTQ: ParsableCommand {
         public var int8Model: String?
         /// With `--bias-correction`: the largest bias change of each layer (units, then the head).
         public var biasCorrections: [Float]?
+        /// Whether `--cle` equalized the weights before calibration.
+        public var crossLayerEqualization: Bool
     }
 
     public func execute() throws -> Report {
@@ -57,14 +61,15 @@ public struct PTQ: ParsableCommand {
         try data.check(test, fits: net.config, model: checkpoint)
         let qconfig = quantization.qconfig
         runtime.progress.finish("calibrating \(qconfig.calibrator) on \(calibration.count) training images")
-        let quantized = try postTrainingQuantize(net, calibration: calibration, qconfig: qconfig)
+        let quantized = try postTrainingQuantize(net, calibration: calibration, qconfig: qconfig, equalize: cle)
         let corrections = biasCorrection ? try quantized.correctBias(on: calibration) : nil
         if showRanges { printRanges(quantized) }
         let fp32 = evaluate(net, on: test)
         let fake = evaluate(quantized, on: test)
         var report = Report(top1: fp32.top1, fakeQuantTop1: fake.top1, calibrator: qconfig.calibrator.method.rawValue,
                             calibImages: calibration.count, bits: quantization.bitWidth,
-                            weightBits: quantization.weightBitWidth, activationBits: quantization.activationBitWidth, images: test.count)
+                            weightBits: quantization.weightBitWidth, activationBits: quantization.activationBitWidth, images: test.count,
+                            crossLayerEqualization: cle)
         if case .percentile(let p) = qconfig.calibrator { report.percentile = p }
         report.biasCorrections = corrections
         if quantization.isInt8 {
@@ -83,7 +88,7 @@ public struct PTQ: ParsableCommand {
     public func run() throws {
         let r = try execute()
         if runtime.json { return try printJSON(r) }
-        print("\(checkpoint): \(quantization.calibratorSettings) calibration\(biasCorrection ? " and bias correction" : "") on \(r.calibImages) images, \(r.images) test images")
+        print("\(checkpoint): \(quantization.calibratorSettings) calibration\(cle ? ", cross-layer equalization" : "")\(biasCorrection ? ", bias correction" : "") on \(r.calibImages) images, \(r.images) test images")
         var rows = [("FP32", r.top1), ("\(quantization.widthLabel) fake-quant", r.fakeQuantTop1)]
         if let t = r.int8Top1 { rows.append(("INT8 engine", t)) }
         for (name, t) in rows { print(String(format: "%-20@ top-1 %@", name, percent(t))) }

@@ -75,3 +75,37 @@ struct BiasCorrectionTests {
         #expect(throws: QuantizationError.self) { try postTrainingQuantize(model, calibration: data).correctBias(on: data.subset(0..<0)) }
     }
 }
+
+@Suite("Cross-layer equalization (Nagel et al. 2019)")
+struct CrossLayerEqualizationTests {
+    @Test("FP32 outputs unchanged to 1e-5, consecutive layers' channel ranges equal, refused after calibration")
+    func equalizes() throws {
+        let data = syntheticBands(count: 64, seed: 50)
+        // RepVGG with its identity BN: the channel ranges the method exists for.
+        let model = try RepVGGNet(config: ModelConfig(widths: [8, 8, 16, 16, 16], blocks: [1, 1, 2, 1, 1], block: .repvgg), seed: 51)
+        randomizeBatchNorms(model, seed: 52)
+        let net = try QuantizedNet(from: model, form: .folded)
+        net.setQuantization(observe: false, fakeQuantize: false)
+        net.eval()
+        let x = Tensor(data.images.map { data.normalize($0, channel: 0) }, shape: [data.count, 1, 28, 28])
+        let before = noGrad { net(x).data }
+        let first = try net.equalizeCrossLayer(sweeps: 1)
+        let remaining = try net.equalizeCrossLayer(sweeps: 20)
+        #expect(first > 2 && remaining < 1.02, "range ratio \(first) before, \(remaining) after")
+        #expect(maxRelativeError(noGrad { net(x).data }, before, floor: 1e-3) < 1e-5)
+        // Output channel c of a unit and input channel c of the next now share one range.
+        let (w1, w2) = (net.units[2].conv.weight, net.units[3].conv.weight)
+        let channels = w1.shape[0], per1 = w1.count / channels, per2 = w2.count / (w2.shape[0] * channels)
+        for c in 0..<channels {
+            var r1: Float = 0, r2: Float = 0
+            for i in 0..<per1 { r1 = max(r1, abs(w1.data[c * per1 + i])) }
+            for o in 0..<w2.shape[0] {
+                for i in 0..<per2 { r2 = max(r2, abs(w2.data[(o * channels + c) * per2 + i])) }
+            }
+            #expect(abs(r1 / r2 - 1) < 1e-2, "channel \(c): \(r1) vs \(r2)")
+        }
+        net.setQuantization(observe: true, fakeQuantize: false)
+        try net.calibrate(on: data)
+        #expect(throws: QuantizationError.self) { try net.equalizeCrossLayer() }
+    }
+}
