@@ -149,6 +149,7 @@ enum ConfigName: String, ExpressibleByArgument, CaseIterable, Codable {
 }
 
 extension BlockKind: ExpressibleByArgument {}
+extension QATMethod: ExpressibleByArgument {}
 extension WeightDecayMode: ExpressibleByArgument {}
 extension Calibrator.Method: ExpressibleByArgument {}
 

@@ -21,6 +21,8 @@ public struct QAT: ParsableCommand {
     @OptionGroup(title: "Training (defaults: 10 epochs, 3 of warm-up, LR 0.01)") var sgd: SGDOptions
     @Option(help: "Freeze BN statistics from this epoch (0-based) on.") var freezeBnAfter: Int?
     @Option(help: "Freeze activation ranges from this epoch (0-based) on.") var freezeObserversAfter: Int?
+    @Option(help: "How scales evolve after calibration: observers (moving-average activation ranges, min-max weights) or lsq (every scale learned, Esser et al. 2020; symmetric activations only).")
+    var method: QATMethod?
     @OptionGroup var quantization: QuantizationOptions
     @OptionGroup var model: ModelOptions
     @OptionGroup var data: RunDataOptions
@@ -35,6 +37,12 @@ public struct QAT: ParsableCommand {
         try sgd.validate(Self.defaults)
         for (flag, value) in [("--freeze-bn-after", freezeBnAfter), ("--freeze-observers-after", freezeObserversAfter)] {
             if let v = value, v < 0 { throw ValidationError("\(flag) must be an epoch >= 0, got \(v)") }
+        }
+        if method == .lsq && freezeObserversAfter != nil {
+            throw ValidationError("--method lsq learns its scales; --freeze-observers-after has nothing to freeze")
+        }
+        if method == .lsq && quantization.unsignedActivations {
+            throw ValidationError("--method lsq learns symmetric step sizes; drop --unsigned-activations")
         }
         try validateFreshRunDirectory(out)
     }
@@ -68,6 +76,7 @@ public struct QAT: ParsableCommand {
             quantization.compare(with: state.options, &check)
             check.compare("--freeze-bn-after", freezeBnAfter, state.options.freezeBNAfter)
             check.compare("--freeze-observers-after", freezeObserversAfter, state.options.freezeObserversAfter)
+            check.compare("--method", method, state.options.method)
             let data = self.data.resumed(from: state.data?.origin, &check)
             runtime.applyResumed(saved: state.threads, &check)
             try check.verify()
@@ -86,6 +95,7 @@ public struct QAT: ParsableCommand {
             options.calibrationImages = quantization.calibrationImages
             options.freezeBNAfter = freezeBnAfter
             options.freezeObserversAfter = freezeObserversAfter
+            options.method = method ?? .observers
             options.qconfig = quantization.qconfig
             let calibration = train.subset(0..<min(quantization.calibrationImages, train.count))
             run = try QATRun(from: fp32, source: from!, options: options, calibration: calibration,

@@ -94,7 +94,7 @@ extension QuantizedGraph {
                 guard scheme.bits == 8 else { throw QuantizationError("\(step.name): the integer engine runs 8-bit weights, not \(scheme.bits)-bit") }
                 let (w, b) = unit.foldedWeights()
                 let c = unit.conv, (i, o) = (input(step), out!)
-                let (wq, ws) = quantizeWeights(w, channels: c.outChannels, scheme: scheme)
+                let (wq, ws) = quantizeWeights(w, channels: c.outChannels, scheme: scheme, quantizer: unit.weightQuant)
                 op = .conv(Int8Conv(name: step.name, inChannels: c.inChannels, outChannels: c.outChannels, kernelSize: c.kernelSize,
                                     stride: c.stride, padding: c.padding, weight: wq, weightScales: ws,
                                     bias: quantizeBias(b, inputScale: i.scale, weightScales: ws),
@@ -104,7 +104,7 @@ extension QuantizedGraph {
                 let scheme = layer.weightQuant.scheme
                 guard scheme.bits == 8 else { throw QuantizationError("\(step.name): the integer engine runs 8-bit weights, not \(scheme.bits)-bit") }
                 let (k, c) = (layer.weight.shape[0], layer.weight.shape[1])
-                let (wq, ws) = quantizeWeights(layer.weight.data, channels: k, scheme: scheme)
+                let (wq, ws) = quantizeWeights(layer.weight.data, channels: k, scheme: scheme, quantizer: layer.weightQuant)
                 op = .linear(Int8Linear(inFeatures: c, outFeatures: k, weight: wq, weightScales: ws,
                                         bias: quantizeBias(layer.bias.data, inputScale: input(step).scale, weightScales: ws),
                                         inputScale: input(step).scale),

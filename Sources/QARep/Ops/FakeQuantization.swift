@@ -107,3 +107,49 @@ public func channelAffine(_ x: Tensor, scale: Tensor, shift: Tensor?) -> Tensor 
         if let shift, shift.requiresGrad { shift.accumulateGrad { db in for c in 0..<C { db[c] += gb[c] } } }
     }
 }
+
+/// Learned step size quantization (LSQ, Esser et al. 2020): symmetric fake
+/// quantization `y = clamp(roundHalfEven(x / s), qmin, qmax) * s` with a
+/// gradient to the step size `s` (per tensor, or per channel along axis 0):
+///
+///     dy/dx = 1 inside the range, 0 where clipped (straight-through)
+///     dy/ds = roundHalfEven(x / s) - x / s inside, qmin or qmax where clipped
+///
+/// and the step's gradient scaled by `gradScale` (the paper's
+/// `1 / sqrt(N * qmax)`, N the elements one step size serves), so that steps
+/// and weights learn at comparable rates. A step at or below 1e-8 is used as
+/// 1e-8, so a step the optimizer drove to zero cannot divide by it.
+public func learnedStepFakeQuantize(_ x: Tensor, step: Tensor, qmin: Int32, qmax: Int32, gradScale: Float) -> Tensor {
+    precondition(step.rank == 1 && (step.count == 1 || (x.rank >= 1 && x.shape[0] == step.count)),
+                 "learnedStepFakeQuantize: \(step.count) steps for a tensor of shape \(x.shape)")
+    let xd = x.data, n = xd.count, channels = step.count, per = n / channels
+    let steps = step.data.map { Swift.max($0, 1e-8) }
+    // Per element: the gradient factor of the step, and whether x passes.
+    var stepFactor = [Float](repeating: 0, count: n), inRange = [Bool](repeating: false, count: n)
+    let y = [Float](unsafeUninitializedCapacity: n) { out, count in
+        for c in 0..<channels {
+            let s = steps[c]
+            for i in (c * per)..<((c + 1) * per) {
+                let level = unclampedLevel(xd[i], scale: s, zeroPoint: 0)
+                guard !level.isNaN else { out[i] = .nan; continue }
+                let clamped = clampedLevel(level, min: qmin, max: qmax)
+                inRange[i] = level == clamped
+                stepFactor[i] = inRange[i] ? Float(level) - xd[i] / s : Float(clamped)
+                out[i] = dequantize(Int32(clamped), scale: s, zeroPoint: 0)
+            }
+        }
+        count = n
+    }
+    return Tensor.result(y, shape: x.shape, inputs: [x, step]) { g in
+        if x.requiresGrad { x.accumulateGrad { dx in for i in 0..<n where inRange[i] { dx[i] += g[i] } } }
+        if step.requiresGrad {
+            step.accumulateGrad { ds in
+                for c in 0..<channels {
+                    var sum: Double = 0
+                    for i in (c * per)..<((c + 1) * per) { sum += Double(g[i]) * Double(stepFactor[i]) }
+                    ds[c] += Float(sum) * gradScale
+                }
+            }
+        }
+    }
+}

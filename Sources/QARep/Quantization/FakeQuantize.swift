@@ -24,6 +24,11 @@ public final class FakeQuantize: Module, Layer {
     @Key("zero_point") var zeroPoint: Tensor
     /// Observations since `scale` and `zero_point` were last computed.
     private var qparamsStale = false
+    /// Whether `scale` is a trained parameter (LSQ) instead of an observer's output.
+    public private(set) var learnsScale = false
+    /// The smallest each learned step may become: 1% of its calibrated value.
+    /// A buffer (`step_floor`) of LSQ quantizers only, so a resumed run keeps it.
+    @Key("step_floor") private var stepFloor: Tensor? = nil
 
     /// - Parameters:
     ///   - calibrator: the observers' method and settings.
@@ -40,10 +45,30 @@ public final class FakeQuantize: Module, Layer {
     /// The observers' method and settings.
     public var calibrator: Calibrator { observers[0].calibrator }
 
-    /// Scales as floats, current with every observation so far.
+    /// Scales as floats, current with every observation so far (learned
+    /// steps below their floor read as the floor, as the forward pass uses them).
     public var scales: [Float] {
         updateQParamsIfStale()
-        return scale.data
+        guard let stepFloor else { return scale.data }
+        return zip(scale.data, stepFloor.data).map { max($0, $1) }
+    }
+
+    /// Turns the scale into a trainable parameter, starting from its current
+    /// (calibrated) value, for learned step size quantization (LSQ, Esser et
+    /// al. 2020): the observers stop, and the forward pass gives the scale a
+    /// gradient (`learnedStepFakeQuantize`). Checkpoints keep it under the
+    /// same `scale` key. A step is kept at or above 1% of its starting value:
+    /// at 8 bits a step is about 1/127 of its weights' range, and one SGD step
+    /// at a QAT learning rate can drive it through zero, which would silence
+    /// its channel and leave its bias no int32 code.
+    /// - Precondition: a symmetric scheme (LSQ learns a step, not a zero point).
+    public func learnScale() {
+        precondition(scheme.symmetric, "LSQ learns the step of a symmetric scheme")
+        updateQParamsIfStale()
+        learnsScale = true
+        stepFloor = Tensor(scale.data.map { max($0 * 0.01, 1e-8) }, shape: scale.shape)
+        observerEnabled = false
+        scale.requiresGrad = true
     }
 
     /// Zero points as integers, current with every observation so far.
@@ -66,6 +91,7 @@ public final class FakeQuantize: Module, Layer {
 
     /// Recomputes `scale` and `zero_point` from the observers that have seen values.
     public func updateQParams() {
+        guard !learnsScale else { qparamsStale = false; return }
         for (c, o) in observers.enumerated() where o.hasObserved {
             let (s, z) = o.qparams()
             scale.data[c] = s
@@ -105,12 +131,25 @@ public final class FakeQuantize: Module, Layer {
     /// Whether this call observes: when enabled, and either calibrating
     /// (fake quantization off), training, or tracking weights. Evaluating a
     /// fake-quantized model never moves its activation ranges.
-    var observesNow: Bool { observerEnabled && (tracksCurrentValues || training || !fakeQuantEnabled) }
+    var observesNow: Bool { !learnsScale && observerEnabled && (tracksCurrentValues || training || !fakeQuantEnabled) }
 
     /// Observes (if enabled) and fake-quantizes (if enabled) `x`.
     public func callAsFunction(_ x: Tensor) -> Tensor {
         if observesNow { observe(x.data) }
         guard fakeQuantEnabled else { return x }
+        if learnsScale {
+            // Training keeps every step at or above its floor, in place (as
+            // PyTorch's learnable fake quantization clamps its scale);
+            // evaluation reads the floored steps and changes nothing.
+            let floored = scales
+            if training && floored != scale.data { scale.data = floored }
+            let step = training ? scale : Tensor(floored, shape: scale.shape)
+            // The paper's gradient scale: 1 / sqrt(N * qmax), N the weights of a
+            // channel, or an activation's features per example.
+            let served = tracksCurrentValues ? x.count / scale.count : x.count / max(x.shape.first ?? 1, 1)
+            return learnedStepFakeQuantize(x, step: step, qmin: scheme.qmin, qmax: scheme.qmax,
+                                           gradScale: 1 / (Float(served) * Float(scheme.qmax)).squareRoot())
+        }
         return fakeQuantize(x, scales: scales, zeroPoints: zeroPoints, qmin: scheme.qmin, qmax: scheme.qmax)
     }
 }

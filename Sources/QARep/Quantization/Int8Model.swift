@@ -131,15 +131,22 @@ public struct Int8Model: Sendable, Equatable {
 
 /// Per-channel symmetric int8 quantization of a weight, `[-127, 127]`: the
 /// min-max scale of each output channel and `quantize` of every element, as
-/// the simulation's weight quantizer has them.
-func quantizeWeights(_ w: [Float], channels: Int, scheme: QuantScheme) -> (values: [Int8], scales: [Float]) {
+/// the simulation's weight quantizer has them. A quantizer that learns its
+/// scale (LSQ) gives its own scales instead of the min-max ones.
+func quantizeWeights(_ w: [Float], channels: Int, scheme: QuantScheme, quantizer: FakeQuantize? = nil) -> (values: [Int8], scales: [Float]) {
     let per = w.count / channels
     var q = [Int8](repeating: 0, count: w.count)
     var scales = [Float](repeating: 1, count: channels)
+    let learned = quantizer.flatMap { $0.learnsScale ? $0.scales : nil }
     for c in 0..<channels {
-        let o = MinMaxObserver(scheme: scheme)
-        o.observe(Array(w[(c * per)..<((c + 1) * per)]))
-        let s = o.qparams().scale
+        let s: Float
+        if let learned {
+            s = learned[c]
+        } else {
+            let o = MinMaxObserver(scheme: scheme)
+            o.observe(Array(w[(c * per)..<((c + 1) * per)]))
+            s = o.qparams().scale
+        }
         scales[c] = s
         for i in (c * per)..<((c + 1) * per) {
             q[i] = Int8(quantize(w[i], scale: s, zeroPoint: 0, min: scheme.qmin, max: scheme.qmax))
@@ -173,7 +180,7 @@ extension QuantizedNet {
         for (i, unit) in list.enumerated() {
             let (w, b) = unit.foldedWeights()
             let O = unit.conv.outChannels
-            let (wq, ws) = quantizeWeights(w, channels: O, scheme: qconfig.weight)
+            let (wq, ws) = quantizeWeights(w, channels: O, scheme: qconfig.weight, quantizer: unit.weightQuant)
             let inQ = unit.inputQuant
             let outQ = i + 1 < list.count ? list[i + 1].inputQuant : linear.featureQuant
             convs.append(Int8Conv(
@@ -184,7 +191,7 @@ extension QuantizedNet {
                 outputScale: outQ.scales[0], outputZeroPoint: outQ.zeroPoints[0]))
         }
         let classes = linear.weight.shape[0], features = linear.weight.shape[1]
-        let (hw, hs) = quantizeWeights(linear.weight.data, channels: classes, scheme: qconfig.weight)
+        let (hw, hs) = quantizeWeights(linear.weight.data, channels: classes, scheme: qconfig.weight, quantizer: linear.weightQuant)
         let head = Int8Head(featureScale: linear.featureQuant.scales[0], featureZeroPoint: linear.featureQuant.zeroPoints[0],
                             inputScale: linear.inputQuant.scales[0], inputZeroPoint: linear.inputQuant.zeroPoints[0],
                             inFeatures: features, classes: classes, weight: hw, weightScales: hs,

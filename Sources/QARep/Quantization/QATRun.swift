@@ -17,6 +17,8 @@ public struct QATOptions: Sendable, Equatable {
     public var freezeBNAfter: Int?
     /// From this epoch on, activation ranges stop moving.
     public var freezeObserversAfter: Int?
+    /// How scales evolve during QAT.
+    public var method = QATMethod.observers
 
     public init() {}
 
@@ -32,11 +34,26 @@ public struct QATOptions: Sendable, Equatable {
         for (name, epoch) in [("freezeBNAfter", freezeBNAfter), ("freezeObserversAfter", freezeObserversAfter)] {
             if let epoch, epoch < 0 { throw QuantizationError("\(name) must be an epoch >= 0, got \(epoch)") }
         }
+        if method == .lsq {
+            guard qconfig.activation.symmetric else {
+                throw QuantizationError("LSQ learns symmetric step sizes; it does not combine with unsigned asymmetric activations")
+            }
+            guard freezeObserversAfter == nil else { throw QuantizationError("LSQ learns its scales; there are no observers to freeze") }
+        }
     }
 }
 
+/// How a QAT run's scales evolve after calibration.
+public enum QATMethod: String, Codable, Sendable, CaseIterable {
+    /// Activation ranges tracked by moving-average observers, weight ranges by min-max of the current weights.
+    case observers
+    /// Every scale a trained parameter from its calibrated value: learned
+    /// step size quantization (Esser et al. 2020), with its gradient scaling.
+    case lsq
+}
+
 extension QATOptions: Codable {
-    private enum CodingKeys: String, CodingKey { case qconfig, calibrationImages, freezeBNAfter, freezeObserversAfter }
+    private enum CodingKeys: String, CodingKey { case qconfig, calibrationImages, freezeBNAfter, freezeObserversAfter, method }
 
     /// One flat object: the training settings' keys beside the quantization's.
     public init(from decoder: any Decoder) throws {
@@ -46,6 +63,7 @@ extension QATOptions: Codable {
         calibrationImages = try c.decode(Int.self, forKey: .calibrationImages)
         freezeBNAfter = try c.decodeIfPresent(Int.self, forKey: .freezeBNAfter)
         freezeObserversAfter = try c.decodeIfPresent(Int.self, forKey: .freezeObserversAfter)
+        method = try c.decodeIfPresent(QATMethod.self, forKey: .method) ?? .observers
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -55,6 +73,7 @@ extension QATOptions: Codable {
         try c.encode(calibrationImages, forKey: .calibrationImages)
         try c.encodeIfPresent(freezeBNAfter, forKey: .freezeBNAfter)
         try c.encodeIfPresent(freezeObserversAfter, forKey: .freezeObserversAfter)
+        try c.encode(method, forKey: .method)
     }
 }
 
@@ -119,10 +138,15 @@ public final class QATRun {
         try CheckpointedRun<QuantizedNet>.prepare(directory)
         let model = try QuantizedNet(from: fp32, form: .postBN, qconfig: options.qconfig)
         try model.calibrate(on: calibration)
-        // After calibration, activation ranges follow the data by moving averages.
-        for fq in model.fakeQuantizers where !fq.tracksCurrentValues {
-            fq.switchToMovingAverage()
-            fq.observerEnabled = true
+        switch options.method {
+        case .observers:
+            // After calibration, activation ranges follow the data by moving averages.
+            for fq in model.fakeQuantizers where !fq.tracksCurrentValues {
+                fq.switchToMovingAverage()
+                fq.observerEnabled = true
+            }
+        case .lsq:
+            for fq in model.fakeQuantizers { fq.learnScale() }
         }
         let state = QATState(options: options, training: training, form: model.hasPostBN ? .postBN : .folded, source: source,
                              threads: KernelThreads.count)
@@ -188,6 +212,8 @@ public final class QATRun {
         guard model.hasPostBN == (state.form == .postBN) else {
             throw CheckpointError("\(name): the checkpoint's form \(state.form.rawValue) does not fit block kind \(config.block.rawValue)")
         }
+        // LSQ quantizers first, so their step floors have somewhere to load into.
+        if state.options.method == .lsq { for fq in model.fakeQuantizers { fq.learnScale() } }
         try Checkpoint.load(file, into: model, source: name, extraSuffixes: [observerStateSuffix])
         for (path, m) in model.namedModules() {
             guard let fq = m as? FakeQuantize else { continue }
@@ -199,7 +225,8 @@ public final class QATRun {
                 for (c, o) in fq.observers.enumerated() { try o.restore(Array(values[(c * per)..<((c + 1) * per)])) }
             } catch { throw CheckpointError("\(name): key \(key): \(error)") }
         }
-        // As after calibration: every quantizer fake-quantizes and keeps observing.
+        // As after calibration: every quantizer fake-quantizes and keeps
+        // observing (LSQ quantizers ignore the observer switch).
         model.setQuantization(observe: true, fakeQuantize: true)
         return (model, state, file)
     }

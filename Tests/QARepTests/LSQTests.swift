@@ -1,0 +1,104 @@
+import Foundation
+import QARep
+import Testing
+
+@Suite("LSQ: learned step size quantization (Esser et al. 2020)", .serialized)
+struct LSQTests {
+    /// LSQ's step gradient is the exact derivative of the surrogate
+    /// `s * (x / s + c)` where the rounded level lies in the range, `c =
+    /// round(x / s) - x / s` held at its value (rounding straight-through),
+    /// and `s * qmin` or `s * qmax` where it is clipped (the range test on the
+    /// rounded level, as PyTorch's learnable fake quantization has it).
+    /// Central differences of that surrogate check it.
+    @Test("gradients: straight-through for x, the surrogate's derivative for the step, per tensor and per channel",
+          arguments: [1, 3])
+    func gradients(channels: Int) {
+        let (qmin, qmax): (Int32, Int32) = (-127, 127)
+        let x = randomTensor([channels, 40], seed: 60, in: -3 ... 3)
+        let step = Tensor((0..<channels).map { 0.015 + 0.003 * Float($0) }, shape: [channels], requiresGrad: true)
+        let r = randomFloats(x.count, seed: 61)
+        let y = learnedStepFakeQuantize(x, step: step, qmin: qmin, qmax: qmax, gradScale: 1)
+        y.backward(gradient: r)
+        let per = x.count / channels
+        for c in 0..<channels {
+            let s0 = Double(step.data[c])
+            let xs = (0..<per).map { Double(x.data[c * per + $0]) }, rs = (0..<per).map { Double(r[c * per + $0]) }
+            // Per element: nil inside the range (then the held offset c), or the clipped level.
+            let regions = xs.map { v -> (offset: Double, clipped: Double?) in
+                let u = v / s0, level = u.rounded(.toNearestOrEven)
+                return level < Double(qmin) ? (0, Double(qmin)) : level > Double(qmax) ? (0, Double(qmax)) : (level - u, nil)
+            }
+            func surrogate(_ s: Double) -> Double {
+                var sum = 0.0
+                for ((v, weight), region) in zip(zip(xs, rs), regions) {
+                    sum += weight * s * (region.clipped ?? (v / s + region.offset))
+                }
+                return sum
+            }
+            let h = s0 * 1e-4
+            let numeric = (surrogate(s0 + h) - surrogate(s0 - h)) / (2 * h)
+            let analytic = Double(step.grad![c])
+            #expect(abs(numeric - analytic) <= 1e-3 * max(1, abs(numeric)), "channel \(c): \(analytic) vs \(numeric)")
+            #expect(xs.contains { abs($0 / s0) > 127 } && xs.contains { abs($0 / s0) < 127 }, "both regions exercised")
+        }
+        // x: gradient passes inside the range, not where clipped.
+        for i in 0..<x.count {
+            let inside = abs(x.data[i] / max(step.data[i / per], 1e-8)) <= 127.5
+            #expect(x.grad![i] == (inside ? r[i] : 0) || abs(abs(x.data[i] / step.data[i / per]) - 127.5) < 1e-3)
+        }
+    }
+
+    func smallModel() throws -> (RepVGGNet, FashionMNIST) {
+        let data = syntheticBands(count: 256, seed: 62)
+        let model = try RepVGGNet(config: ModelConfig(widths: [8, 8, 16, 16, 16], blocks: [1, 1, 2, 1, 1], block: .qarepvgg), seed: 63)
+        randomizeBatchNorms(model, seed: 64)
+        let trainer = Trainer(model: model, optimizer: SGD(groups: ParameterGroup.standard(model, weightDecay: 1e-4), learningRate: 0.05),
+                              config: TrainingConfig(epochs: 1, batchSize: 32, schedule: .constant(0.05), seed: 1),
+                              progress: ProgressReporter(enabled: false))
+        try trainer.trainEpoch(on: data)
+        return (model, data)
+    }
+
+    @Test("QAT with --method lsq: scales train, the engine follows, and a resumed run ends bit-identical")
+    func qatRun() throws {
+        let (fp32, data) = try smallModel()
+        var options = QATOptions()
+        options.epochs = 2; options.warmupEpochs = 1; options.batchSize = 32; options.calibrationImages = 64
+        options.method = .lsq
+        let quiet = ProgressReporter(enabled: false)
+        let dirA = temporaryDirectory("lsq-a"), dirB = temporaryDirectory("lsq-b")
+        defer { try? FileManager.default.removeItem(atPath: dirA); try? FileManager.default.removeItem(atPath: dirB) }
+        let straight = try QATRun(from: fp32, source: "t", options: options, calibration: data.subset(0..<64),
+                                  trainImages: data.count, directory: dirA, progress: quiet)
+        let calibrated = straight.model.fakeQuantizers.map(\.scales)
+        #expect(straight.model.fakeQuantizers.allSatisfy { $0.learnsScale })
+        #expect(straight.model.parameters().contains { $0.key == "stage0.input_fake_quant.scale" }, "the scale is a parameter")
+        try straight.run(train: data, test: nil)
+        let trained = straight.model.fakeQuantizers.map(\.scales)
+        #expect(zip(calibrated, trained).filter { $0 != $1 }.count == calibrated.count, "every quantizer's scale moved")
+        // The converted model uses the learned scales: the engine agrees with the simulation.
+        let int8 = try Int8Model.read(from: dirA + "/int8.safetensors")
+        #expect(int8.convs[1].inputScale == straight.model.units[1].inputQuant.scales[0])
+        let fake = evaluate(straight.model, on: data), engine = evaluate(int8, on: data)
+        let same = zip(fake.predictions, engine.predictions).filter { $0 == $1 }.count
+        #expect(Double(same) / Double(data.count) >= 0.99, "\(same) of \(data.count)")
+
+        let first = try QATRun(from: fp32, source: "t", options: options, calibration: data.subset(0..<64),
+                               trainImages: data.count, directory: dirB, progress: quiet)
+        try first.run(train: data, test: nil, until: 1)
+        let resumed = try QATRun.resume(from: dirB, progress: quiet)
+        #expect(resumed.model.fakeQuantizers.allSatisfy { $0.learnsScale })
+        try resumed.run(train: data, test: nil)
+        for (a, b) in zip(straight.model.stateDict(), resumed.model.stateDict()) {
+            #expect(a.tensor.data == b.tensor.data, "\(a.key) differs after resume")
+        }
+    }
+
+    @Test("LSQ refuses asymmetric activations")
+    func refusesAsymmetric() throws {
+        var options = QATOptions()
+        options.method = .lsq
+        options.qconfig = .unsignedActivations
+        #expect(throws: QuantizationError.self) { try options.validate() }
+    }
+}
