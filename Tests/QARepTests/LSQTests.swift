@@ -48,20 +48,9 @@ struct LSQTests {
         }
     }
 
-    func smallModel() throws -> (RepVGGNet, FashionMNIST) {
-        let data = syntheticBands(count: 256, seed: 62)
-        let model = try RepVGGNet(config: ModelConfig(widths: [8, 8, 16, 16, 16], blocks: [1, 1, 2, 1, 1], block: .qarepvgg), seed: 63)
-        randomizeBatchNorms(model, seed: 64)
-        let trainer = Trainer(model: model, optimizer: SGD(groups: ParameterGroup.standard(model, weightDecay: 1e-4), learningRate: 0.05),
-                              config: TrainingConfig(epochs: 1, batchSize: 32, schedule: .constant(0.05), seed: 1),
-                              progress: ProgressReporter(enabled: false))
-        try trainer.trainEpoch(on: data)
-        return (model, data)
-    }
-
     @Test("QAT with --method lsq: scales train, the engine follows, and a resumed run ends bit-identical")
     func qatRun() throws {
-        let (fp32, data) = try smallModel()
+        let (fp32, data) = try smallTrainedQARepVGG(dataSeed: 62, modelSeed: 63)
         var options = QATOptions()
         options.epochs = 2; options.warmupEpochs = 1; options.batchSize = 32; options.calibrationImages = 64
         options.method = .lsq
@@ -92,6 +81,24 @@ struct LSQTests {
         for (a, b) in zip(straight.model.stateDict(), resumed.model.stateDict()) {
             #expect(a.tensor.data == b.tensor.data, "\(a.key) differs after resume")
         }
+    }
+
+    @Test("a 4-bit QAT run, observers or LSQ, finishes with its checkpoint and no INT8 file (the engine runs 8 bits)",
+          arguments: [QATMethod.observers, .lsq])
+    func lowBitRun(_ method: QATMethod) throws {
+        let (fp32, data) = try smallTrainedQARepVGG(dataSeed: 65, modelSeed: 66)
+        var options = QATOptions()
+        options.epochs = 1; options.warmupEpochs = 0; options.batchSize = 32; options.calibrationImages = 64
+        options.qconfig = QConfig.tensorRT.withBits(4)
+        options.method = method
+        let dir = temporaryDirectory("lsq-4bit")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let run = try QATRun(from: fp32, source: "t", options: options, calibration: data.subset(0..<64),
+                             trainImages: data.count, directory: dir, progress: ProgressReporter(enabled: false))
+        try run.run(train: data, test: nil)
+        #expect(FileManager.default.fileExists(atPath: dir + "/last.safetensors"))
+        #expect(!FileManager.default.fileExists(atPath: dir + "/int8.safetensors"))
+        #expect(try QATRun.loadModel(from: dir + "/last.safetensors").units[0].weightQuant.scheme.bits == 4)
     }
 
     @Test("LSQ refuses asymmetric activations")

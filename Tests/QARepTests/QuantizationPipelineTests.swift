@@ -29,17 +29,7 @@ struct QuantizationPipelineTests {
         #expect(fp32.top1 - engine.top1 <= 0.01, "FP32 \(fp32.top1), INT8 \(engine.top1)")
     }
 
-    /// A small QARepVGG trained a few steps so its BN statistics are not trivial.
-    func smallTrainedModel() throws -> (RepVGGNet, FashionMNIST) {
-        let data = syntheticBands(count: 256, seed: 21)
-        let model = try RepVGGNet(config: ModelConfig(widths: [8, 8, 16, 16, 16], blocks: [1, 1, 2, 1, 1], block: .qarepvgg), seed: 2)
-        randomizeBatchNorms(model, seed: 3)
-        let trainer = Trainer(model: model, optimizer: SGD(groups: ParameterGroup.standard(model, weightDecay: 1e-4), learningRate: 0.05),
-                              config: TrainingConfig(epochs: 1, batchSize: 32, schedule: .constant(0.05), seed: 1),
-                              progress: ProgressReporter(enabled: false))
-        try trainer.trainEpoch(on: data)
-        return (model, data)
-    }
+    func smallTrainedModel() throws -> (RepVGGNet, FashionMNIST) { try smallTrainedQARepVGG() }
 
     @Test("QAT keeps the post-BN; its eval mode equals the converted INT8 model (BN folding simulated)")
     func qatFoldSimulation() throws {
@@ -237,4 +227,17 @@ func expectSameCodes(_ model: QuantizedNet, _ int8: Int8Model, sourceLocation: S
         check("head", weight: w, bias: b, codes: int8.head.weight, biasCodes: int8.head.bias,
               weightScales: int8.head.weightScales, inputScale: int8.head.inputScale)
     }
+}
+
+/// A small QARepVGG trained a few steps on synthetic images so its BN
+/// statistics are not trivial, and those images.
+func smallTrainedQARepVGG(dataSeed: UInt64 = 21, modelSeed: UInt64 = 2) throws -> (RepVGGNet, FashionMNIST) {
+    let data = syntheticBands(count: 256, seed: dataSeed)
+    let model = try RepVGGNet(config: ModelConfig(widths: [8, 8, 16, 16, 16], blocks: [1, 1, 2, 1, 1], block: .qarepvgg), seed: modelSeed)
+    randomizeBatchNorms(model, seed: modelSeed + 1)
+    let trainer = Trainer(model: model, optimizer: SGD(groups: ParameterGroup.standard(model, weightDecay: 1e-4), learningRate: 0.05),
+                          config: TrainingConfig(epochs: 1, batchSize: 32, schedule: .constant(0.05), seed: 1),
+                          progress: ProgressReporter(enabled: false))
+    try trainer.trainEpoch(on: data)
+    return (model, data)
 }
