@@ -37,7 +37,9 @@ public final class Int8GraphEngine {
 
     /// The model's output (logits) for normalized images `[N, C, H, W]`.
     public func callAsFunction(_ images: Tensor) -> Tensor {
-        model.activation.signed ? run(Int8.self, images) : run(UInt8.self, images)
+        precondition(images.rank == 4 && images.shape[1] == model.inputShape[1],
+                     "graph engine input must be [N, \(model.inputShape[1]), H, W], got \(images.shape)")
+        return model.activation.signed ? run(Int8.self, images) : run(UInt8.self, images)
     }
 
     private func run<A: QuantizedActivation>(_: A.Type, _ images: Tensor) -> Tensor {
