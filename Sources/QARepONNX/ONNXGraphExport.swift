@@ -56,18 +56,8 @@ extension ONNXExport {
                 let (w, b) = quantizedParameters(node.name, weight: l.weight, dims: [l.outFeatures, l.inFeatures],
                                                  scales: l.weightScales, bias: l.bias, inputScale: l.inputScale)
                 y = relu(g.node("Gemm", [inputs[0], w, b], name: node.name + ".gemm", ["transB": .int(1)]), r, node.name)
-            case .add(let r):
-                y = relu(g.node("Add", inputs, name: node.name), r, node.name)
-            case .concat:
-                y = g.node("Concat", inputs, name: node.name, ["axis": .int(1)])
-            case .globalAveragePool:
-                y = g.node("Flatten", [g.node("GlobalAveragePool", inputs, name: node.name)], name: node.name + ".flatten", ["axis": .int(1)])
-            case .maxPool(let k, let s, let p):
-                y = g.node("MaxPool", inputs, name: node.name, poolAttributes(kernel: k, stride: s, padding: p))
-            case .relu:
-                y = g.node("Relu", inputs, name: node.name)
-            case .flatten:
-                y = g.node("Flatten", inputs, name: node.name, ["axis": .int(1)])
+            case .function(let f):
+                y = function(f, inputs, name: node.name, builder: &g)
             case .float(let captured):
                 var local = Dictionary(uniqueKeysWithValues: zip(node.inputs, inputs))
                 for c in captured { local[c.id] = try floatOperator(c, local: local, builder: &g) }
@@ -115,12 +105,23 @@ extension ONNXExport {
             let w = g.floats(name + ".weight", l.weight.data, dims: l.weight.shape)
             let b = g.floats(name + ".bias", l.bias?.data ?? [Float](repeating: 0, count: l.weight.shape[0]), dims: [l.weight.shape[0]])
             return g.node("Gemm", [x[0], w, b], name: name, ["transB": .int(1)])
-        case .relu: return g.node("Relu", x, name: name)
-        case .add: return g.node("Add", x, name: name)
+        case .relu, .add, .concat, .maxPool, .globalAveragePool, .flatten:
+            return function(node.op.function!, x, name: name, builder: &g)
+        }
+    }
+
+    /// A parameter-free operation as ONNX float operators (the graph's
+    /// average pooling gives `[N, C]`, so GlobalAveragePool is flattened).
+    private static func function(_ f: TensorFunction, _ x: [String], name: String, builder g: inout GraphBuilder) -> String {
+        switch f {
+        case .add(let relu):
+            let y = g.node("Add", x, name: name)
+            return relu ? g.node("Relu", [y], name: name + ".relu") : y
         case .concat: return g.node("Concat", x, name: name, ["axis": .int(1)])
-        case .maxPool(let k, let s, let p): return g.node("MaxPool", x, name: name, poolAttributes(kernel: k, stride: s, padding: p))
         case .globalAveragePool:
             return g.node("Flatten", [g.node("GlobalAveragePool", x, name: name)], name: name + ".flatten", ["axis": .int(1)])
+        case .maxPool(let k, let s, let p): return g.node("MaxPool", x, name: name, poolAttributes(kernel: k, stride: s, padding: p))
+        case .relu: return g.node("Relu", x, name: name)
         case .flatten: return g.node("Flatten", x, name: name, ["axis": .int(1)])
         }
     }

@@ -62,15 +62,50 @@ public enum GraphOp {
         case .input: inputs[0]
         case .conv(let m): m(inputs[0])
         case .batchNorm(let m): m(inputs[0])
-        case .relu: inputs[0].relu()
-        case .add: inputs[0] + inputs[1]
-        case .concat: concatenateChannels(inputs)
-        case .maxPool(let k, let s, let p): maxPool2d(inputs[0], kernel: k, stride: s, padding: p)
-        case .globalAveragePool: QARep.globalAveragePool(inputs[0])
-        case .flatten: inputs[0].reshaped([inputs[0].shape[0], -1])
+        case .relu, .add, .concat, .maxPool, .globalAveragePool, .flatten: function!.apply(inputs)
         case .linear(let m): m(inputs[0])
         case .repVGGBlock(let m): m(inputs[0])
         case .reparamBlock(let m): m(inputs[0])
+        }
+    }
+
+    /// The operation as a parameter-free function; nil for the input and module operations.
+    public var function: TensorFunction? {
+        switch self {
+        case .relu: .relu
+        case .add: .add(relu: false)
+        case .concat: .concat
+        case .maxPool(let k, let s, let p): .maxPool(kernel: k, stride: s, padding: p)
+        case .globalAveragePool: .globalAveragePool
+        case .flatten: .flatten
+        case .input, .conv, .batchNorm, .linear, .repVGGBlock, .reparamBlock: nil
+        }
+    }
+}
+
+/// The graph operations without parameters, as captured, prepared and
+/// converted graphs all hold them (a prepared add may carry the ReLU after it).
+public enum TensorFunction: Sendable, Equatable {
+    /// The elementwise sum of two tensors of one shape, then ReLU if `relu`.
+    case add(relu: Bool)
+    /// Concatenation along the channel axis.
+    case concat
+    /// `[N, C, H, W]` to `[N, C]` by averaging each plane.
+    case globalAveragePool
+    case maxPool(kernel: Int, stride: Int, padding: Int)
+    case relu
+    /// `[N, ...]` to `[N, rest]`.
+    case flatten
+
+    /// Runs it on float tensors: the float model's arithmetic, and the fake-quantized simulation's.
+    public func apply(_ inputs: [Tensor]) -> Tensor {
+        switch self {
+        case .add(let relu): relu ? (inputs[0] + inputs[1]).relu() : inputs[0] + inputs[1]
+        case .concat: concatenateChannels(inputs)
+        case .globalAveragePool: QARep.globalAveragePool(inputs[0])
+        case .maxPool(let k, let s, let p): maxPool2d(inputs[0], kernel: k, stride: s, padding: p)
+        case .relu: inputs[0].relu()
+        case .flatten: inputs[0].reshaped([inputs[0].shape[0], -1])
         }
     }
 }

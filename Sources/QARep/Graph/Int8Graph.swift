@@ -27,17 +27,12 @@ public enum Int8Op {
     /// An integer convolution (`Int8Conv`'s arithmetic), ReLU as the clamp's lower bound.
     case conv(Int8Conv, relu: Bool)
     case linear(Int8Linear, relu: Bool)
-    /// Inputs dequantized, summed in float, ReLU'd and quantized: the simulation's arithmetic, bit for bit.
-    case add(relu: Bool)
-    /// Each input's codes requantized to the output's scale.
-    case concat
-    /// Each plane's dequantized values averaged in float and quantized.
-    case globalAveragePool
-    /// On codes: the order of codes is the order of values.
-    case maxPool(kernel: Int, stride: Int, padding: Int)
-    /// `max(code, zero point)`.
-    case relu
-    case flatten
+    /// An add (inputs dequantized, summed in float, ReLU'd, quantized: the
+    /// simulation's arithmetic, bit for bit), a concatenation (each input
+    /// requantized to the output's scale), average pooling (planes of
+    /// dequantized values averaged in float, quantized), or max pooling, ReLU
+    /// (`max(code, zero point)`) and flatten on codes.
+    case function(TensorFunction)
     /// Captured float operations, on the dequantized input; quantized after
     /// when the node has output parameters.
     case float([Graph.Node])
@@ -85,7 +80,7 @@ extension QuantizedGraph {
         func input(_ step: Step) -> QuantParams { params(describing[step.inputs[0]])! }
         var nodes: [Int8Graph.Node] = []
         for step in steps {
-            let out = params(quantizeAfter[step.output] ?? describing[step.output])
+            let out = params(describing[step.output])
             let op: Int8Op
             switch step.kind {
             case .input: op = .input
@@ -109,12 +104,7 @@ extension QuantizedGraph {
                                         bias: quantizeBias(layer.bias.data, inputScale: input(step).scale, weightScales: ws),
                                         inputScale: input(step).scale),
                              relu: layer.relu)
-            case .add(let relu): op = .add(relu: relu)
-            case .concat: op = .concat
-            case .globalAveragePool: op = .globalAveragePool
-            case .maxPool(let k, let s, let p): op = .maxPool(kernel: k, stride: s, padding: p)
-            case .relu: op = .relu
-            case .flatten: op = .flatten
+            case .function(let f): op = .function(f)
             case .float(let captured): op = .float(captured)
             }
             nodes.append(Int8Graph.Node(name: step.name, op: op, inputs: step.inputs, output: step.output, outputParams: out))

@@ -109,30 +109,25 @@ public final class Int8GraphEngine {
                     }
                     result = .float(y, shape: [n, l.outFeatures])
                 }
-            case .add(let relu):
-                let a = floats(inputs[0]), b = floats(inputs[1])
-                let sum = zip(a, b).map { relu ? max($0 + $1, 0) : $0 + $1 }
-                result = quantized(sum, inputs[0].shape, node.outputParams!)
-            case .concat:
-                let shapes = inputs.map(\.shape)
-                let joined = concatenateChannels(zip(inputs, shapes).map { Tensor(floats($0), shape: $1) })
-                result = quantized(joined.data, joined.shape, node.outputParams!)
-            case .globalAveragePool:
-                let pooled = QARep.globalAveragePool(Tensor(floats(inputs[0]), shape: inputs[0].shape))
-                result = quantized(pooled.data, pooled.shape, node.outputParams!)
-            case .maxPool(let k, let s, let p):
-                let (x, params) = codes(inputs[0])
-                let shape = inputs[0].shape
-                let (y, outShape) = Self.maxPoolCodes(x, shape: shape, kernel: k, stride: s, padding: p)
-                result = .codes(y, shape: outShape, params)
-            case .relu:
-                let (x, p) = codes(inputs[0])
-                let zero = A(truncatingIfNeeded: p.zeroPoint)
-                result = .codes(x.map { max($0, zero) }, shape: inputs[0].shape, p)
-            case .flatten:
-                let (x, p) = codes(inputs[0])
-                let s = inputs[0].shape
-                result = .codes(x, shape: [s[0], s.dropFirst().reduce(1, *)], p)
+            case .function(let f):
+                switch f {
+                case .add, .concat, .globalAveragePool:
+                    // The simulation's own float arithmetic on the dequantized inputs, then one quantize.
+                    let y = noGrad { f.apply(inputs.map { Tensor(floats($0), shape: $0.shape) }) }
+                    result = quantized(y.data, y.shape, node.outputParams!)
+                case .maxPool(let k, let s, let p):
+                    let (x, params) = codes(inputs[0])
+                    let (y, shape) = Self.maxPoolCodes(x, shape: inputs[0].shape, kernel: k, stride: s, padding: p)
+                    result = .codes(y, shape: shape, params)
+                case .relu:
+                    let (x, p) = codes(inputs[0])
+                    let zero = A(truncatingIfNeeded: p.zeroPoint)
+                    result = .codes(x.map { max($0, zero) }, shape: inputs[0].shape, p)
+                case .flatten:
+                    let (x, p) = codes(inputs[0])
+                    let s = inputs[0].shape
+                    result = .codes(x, shape: [s[0], s.dropFirst().reduce(1, *)], p)
+                }
             case .float(let captured):
                 let y = noGrad {
                     QuantizedGraph.runFloat(captured, inputs: Dictionary(uniqueKeysWithValues: zip(node.inputs, inputs).map {

@@ -50,12 +50,9 @@ public final class QuantizedGraph: Module, Layer {
         case input
         case conv(QuantGraphConv)
         case linear(QuantGraphLinear)
-        case add(relu: Bool)
-        case concat
-        case globalAveragePool
-        case maxPool(kernel: Int, stride: Int, padding: Int)
-        case relu
-        case flatten
+        /// Quantized (add, concatenation, average pooling: a new scale) or
+        /// passing its input's scale through (max pooling, ReLU, flatten).
+        case function(TensorFunction)
         /// Nodes kept in float, run as captured.
         case float([Graph.Node])
     }
@@ -147,23 +144,14 @@ public final class QuantizedGraph: Module, Layer {
                 guard let q = try settings(node.name) else { steps.append(floatStep(node.name, chain)); continue }
                 let last = chain.last!
                 for i in node.inputs { _ = quantized(i, q) }
-                let kind: Kind = switch node.op {
-                case .add: .add(relu: relu)
-                case .concat: .concat
-                default: .globalAveragePool
-                }
-                steps.append(Step(name: node.name, kind: kind, inputs: node.inputs, output: last))
+                let function: TensorFunction = relu ? .add(relu: true) : node.op.function!
+                steps.append(Step(name: node.name, kind: .function(function), inputs: node.inputs, output: last))
                 _ = quantized(last, q)
             case .maxPool, .relu, .flatten:
                 // Order-preserving: the input's codes and scale pass through.
-                let kind: Kind = switch node.op {
-                case .maxPool(let k, let s, let p): .maxPool(kernel: k, stride: s, padding: p)
-                case .relu: .relu
-                default: .flatten
-                }
                 if let fq = describing[node.inputs[0]] {
                     describing[node.id] = fq
-                    steps.append(Step(name: node.name, kind: kind, inputs: node.inputs, output: node.id))
+                    steps.append(Step(name: node.name, kind: .function(node.op.function!), inputs: node.inputs, output: node.id))
                 } else {
                     steps.append(Step(name: node.name, kind: .float([node]), inputs: node.inputs, output: node.id))
                 }
@@ -258,12 +246,7 @@ public final class QuantizedGraph: Module, Layer {
             case .input: y = x
             case .conv(let unit): y = unit(inputs[0], inputQuant: describing[step.inputs[0]]!)
             case .linear(let layer): y = layer(inputs[0], inputQuant: describing[step.inputs[0]]!)
-            case .add(let relu): y = relu ? (inputs[0] + inputs[1]).relu() : inputs[0] + inputs[1]
-            case .concat: y = concatenateChannels(inputs)
-            case .globalAveragePool: y = globalAveragePool(inputs[0])
-            case .maxPool(let k, let s, let p): y = maxPool2d(inputs[0], kernel: k, stride: s, padding: p)
-            case .relu: y = inputs[0].relu()
-            case .flatten: y = inputs[0].reshaped([inputs[0].shape[0], -1])
+            case .function(let f): y = f.apply(inputs)
             case .float(let nodes): y = Self.runFloat(nodes, inputs: Dictionary(uniqueKeysWithValues: zip(step.inputs, inputs)))
             }
             if let fq = quantizeAfter[step.output] { y = fq(y) }
