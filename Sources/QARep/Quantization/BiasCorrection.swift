@@ -31,12 +31,17 @@ extension QuantizedNet {
             var corrections: [Float] = []
             for unit in units {
                 let conv = unit.conv
-                let shift = meanShift(xs.map { unit.inputQuant($0) }, float: conv.weight, quantized: unit.weightQuant(conv.weight)) {
+                let inputs = xs.map { unit.inputQuant($0) }
+                let shift = meanShift(inputs, float: conv.weight, quantized: unit.weightQuant(conv.weight)) {
                     conv2d($0, weight: $1, stride: conv.stride, padding: conv.padding)
                 }
                 conv.bias!.assign(zip(conv.bias!.data, shift).map { $0 - $1 })
                 corrections.append(shift.map(abs).max() ?? 0)
-                xs = xs.map { unit($0) }
+                // The unit's own forward pass (folded: no post-BN) on the inputs already quantized.
+                xs = inputs.map {
+                    fakeQuantizedConvolution($0, inputQuant: unit.inputQuant, conv: conv, weightQuant: unit.weightQuant,
+                                             postBN: nil, relu: true)
+                }
             }
             let pooled = xs.map { linear.inputQuant(globalAveragePool(linear.featureQuant($0))) }
             let shift = meanShift(pooled, float: linear.weight, quantized: linear.weightQuant(linear.weight)) {
