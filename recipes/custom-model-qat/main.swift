@@ -43,6 +43,12 @@ final class SmallResidualNet: Module, Layer {
     }
 }
 
+/// A command-line mistake, reported as one line.
+struct UsageError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
 struct Options {
     var model = "custom", epochs = 3, qatEpochs = 1, trainLimit: Int?, out = "runs/custom-model-qat"
 
@@ -50,23 +56,23 @@ struct Options {
         var i = 1
         func value() throws -> String {
             i += 1
-            guard i < arguments.count else { throw GraphError("\(arguments[i - 1]) needs a value") }
+            guard i < arguments.count else { throw UsageError("\(arguments[i - 1]) needs a value") }
             return arguments[i]
         }
         func positive(_ flag: String) throws -> Int {
-            guard let n = Int(try value()), n >= 1 else { throw GraphError("\(flag) must be a positive integer") }
+            guard let n = Int(try value()), n >= 1 else { throw UsageError("\(flag) must be a positive integer") }
             return n
         }
         while i < arguments.count {
             switch arguments[i] {
             case "--model":
                 model = try value()
-                guard ["custom", "resnet20"].contains(model) else { throw GraphError("--model must be custom or resnet20, got \(model)") }
+                guard ["custom", "resnet20"].contains(model) else { throw UsageError("--model must be custom or resnet20, got \(model)") }
             case "--epochs": epochs = try positive("--epochs")
             case "--qat-epochs": qatEpochs = try positive("--qat-epochs")
             case "--train-limit": trainLimit = try positive("--train-limit")
             case "--out": out = try value()
-            default: throw GraphError("unknown argument \(arguments[i]) (see the comment at the top of recipes/custom-model-qat/main.swift)")
+            default: throw UsageError("unknown argument \(arguments[i]) (see the comment at the top of recipes/custom-model-qat/main.swift)")
             }
             i += 1
         }
