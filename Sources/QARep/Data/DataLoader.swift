@@ -74,6 +74,9 @@ public final class DataLoader: Sendable {
     /// How many ready batches the background producer may hold; 0 prepares
     /// each batch on the caller's thread inside `next()`.
     public let prefetch: Int
+    /// The part of every batch this loader produces (a data-parallel rank's),
+    /// or nil for whole batches.
+    public let shard: BatchShard?
 
     /// Raw byte -> normalised float, 256 entries per channel.
     private let normalized: [Float]
@@ -90,8 +93,11 @@ public final class DataLoader: Sendable {
     ///   - dropLast: skip a final batch smaller than `batchSize`.
     ///   - prefetch: ready batches buffered by the background producer, >= 0
     ///     (0: no background thread).
+    ///   - shard: produce only this rank's rows of each batch: the same
+    ///     images, labels and augmentation as those rows of the whole batch,
+    ///     decoding no other image.
     public init(dataset: any Dataset, batchSize: Int, shuffle: Bool, augment: Bool, seed: UInt64,
-                dropLast: Bool = false, prefetch: Int = 2) {
+                dropLast: Bool = false, prefetch: Int = 2, shard: BatchShard? = nil) {
         precondition(batchSize > 0, "DataLoader: batchSize must be positive, got \(batchSize)")
         precondition(prefetch >= 0, "DataLoader: prefetch must be >= 0, got \(prefetch)")
         self.dataset = dataset
@@ -101,6 +107,7 @@ public final class DataLoader: Sendable {
         self.seed = seed
         self.dropLast = dropLast
         self.prefetch = prefetch
+        self.shard = shard
         self.normalized = (0..<dataset.channels).flatMap { c in (0...255).map { dataset.normalize(UInt8($0), channel: c) } }
     }
 
@@ -150,7 +157,9 @@ public final class DataLoader: Sendable {
     /// Depends only on its arguments.
     func makeBatch(index: Int, order: [Int], augmentSeed: UInt64) -> Batch {
         let start = index * batchSize
-        let indices = Array(order[start ..< min(start + batchSize, order.count)])
+        let whole = Array(order[start ..< min(start + batchSize, order.count)])
+        let rows = shard?.rows(of: whole.count) ?? 0 ..< whole.count
+        let indices = Array(whole[rows])
         let height = dataset.height, width = dataset.width, channels = dataset.channels
         let plane = height * width, pixelsPerImage = channels * plane, pad = dataset.cropPadding
         var images = [Float](repeating: 0, count: indices.count * pixelsPerImage)
@@ -159,11 +168,14 @@ public final class DataLoader: Sendable {
         normalized.withUnsafeBufferPointer { luts in
             dataset.images.withUnsafeBufferPointer { source in
                 images.withUnsafeMutableBufferPointer { out in
-                    for (n, sample) in indices.enumerated() {
+                    for (row, sample) in whole.enumerated() {
                         // Fixed draw order per sample: dy, dx, flip; one draw for all channels.
+                        // Every row of the whole batch draws, so a shard's rows get the whole batch's draws.
                         let dy = augment ? rng.uniform(below: 2 * pad + 1) - pad : 0
                         let dx = augment ? rng.uniform(below: 2 * pad + 1) - pad : 0
                         let flip = augment && rng.next() & 1 == 1
+                        guard rows.contains(row) else { continue }
+                        let n = row - rows.lowerBound
                         for c in 0..<channels {
                             let first = sample * pixelsPerImage + c * plane, to = n * pixelsPerImage + c * plane
                             let src = UnsafeBufferPointer(rebasing: source[first ..< first + plane])
@@ -247,6 +259,27 @@ extension FashionMNIST {
     public static func normalize(_ pixel: UInt8) -> Float {
         normalizedPixel(pixel, mean: mean, std: std)
     }
+}
+
+/// Which rows of every batch a data-parallel rank takes: shard `rank` of
+/// `ranks` (`DataParallel.shard(of:rank:size:)`).
+public struct BatchShard: Sendable, Equatable {
+    public let rank: Int
+    public let ranks: Int
+
+    /// - Precondition: `0 <= rank < ranks`.
+    public init(rank: Int, of ranks: Int) {
+        precondition(ranks > 0 && (0..<ranks).contains(rank), "BatchShard: rank \(rank) is outside \(ranks) ranks")
+        self.rank = rank; self.ranks = ranks
+    }
+
+    /// This process's shard in the current data-parallel job, nil alone.
+    public static var current: BatchShard? {
+        DataParallel.size > 1 ? BatchShard(rank: DataParallel.rank, of: DataParallel.size) : nil
+    }
+
+    /// The rows of a batch of `count` this shard takes.
+    public func rows(of count: Int) -> Range<Int> { DataParallel.shard(of: count, rank: rank, size: ranks) }
 }
 
 /// What one epoch's batches need, computed once: the order and the
