@@ -129,7 +129,11 @@ struct RuntimeOptions: ParsableArguments {
 
     /// On resume: the run's own thread count (weight gradients are summed per
     /// thread, so another count would not continue it bit for bit).
+    /// In a data-parallel job the sums run over the ranks as well, so no
+    /// thread count continues a run bit for bit: each rank takes `--threads`
+    /// or its share of the cores, whatever the run started with.
     func applyResumed(saved: Int?, _ check: inout ResumeCheck) {
+        guard DataParallel.size == 1 else { return apply() }
         check.compare("--threads", threads, saved)
         KernelThreads.count = saved ?? threads ?? KernelThreads.count
     }
@@ -232,7 +236,8 @@ struct SGDOptions: ParsableArguments {
         var controls = RunControls()
         controls.checkpointEvery = checkpointEvery
         controls.shouldStop = { StopSignals.isRequested }
-        try attachTensorBoard(tensorboard, to: &controls.onMetrics)
+        // Rank 0 alone reports in a data-parallel job.
+        if DataParallel.isPrimary { try attachTensorBoard(tensorboard, to: &controls.onMetrics) }
         return controls
     }
 

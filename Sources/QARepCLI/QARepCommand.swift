@@ -25,13 +25,33 @@ public struct QARepCommand: ParsableCommand {
         MemoryTuning.apply()
         do {
             var command = try parseAsRoot()
+            try joinDataParallelJob(running: command)
             try command.run()
+            DataParallel.finish()
         } catch let stop as ExitWithMessage {
             // A run stopped by a signal: its checkpoint is written; say how to go on.
-            writeStandardError("\(stop.message)\n")
+            // (Every rank stopped at the same step; rank 0 wrote the checkpoint and says so.)
+            if DataParallel.isPrimary { writeStandardError("\(stop.message)\n") }
+            DataParallel.finish()
             Foundation.exit(stop.code)
         } catch {
+            if let job = DataParallel.communicator {
+                // One rank cannot go on: say why, then end every rank rather than leave them waiting.
+                writeStandardError("qarep rank \(job.rank) of \(job.size): \(fullMessage(for: error))\n")
+                job.abort(code: exitCode(for: error).rawValue == 0 ? 1 : exitCode(for: error).rawValue)
+            }
             exit(withError: error)
+        }
+    }
+
+    /// Under `mpirun -np N` (N > 1): joins the job (each rank takes an equal
+    /// part of this machine's cores unless `--threads` says otherwise) and
+    /// refuses the commands that do not train.
+    private static func joinDataParallelJob(running command: any ParsableCommand) throws {
+        guard let job = try DataParallel.startIfLaunchedByMPI() else { return }
+        guard command is Train || command is QAT else {
+            throw CommandError("qarep \(type(of: command)._commandName) runs in one process; "
+                               + "only train and qat are data-parallel under mpirun (\(job.size) ranks were started)")
         }
     }
 

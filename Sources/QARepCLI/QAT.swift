@@ -121,6 +121,7 @@ public struct QAT: ParsableCommand {
 
     public func run() throws {
         let r = try execute()
+        guard DataParallel.isPrimary else { return }   // rank 0 reports for the job
         if runtime.json { return try printJSON(r) }
         var rows: [(String, Double)] = r.top1.map { [("FP32", $0)] } ?? []
         rows.append(("QAT fake-quant", r.qatTop1))

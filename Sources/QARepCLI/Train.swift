@@ -99,6 +99,7 @@ public struct Train: ParsableCommand {
 
     public func run() throws {
         let report = try execute()
+        guard DataParallel.isPrimary else { return }   // rank 0 reports for the job
         if runtime.json { return try printJSON(report) }
         print("epoch  train loss  train acc  val top-1  test top-1  img/s")
         for s in report.summaries {

@@ -11,6 +11,8 @@ import QARepKernels
 /// `relu`: the same values and gradients as `batchNorm(...).relu()`, in one
 /// pass less each way. The backward pass recomputes the normalized input
 /// from `x` (same arithmetic, same bits) rather than keeping a copy.
+/// In a data-parallel job (`DataParallel`) training statistics are those of
+/// the whole global batch, as PyTorch's `SyncBatchNorm`.
 public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
                       runningMean: Tensor, runningVar: Tensor,
                       training: Bool, momentum: Float = 0.1, eps: Float = 1e-5, relu: Bool = false) -> Tensor {
@@ -28,28 +30,30 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
     // Channels are independent: they are shared among the kernel threads,
     // each channel summed by one thread in one order.
     if training {
-        var unbiased = [Float](repeating: 0, count: C)
+        // Per-channel sum and sum of squares, then (data-parallel) those of the whole global batch.
+        var sums = [Double](repeating: 0, count: 2 * C)
         xd.withUnsafeBufferPointer { xp in
-            mean.withUnsafeMutableBufferPointer { meanP in
-                invStd.withUnsafeMutableBufferPointer { invP in
-                    unbiased.withUnsafeMutableBufferPointer { unbP in
-                        parallelChunks(C, work: total) { channels in
-                            for c in channels {
-                                var s: Double = 0, ss: Double = 0
-                                for n in 0..<N {
-                                    let (ps, pss) = sumAndSumOfSquares(xp.baseAddress! + (n * C + c) * P, count: P)
-                                    s += Double(ps); ss += Double(pss)
-                                }
-                                let m = s / Double(M)
-                                let v = max(ss / Double(M) - m * m, 0)
-                                meanP[c] = Float(m)
-                                invP[c] = Float(1 / (v + Double(eps)).squareRoot())
-                                unbP[c] = Float(v * Double(M) / Double(M - 1))
-                            }
+            sums.withUnsafeMutableBufferPointer { sp in
+                parallelChunks(C, work: total) { channels in
+                    for c in channels {
+                        var s: Double = 0, ss: Double = 0
+                        for n in 0..<N {
+                            let (ps, pss) = sumAndSumOfSquares(xp.baseAddress! + (n * C + c) * P, count: P)
+                            s += Double(ps); ss += Double(pss)
                         }
+                        sp[c] = s; sp[C + c] = ss
                     }
                 }
             }
+        }
+        let count = synchronizedBatchNormSums(&sums, count: M)
+        var unbiased = [Float](repeating: 0, count: C)
+        for c in 0..<C {
+            let m = sums[c] / count
+            let v = max(sums[C + c] / count - m * m, 0)
+            mean[c] = Float(m)
+            invStd[c] = Float(1 / (v + Double(eps)).squareRoot())
+            unbiased[c] = Float(v * count / (count - 1))
         }
         for c in 0..<C {
             runningMean.data[c] = (1 - momentum) * runningMean.data[c] + momentum * mean[c]
@@ -101,9 +105,17 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
                 }
             }
         }
+        // This rank's sums give its share of the parameter gradients (summed over the ranks later with
+        // the others); the input gradient needs those of the whole global batch, as the forward's statistics.
         if weight.requiresGrad { weight.accumulateGrad { dw in for c in 0..<C { dw[c] += Float(sumGH[c]) } } }
         if bias.requiresGrad { bias.accumulateGrad { db in for c in 0..<C { db[c] += Float(sumG[c]) } } }
         guard x.requiresGrad else { return }
+        var batchCount = Double(M)
+        if training && DataParallel.isDistributed {
+            var both = sumG + sumGH
+            batchCount = synchronizedBatchNormSums(&both, count: M)
+            sumG = Array(both[..<C]); sumGH = Array(both[C...])
+        }
         x.accumulateGrad { dx in
             withReLUOutput(relu ? y : nil) { mask in
                 g.withUnsafeBufferPointer { gp in
@@ -118,8 +130,8 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
                                         addNormalizationGradient(gp.baseAddress! + base, xp.baseAddress! + base, count: P,
                                                                  mean: mean[c], invStd: invStd[c],
                                                                  reluOutput: mask.map { $0 + base }, scale: scale,
-                                                                 meanG: Float(sumG[c] / Double(M)),
-                                                                 meanGH: Float(sumGH[c] / Double(M)), dx: dx.baseAddress! + base)
+                                                                 meanG: Float(sumG[c] / batchCount),
+                                                                 meanGH: Float(sumGH[c] / batchCount), dx: dx.baseAddress! + base)
                                     } else {
                                         addScaledGradient(gp.baseAddress! + base, count: P, reluOutput: mask.map { $0 + base },
                                                           scale: scale, dx: dx.baseAddress! + base)
@@ -132,6 +144,16 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
             }
         }
     }
+}
+
+/// Sync BN: replaces per-channel `sums` by their totals over the
+/// data-parallel ranks and returns the global batch's value count (`count`
+/// alone). The count travels with the sums, so unequal shards are counted right.
+private func synchronizedBatchNormSums(_ sums: inout [Double], count: Int) -> Double {
+    guard DataParallel.isDistributed else { return Double(count) }
+    sums.append(Double(count))
+    DataParallel.sum(&sums)
+    return sums.removeLast()
 }
 
 /// Runs `body` with a pointer to the ReLU output whose positive entries let

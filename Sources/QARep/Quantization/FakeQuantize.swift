@@ -78,15 +78,48 @@ public final class FakeQuantize: Module, Layer {
     }
 
     /// Observes `values` (all channels); `scale` and `zero_point` follow when next read.
+    /// In a data-parallel job, activation ranges tracked by min/max observers
+    /// are those of the whole global batch, so every rank keeps the same
+    /// scales (weights are the same on every rank and need no exchange).
     public func observe(_ values: [Float]) {
         if tracksCurrentValues { resetObservers() }
         let per = values.count / observers.count
+        if DataParallel.isDistributed && !tracksCurrentValues && observersKeepOnlyExtremes {
+            observeGlobalExtremes(values, per: per)
+            qparamsStale = true
+            return
+        }
         values.withUnsafeBufferPointer { buf in
             for (c, o) in observers.enumerated() {
                 o.observe(UnsafeBufferPointer(rebasing: buf[(c * per)..<((c + 1) * per)]))
             }
         }
         qparamsStale = true
+    }
+
+    /// Whether observing a batch's finite minimum and maximum is the same as
+    /// observing the batch (true of the min/max observers, not of histograms,
+    /// which only calibrate, on the same images on every rank).
+    private var observersKeepOnlyExtremes: Bool {
+        observers[0] is MinMaxObserver || observers[0] is MovingAverageMinMaxObserver
+    }
+
+    /// Observes each channel's extremes over every rank's `values`.
+    private func observeGlobalExtremes(_ values: [Float], per: Int) {
+        let n = observers.count
+        // [-min..., max...], so one all-reduce (max) gives both.
+        var extremes = [Float](repeating: -.infinity, count: 2 * n)
+        values.withUnsafeBufferPointer { buf in
+            for c in 0..<n {
+                if let (lo, hi) = finiteExtremes(UnsafeBufferPointer(rebasing: buf[(c * per)..<((c + 1) * per)])) {
+                    extremes[c] = -lo; extremes[n + c] = hi
+                }
+            }
+        }
+        DataParallel.maximum(&extremes)
+        for (c, o) in observers.enumerated() where -extremes[c] <= extremes[n + c] {
+            o.observe([-extremes[c], extremes[n + c]])
+        }
     }
 
     /// Recomputes `scale` and `zero_point` from the observers that have seen values.

@@ -56,7 +56,7 @@ public struct RunControls {
     /// `last.safetensors` and throws `RunInterrupted` (a signal handler's flag, say).
     public var shouldStop: () -> Bool = { false }
     /// Called with every `metrics.jsonl` record, with or without a directory
-    /// (where a TensorBoard writer, say, listens).
+    /// (where a TensorBoard writer, say, listens); on rank 0 only in a data-parallel job.
     public var onMetrics: (MetricsRecord) throws -> Void = { _ in }
 
     public init() {}
@@ -132,8 +132,12 @@ final class CheckpointedRun<Model: Layer> {
                     lastTop1: lastTop1, bestTop1: bestTop1, bestEpoch: bestEpoch)
     }
 
-    /// The path of `file` in the run directory.
-    func path(_ file: String) -> String? { directory.map { ($0 as NSString).appendingPathComponent(file) } }
+    /// The path of `file` in the run directory, to write; nil without a
+    /// directory, and on every data-parallel rank but 0, which alone writes.
+    func path(_ file: String) -> String? {
+        guard DataParallel.isPrimary else { return nil }
+        return directory.map { ($0 as NSString).appendingPathComponent(file) }
+    }
 
     /// A fresh run directory: created if needed, refused if it already holds a run.
     static func prepare(_ directory: String?) throws {
@@ -174,9 +178,10 @@ final class CheckpointedRun<Model: Layer> {
                 if controls.metricsEvery > 0, step % controls.metricsEvery == 0 {
                     let record = MetricsRecord.step(epoch: trainer.epoch + 1, step: step, totals: trainer.totals, learningRate: optimizer.learningRate)
                     try log.append(record)
-                    try controls.onMetrics(record)
+                    if DataParallel.isPrimary { try controls.onMetrics(record) }
                 }
-                if controls.shouldStop() {
+                // A stop request (a signal) that reached one rank stops them all after this step.
+                if DataParallel.any(controls.shouldStop()) {
                     try saveLast()
                     stopped = true
                     return false
@@ -197,11 +202,11 @@ final class CheckpointedRun<Model: Layer> {
             // resume redoes this epoch, drops the log's newer records and writes `best` again.
             let record = MetricsRecord.epoch(summary, step: trainer.step)
             try log.append(record)
-            try controls.onMetrics(record)
+            if DataParallel.isPrimary { try controls.onMetrics(record) }
             if improved, let best = path(Self.bestFile) { try save(best, false) }
             try saveLast()
             onEpochEnd(summary)
-            if controls.shouldStop() && trainer.epoch < trainer.config.epochs { throw interrupted() }
+            if DataParallel.any(controls.shouldStop()) && trainer.epoch < trainer.config.epochs { throw interrupted() }
         }
         return summaries
     }

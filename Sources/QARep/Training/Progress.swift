@@ -2,6 +2,7 @@ import Foundation
 
 /// Writes a live progress line to standard error: a carriage-return updated
 /// line on a terminal, a plain line every few seconds otherwise (logs, CI).
+/// In a data-parallel job only rank 0 prints.
 public final class ProgressReporter {
     private let isTerminal = isatty(STDERR_FILENO) != 0
     private var lastPrint = Date.distantPast
@@ -9,7 +10,7 @@ public final class ProgressReporter {
     public var enabled: Bool
 
     public init(enabled: Bool = true, interval: TimeInterval? = nil) {
-        self.enabled = enabled
+        self.enabled = enabled && DataParallel.isPrimary
         self.interval = interval ?? (isatty(STDERR_FILENO) != 0 ? 0.2 : 5)
     }
 

@@ -39,6 +39,7 @@ public struct Score: Sendable, Codable, Equatable {
     public var count: Int
 
     public init(_ e: Evaluation) { top1 = e.top1; loss = e.loss; count = e.count }
+    public init(top1: Double, loss: Double, count: Int) { self.top1 = top1; self.loss = loss; self.count = count }
 }
 
 /// Running totals of the epoch in progress: kept in mid-epoch checkpoints so
@@ -101,8 +102,9 @@ public final class Trainer<Model: Layer> {
     /// otherwise it ends as `trainEpoch(on:test:)` does.
     public func trainEpoch(on train: any Dataset, validation: (any Dataset)? = nil, test: (any Dataset)?,
                            afterStep: () throws -> Bool) throws -> EpochSummary? {
+        // In a data-parallel job each rank loads its rows of every global batch.
         let loader = DataLoader(dataset: train, batchSize: config.batchSize, shuffle: true,
-                                augment: config.augment, seed: config.seed, dropLast: true)
+                                augment: config.augment, seed: config.seed, dropLast: true, shard: BatchShard.current)
         let steps = loader.batchesPerEpoch
         guard steps > 0 else {
             throw TrainingError(description: "training set of \(train.count) images is smaller than one batch of \(config.batchSize)")
@@ -125,13 +127,28 @@ public final class Trainer<Model: Layer> {
             let x = Tensor(batch.images, shape: [batch.count, batch.channels, batch.height, batch.width])
             let logits = model(x)
             var loss = crossEntropy(logits, labels: batch.labels, labelSmoothing: config.labelSmoothing)
-            if let regularizer { loss = loss + regularizer() }
-            guard loss.item.isFinite else {
+            let correct = zip(logits.argmaxRows(), batch.labels).filter { $0 == $1 }.count
+            var stepLoss = Double(loss.item), stepCorrect = correct
+            if DataParallel.isDistributed {
+                // This rank's share of the global batch's mean loss, and the regularizer once (on rank 0),
+                // so the gradients summed over the ranks are those of the whole batch's loss.
+                loss = loss * (Float(batch.count) / Float(config.batchSize))
+                if let regularizer, DataParallel.isPrimary { loss = loss + regularizer() }
+                var sums = [Double(loss.item), Double(correct)]
+                DataParallel.sum(&sums)
+                stepLoss = sums[0]; stepCorrect = Int(sums[1])
+            } else if let regularizer {
+                loss = loss + regularizer()
+                stepLoss = Double(loss.item)
+            }
+            // Every rank sees the same summed loss, so every rank stops here together.
+            guard stepLoss.isFinite else {
                 progress.clearLine()
-                throw TrainingError(description: "loss became \(loss.item) at epoch \(epoch + 1), step \(i + 1); stopping (saved checkpoints are untouched)")
+                throw TrainingError(description: "loss became \(Float(stepLoss)) at epoch \(epoch + 1), step \(i + 1); stopping (saved checkpoints are untouched)")
             }
             optimizer.zeroGrad()
             loss.backward()
+            DataParallel.sumGradients(of: optimizer)
             if let bad = firstNonFiniteGradient() {
                 progress.clearLine()
                 throw TrainingError(description: "gradient of \(bad) became NaN or infinite at epoch \(epoch + 1), step \(i + 1); stopping before the update (saved checkpoints are untouched)")
@@ -139,9 +156,10 @@ public final class Trainer<Model: Layer> {
             optimizer.step()
             step += 1
 
-            totals.correct += zip(logits.argmaxRows(), batch.labels).filter { $0 == $1 }.count
-            totals.seen += batch.count
-            totals.lossSum += Double(loss.item) * Double(batch.count)
+            let seen = DataParallel.isDistributed ? config.batchSize : batch.count
+            totals.correct += stepCorrect
+            totals.seen += seen
+            totals.lossSum += stepLoss * Double(seen)
             totals.seconds = seconds()
             let rate = Double(totals.seen) / max(totals.seconds, 1e-9)
             let eta = Double((steps - i - 1) * config.batchSize) / rate
@@ -156,8 +174,8 @@ public final class Trainer<Model: Layer> {
         totals = EpochTotals()
         let lastLR = optimizer.learningRate
         epoch += 1
-        let validationScore = validation.map { Score(evaluate(model, on: $0)) }
-        let testScore = test.map { Score(evaluate(model, on: $0)) }
+        let validationScore = validation.map { score(on: $0) }
+        let testScore = test.map { score(on: $0) }
         let summary = EpochSummary(epoch: epoch, trainLoss: done.meanLoss,
                                    trainAccuracy: Double(done.correct) / Double(max(done.seen, 1)),
                                    validation: validationScore, test: testScore,
@@ -168,6 +186,17 @@ public final class Trainer<Model: Layer> {
         if let t = testScore { line += String(format: "  test top-1 %.2f%%", 100 * t.top1) }
         progress.finish(line)
         return summary
+    }
+
+    /// Top-1 and loss of the model on `dataset`; in a data-parallel job each
+    /// rank evaluates its contiguous part and the totals are summed.
+    func score(on dataset: any Dataset) -> Score {
+        guard DataParallel.isDistributed else { return Score(evaluate(model, on: dataset)) }
+        let part = evaluate(model, on: dataset.subset(DataParallel.shard(of: dataset.count)))
+        var sums = [part.top1 * Double(part.count), part.loss * Double(part.count), Double(part.count)]
+        DataParallel.sum(&sums)
+        let n = max(sums[2], 1)
+        return Score(top1: sums[0] / n, loss: sums[1] / n, count: Int(sums[2]))
     }
 
     /// The key of the first parameter whose gradient holds NaN or infinity.
