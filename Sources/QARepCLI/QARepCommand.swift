@@ -38,7 +38,8 @@ public struct QARepCommand: ParsableCommand {
             if let job = DataParallel.communicator {
                 // One rank cannot go on: say why, then end every rank rather than leave them waiting.
                 writeStandardError("qarep rank \(job.rank) of \(job.size): \(fullMessage(for: error))\n")
-                job.abort(code: exitCode(for: error).rawValue == 0 ? 1 : exitCode(for: error).rawValue)
+                let code = exitCode(for: error).rawValue
+                job.abort(code: code == 0 ? 1 : code)
             }
             exit(withError: error)
         }

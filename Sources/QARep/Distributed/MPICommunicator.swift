@@ -67,23 +67,25 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     }
 
     public func allReduce(_ values: UnsafeMutableBufferPointer<Float>, _ operation: ReduceOperation) {
-        allReduce(UnsafeMutableRawPointer(values.baseAddress), count: values.count, type: floatType, operation)
+        allReduce(UnsafeMutableRawPointer(values.baseAddress), count: values.count, type: floatType,
+                  elementSize: MemoryLayout<Float>.stride, operation)
     }
 
     public func allReduce(_ values: UnsafeMutableBufferPointer<Double>, _ operation: ReduceOperation) {
-        allReduce(UnsafeMutableRawPointer(values.baseAddress), count: values.count, type: doubleType, operation)
+        allReduce(UnsafeMutableRawPointer(values.baseAddress), count: values.count, type: doubleType,
+                  elementSize: MemoryLayout<Double>.stride, operation)
     }
 
-    private func allReduce(_ base: UnsafeMutableRawPointer?, count: Int, type: UnsafeMutableRawPointer, _ operation: ReduceOperation) {
+    private func allReduce(_ base: UnsafeMutableRawPointer?, count: Int, type: UnsafeMutableRawPointer, elementSize: Int,
+                           _ operation: ReduceOperation) {
         guard let base, count > 0 else { return }
         let op = switch operation { case .sum: sumOp; case .min: minOp; case .max: maxOp }
         let inPlace = UnsafeRawPointer(bitPattern: 1)   // MPI_IN_PLACE in Open MPI's mpi.h
-        let stride = type == floatType ? MemoryLayout<Float>.stride : MemoryLayout<Double>.stride
         var done = 0
         while done < count {
             let n = min(count - done, Self.maxCount)
             // Open MPI's default error handler ends the job on a failed collective (a dead peer, say).
-            _ = allReduceFunction(inPlace, base + done * stride, Int32(n), type, op, world)
+            _ = allReduceFunction(inPlace, base + done * elementSize, Int32(n), type, op, world)
             done += n
         }
     }

@@ -128,19 +128,14 @@ public final class Trainer<Model: Layer> {
             let logits = model(x)
             var loss = crossEntropy(logits, labels: batch.labels, labelSmoothing: config.labelSmoothing)
             let correct = zip(logits.argmaxRows(), batch.labels).filter { $0 == $1 }.count
-            var stepLoss = Double(loss.item), stepCorrect = correct
-            if DataParallel.isDistributed {
-                // This rank's share of the global batch's mean loss, and the regularizer once (on rank 0),
-                // so the gradients summed over the ranks are those of the whole batch's loss.
-                loss = loss * (Float(batch.count) / Float(config.batchSize))
-                if let regularizer, DataParallel.isPrimary { loss = loss + regularizer() }
-                var sums = [Double(loss.item), Double(correct)]
-                DataParallel.sum(&sums)
-                stepLoss = sums[0]; stepCorrect = Int(sums[1])
-            } else if let regularizer {
-                loss = loss + regularizer()
-                stepLoss = Double(loss.item)
-            }
+            // In a data-parallel job each rank takes its share of the global batch's mean loss, and the
+            // regularizer counts once (on rank 0, as alone), so the gradients summed over the ranks are
+            // those of the whole batch's loss.
+            if DataParallel.isDistributed { loss = loss * (Float(batch.count) / Float(config.batchSize)) }
+            if let regularizer, DataParallel.isPrimary { loss = loss + regularizer() }
+            var sums = [Double(loss.item), Double(correct), Double(batch.count)]
+            DataParallel.sum(&sums)
+            let (stepLoss, stepCorrect, seen) = (sums[0], Int(sums[1]), Int(sums[2]))
             // Every rank sees the same summed loss, so every rank stops here together.
             guard stepLoss.isFinite else {
                 progress.clearLine()
@@ -156,7 +151,6 @@ public final class Trainer<Model: Layer> {
             optimizer.step()
             step += 1
 
-            let seen = DataParallel.isDistributed ? config.batchSize : batch.count
             totals.correct += stepCorrect
             totals.seen += seen
             totals.lossSum += stepLoss * Double(seen)
