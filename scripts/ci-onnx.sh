@@ -27,3 +27,11 @@ swift build -c release --product custom-model-qat >/dev/null
 RECIPE=.build/release/custom-model-qat
 "$RECIPE" --train-limit 2048 --epochs 1 --qat-epochs 1 --out "$tmp/custom" >/dev/null
 "$tmp/venv/bin/python" scripts/check_onnx.py --int8 "$tmp/custom/custom-int8.onnx" --int8-logits "$tmp/custom/custom-int8-logits.npy"
+
+# The same through the command line, on a ResNet: train, PTQ to the native INT8
+# graph file, export it as QDQ; ONNX Runtime must agree with the graph engine.
+"$QAREP" train --model resnet8 --train-limit 2048 --test-limit 2000 --epochs 1 --val-split 0 --out "$tmp/resnet" --quiet
+"$QAREP" ptq --checkpoint "$tmp/resnet/last.safetensors" --calib-images 256 --out "$tmp/resnet-int8.safetensors" --quiet
+"$QAREP" export --from "$tmp/resnet-int8.safetensors" --format onnx --out "$tmp/resnet-int8.onnx"
+"$QAREP" eval --int8 "$tmp/resnet-int8.safetensors" --test-limit 2000 --logits-out "$tmp/resnet-int8.npy" --quiet
+"$tmp/venv/bin/python" scripts/check_onnx.py --int8 "$tmp/resnet-int8.onnx" --int8-logits "$tmp/resnet-int8.npy" --limit 2000

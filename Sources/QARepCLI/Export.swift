@@ -7,7 +7,10 @@ import QARepONNX
 public struct Export: ParsableCommand {
     public static let configuration = CommandConfiguration(
         abstract: "Export a model: ONNX QDQ (INT8), ONNX FP32 (deployed float), or the native INT8 file.",
-        discussion: "--from takes an INT8 native file or a QAT checkpoint for onnx and native, an FP32 checkpoint (multi-branch or deployed) for onnx-fp32.")
+        discussion: """
+            --from takes an INT8 native file or a QAT checkpoint for onnx and native, an FP32 checkpoint (multi-branch or \
+            deployed) for onnx-fp32. A ResNet's INT8 graph (qarep ptq --out) or QAT checkpoint exports as onnx or native.
+            """)
 
     enum Format: String, ExpressibleByArgument, CaseIterable {
         case onnx, onnxFP32 = "onnx-fp32", native
@@ -21,8 +24,25 @@ public struct Export: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        let kind = try SafeTensorsFile.read(from: from).metadata["kind"]
+        let (family, kind) = try Checkpoint.describe(from)
         let name = (from as NSString).lastPathComponent
+        if family != nil || kind == Int8Graph.kind {
+            try requireKnownFamily(family, of: from)
+            let graph: Int8Graph
+            if kind == Int8Graph.kind {
+                graph = try Int8Graph.read(from: from)
+            } else if kind == GraphQATRun<ResNet>.kind {
+                graph = try GraphQATRun<ResNet>.loadModel(from: from).convertToInt8()
+            } else {
+                throw CommandError("\(name) is an FP32 \(family!) checkpoint; export its INT8 graph (qarep ptq --out) or its QAT checkpoint (qarep qat)")
+            }
+            switch format {
+            case .onnx: try write(ONNXExport.int8(graph))
+            case .native: try graph.write(to: out)
+            case .onnxFP32: throw CommandError("--format onnx-fp32 exports RepVGG-family FP32 checkpoints; \(name) is an INT8 graph model")
+            }
+            return writeStandardError("wrote \(out)\n")
+        }
         switch format {
         case .onnxFP32:
             guard kind != Int8Model.kind, kind != QATRun.kind else {

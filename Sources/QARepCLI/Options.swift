@@ -28,12 +28,17 @@ struct DataOptions: ParsableArguments {
 
     /// Refuses data the model cannot take: other input channels or more classes.
     func check(_ data: any Dataset, fits config: ModelConfig, model: String) throws {
-        guard data.channels == config.inChannels else {
-            throw CommandError("\(model) takes \(config.inChannels)-channel images; \(datasetName.rawValue) has \(data.channels) "
+        try check(data, inChannels: config.inChannels, classes: config.classes, model: model)
+    }
+
+    /// `check(_:fits:model:)` for a model of any family.
+    func check(_ data: any Dataset, inChannels: Int, classes: Int, model: String) throws {
+        guard data.channels == inChannels else {
+            throw CommandError("\(model) takes \(inChannels)-channel images; \(datasetName.rawValue) has \(data.channels) "
                                + "(use the --dataset it was trained on)")
         }
-        guard data.classCount <= config.classes else {
-            throw CommandError("\(model) has \(config.classes) classes; \(datasetName.rawValue) has \(data.classCount)")
+        guard data.classCount <= classes else {
+            throw CommandError("\(model) has \(classes) classes; \(datasetName.rawValue) has \(data.classCount)")
         }
     }
 }

@@ -6,7 +6,11 @@ import QARep
 public struct PTQ: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "ptq",
-        abstract: "Post-training quantization: fold, calibrate on a few training images, convert to INT8.")
+        abstract: "Post-training quantization: fold, calibrate on a few training images, convert to INT8.",
+        discussion: """
+            A ResNet checkpoint (qarep train --model resnet20) is captured as a graph, fused, calibrated and converted the same \
+            way; --out writes its native INT8 graph file, which qarep eval --int8 and qarep export read.
+            """)
 
     @Option(help: "FP32 checkpoint (multi-branch or deployed).") var checkpoint: String
     @OptionGroup var quantization: QuantizationOptions
@@ -54,6 +58,9 @@ public struct PTQ: ParsableCommand {
     }
 
     public func execute() throws -> Report {
+        let family = try checkpointFamily(checkpoint)
+        try requireKnownFamily(family, of: checkpoint)
+        if family == ResNet.family { return try executeGraph(ResNet.self) }
         runtime.apply()
         let net = try model.load(checkpoint)
         let calibration = try data.train(limit: quantization.calibrationImages)
@@ -66,23 +73,63 @@ public struct PTQ: ParsableCommand {
         if showRanges { printRanges(quantized) }
         let fp32 = evaluate(net, on: test)
         let fake = evaluate(quantized, on: test)
-        var report = Report(top1: fp32.top1, fakeQuantTop1: fake.top1, calibrator: qconfig.calibrator.method.rawValue,
-                            calibImages: calibration.count, bits: quantization.bitWidth,
-                            weightBits: quantization.weightBitWidth, activationBits: quantization.activationBitWidth, images: test.count,
-                            crossLayerEqualization: cle)
-        if case .percentile(let p) = qconfig.calibrator { report.percentile = p }
+        var report = report(fp32: fp32, fake: fake, calibrationImages: calibration.count)
         report.biasCorrections = corrections
         if quantization.isInt8 {
             let int8 = try quantized.convertToInt8()
-            let engine = evaluate(int8, on: test)
-            report.int8Top1 = engine.top1
-            report.engineAgreement = agreement(engine, fake)
-            if let out {
-                try int8.write(to: out)
-                report.int8Model = out
-            }
+            try addEngine(evaluate(int8, on: test), fake: fake, to: &report, write: int8.write(to:))
         }
         return report
+    }
+
+    /// PTQ of a model outside the RepVGG family through graph capture: conv-BN(-ReLU) fused, one quantizer
+    /// per tensor, calibrated, converted, run on the integer graph engine.
+    func executeGraph<Model: CheckpointableModel>(_: Model.Type) throws -> Report {
+        let name = (checkpoint as NSString).lastPathComponent
+        for (flag, given) in [("--bias-correction", biasCorrection), ("--cle", cle), ("--show-ranges", showRanges),
+                              ("--config", model.config != nil), ("--block", model.block != nil)] where given {
+            throw CommandError("\(flag) works on RepVGG-family models; \(name) holds a \(Model.family) model")
+        }
+        runtime.apply()
+        let net = try Checkpoint.loadModel(checkpoint, as: Model.self).model
+        let calibration = try data.train(limit: quantization.calibrationImages)
+        let test = try data.test()
+        try data.check(test, inChannels: net.inputChannels, classes: net.classCount, model: checkpoint)
+        let qconfig = quantization.qconfig
+        runtime.progress.finish("capturing \(name) and calibrating \(qconfig.calibrator) on \(calibration.count) training images")
+        let example = Tensor([Float](repeating: 0, count: calibration.pixelsPerImage),
+                             shape: [1, calibration.channels, calibration.height, calibration.width])
+        let fp32 = evaluate(net, on: test)
+        let quantized = try QuantizedGraph(net, example: example, qconfig: QConfigMapping(qconfig), mode: .ptq)
+        try quantized.calibrate(on: calibration)
+        let fake = evaluate(quantized, on: test)
+        var report = report(fp32: fp32, fake: fake, calibrationImages: calibration.count)
+        if quantization.isInt8 {
+            let int8 = try quantized.convertToInt8()
+            try addEngine(Int8GraphEngine(int8).evaluate(on: test), fake: fake, to: &report, write: int8.write(to:))
+        }
+        return report
+    }
+
+    /// The report of a calibrated model: its top-1 beside the FP32 model's, and the settings.
+    func report(fp32: Evaluation, fake: Evaluation, calibrationImages: Int) -> Report {
+        let qconfig = quantization.qconfig
+        var report = Report(top1: fp32.top1, fakeQuantTop1: fake.top1, calibrator: qconfig.calibrator.method.rawValue,
+                            calibImages: calibrationImages, bits: quantization.bitWidth,
+                            weightBits: quantization.weightBitWidth, activationBits: quantization.activationBitWidth,
+                            images: fp32.count, crossLayerEqualization: cle)
+        if case .percentile(let p) = qconfig.calibrator { report.percentile = p }
+        return report
+    }
+
+    /// Adds the integer engine's top-1 and agreement, and writes the INT8 model to `--out` if given.
+    func addEngine(_ engine: Evaluation, fake: Evaluation, to report: inout Report, write: (String) throws -> Void) throws {
+        report.int8Top1 = engine.top1
+        report.engineAgreement = agreement(engine, fake)
+        if let out {
+            try write(out)
+            report.int8Model = out
+        }
     }
 
     public func run() throws {

@@ -8,7 +8,9 @@ public struct QAT: ParsableCommand {
         commandName: "qat",
         abstract: "Quantization-aware training from an FP32 checkpoint; writes DIR/last.safetensors, DIR/best.safetensors (QAT), DIR/metrics.jsonl and DIR/int8.safetensors.",
         discussion: """
-            QARepVGG keeps its post-BN as a BN during QAT, with BN folding simulated in the fake-quantized weights. Defaults \
+            QARepVGG keeps its post-BN as a BN during QAT, with BN folding simulated in the fake-quantized weights. A ResNet \
+            checkpoint (qarep train --model resnet20) is captured as a graph and keeps every BN the same way; its INT8 model \
+            is the native graph file DIR/int8.safetensors. Defaults \
             follow the paper: 10 epochs, 3 of warm-up, LR 0.01, then cosine. --resume DIR continues with the run's own data, \
             threads and settings (no recalibration); SIGINT or SIGTERM stops after the current step with a checkpoint.
             """)
@@ -66,20 +68,15 @@ public struct QAT: ParsableCommand {
     /// Runs (or resumes) QAT and returns what was done.
     /// - Throws: `ExitWithMessage` when a signal stopped the run (after its checkpoint).
     public func execute() throws -> Report {
+        let family = try resume.map(runFamily(in:)) ?? checkpointFamily(from!)
+        try requireKnownFamily(family, of: resume ?? from!)
+        if family == ResNet.family { return try executeGraph(ResNet.self) }
         let progress = runtime.progress
         let run: QATRun, train: any Dataset, validation: (any Dataset)?, test: any Dataset
         var fp32Top1: Double?
         if let resume {
             let (state, _) = try QATRun.savedState(in: resume)
-            var check = ResumeCheck(directory: resume)
-            sgd.compare(with: state.options.settings, epochsMayChange: false, &check)
-            quantization.compare(with: state.options, &check)
-            check.compare("--freeze-bn-after", freezeBnAfter, state.options.freezeBNAfter)
-            check.compare("--freeze-observers-after", freezeObserversAfter, state.options.freezeObserversAfter)
-            check.compare("--method", method, state.options.method)
-            let data = self.data.resumed(from: state.data?.origin, &check)
-            runtime.applyResumed(saved: state.threads, &check)
-            try check.verify()
+            let data = try checkResume(state.options, data: state.data, threads: state.threads, directory: resume)
             (train, validation, test, _) = try data.load()
             run = try QATRun.resume(from: resume, progress: progress)
             progress.finish("resuming QAT in \(resume) at epoch \(run.trainer.epoch + 1) of \(run.trainer.config.epochs), step \(run.trainer.step)")
@@ -90,13 +87,7 @@ public struct QAT: ParsableCommand {
             let fp32 = try model.load(from!)
             try data.data.check(train, fits: fp32.config, model: from!)
             fp32Top1 = evaluate(fp32, on: test).top1
-            var options = QATOptions()
-            options.settings = sgd.settings(Self.defaults)
-            options.calibrationImages = quantization.calibrationImages
-            options.freezeBNAfter = freezeBnAfter
-            options.freezeObserversAfter = freezeObserversAfter
-            options.method = method ?? .observers
-            options.qconfig = quantization.qconfig
+            let options = qatOptions()
             let calibration = train.subset(0..<min(quantization.calibrationImages, train.count))
             run = try QATRun(from: fp32, source: from!, options: options, calibration: calibration,
                              trainImages: train.count, directory: out, dataOrigin: origin, progress: progress)
@@ -115,6 +106,83 @@ public struct QAT: ParsableCommand {
             report.int8Top1 = engine.top1
             report.engineAgreement = agreement(engine, fake)
             if let dir = run.directory { report.int8Model = (dir as NSString).appendingPathComponent(QATRun.int8File) }
+        }
+        return report
+    }
+
+    /// The options of a new run, from the flags.
+    func qatOptions() -> QATOptions {
+        var options = QATOptions()
+        options.settings = sgd.settings(Self.defaults)
+        options.calibrationImages = quantization.calibrationImages
+        options.freezeBNAfter = freezeBnAfter
+        options.freezeObserversAfter = freezeObserversAfter
+        options.method = method ?? .observers
+        options.qconfig = quantization.qconfig
+        return options
+    }
+
+    /// On resume: refuses flags that contradict the saved run, applies its
+    /// threads, and gives its data.
+    func checkResume(_ options: QATOptions, data saved: DataRecord?, threads: Int?, directory: String) throws -> RunDataOptions {
+        var check = ResumeCheck(directory: directory)
+        sgd.compare(with: options.settings, epochsMayChange: false, &check)
+        quantization.compare(with: options, &check)
+        check.compare("--freeze-bn-after", freezeBnAfter, options.freezeBNAfter)
+        check.compare("--freeze-observers-after", freezeObserversAfter, options.freezeObserversAfter)
+        check.compare("--method", method, options.method)
+        check.refuse("--config", given: model.config != nil, "the model comes from the run")
+        check.refuse("--block", given: model.block != nil, "the model comes from the run")
+        let data = self.data.resumed(from: saved?.origin, &check)
+        runtime.applyResumed(saved: threads, &check)
+        try check.verify()
+        return data
+    }
+
+    /// QAT of a model outside the RepVGG family, through graph capture (`GraphQATRun`).
+    func executeGraph<Model: CheckpointableModel>(_: Model.Type) throws -> Report {
+        let progress = runtime.progress
+        let run: GraphQATRun<Model>, train: any Dataset, validation: (any Dataset)?, test: any Dataset
+        var fp32Top1: Double?
+        if let resume {
+            let (state, _) = try GraphQATRun<Model>.savedState(in: resume)
+            let data = try checkResume(state.options, data: state.data, threads: state.threads, directory: resume)
+            (train, validation, test, _) = try data.load()
+            run = try GraphQATRun<Model>.resume(from: resume, progress: progress)
+            progress.finish("resuming QAT in \(resume) at epoch \(run.state.epoch + 1) of \(run.state.training.epochs), step \(run.state.step)")
+        } else {
+            let name = (from! as NSString).lastPathComponent
+            if model.config != nil || model.block != nil {
+                throw CommandError("--config and --block describe RepVGG-family models; \(name) holds a \(Model.family) model")
+            }
+            runtime.apply()
+            let origin: DataOrigin
+            (train, validation, test, origin) = try data.load()
+            let fp32 = try Checkpoint.loadModel(from!, as: Model.self).model
+            try data.data.check(train, inChannels: fp32.inputChannels, classes: fp32.classCount, model: from!)
+            fp32Top1 = evaluate(fp32, on: test).top1
+            let options = qatOptions()
+            let calibration = train.subset(0..<min(quantization.calibrationImages, train.count))
+            run = try GraphQATRun(from: fp32, source: from!, options: options, calibration: calibration,
+                                  trainImages: train.count, directory: out, dataOrigin: origin, progress: progress)
+            progress.finish("QAT of \(name) (captured graph, batch norms kept with their fold simulated) for \(options.epochs) epochs, "
+                            + "calibrated on \(calibration.count) images")
+        }
+        run.controls = try sgd.runControls()
+        let summaries = try stoppable(resumeCommand: "qarep qat") {
+            try run.run(train: train, validation: validation, test: test)
+        }
+        let fake = evaluate(run.model, on: test)
+        let state = run.state
+        var report = Report(top1: fp32Top1, qatTop1: fake.top1, epochs: state.epoch, images: test.count,
+                            checkpoint: run.directory.map { ($0 as NSString).appendingPathComponent(GraphQATRun<Model>.lastFile) },
+                            summaries: summaries)
+        if state.options.qconfig.weight.bits == 8 && state.options.qconfig.activation.bits == 8 {
+            let int8 = try run.model.convertToInt8()
+            let engine = try Int8GraphEngine(int8).evaluate(on: test)
+            report.int8Top1 = engine.top1
+            report.engineAgreement = agreement(engine, fake)
+            if let dir = run.directory { report.int8Model = (dir as NSString).appendingPathComponent(GraphQATRun<Model>.int8File) }
         }
         return report
     }

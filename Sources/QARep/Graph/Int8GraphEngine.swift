@@ -11,12 +11,13 @@ public final class Int8GraphEngine {
     public let threads: Int
     private var packed: [Int: PackedInt8Weights] = [:]
 
+    /// - Throws: `QuantizationError` when the graph breaks an invariant the engine relies on (`Int8Graph.validate()`).
     public init(_ model: Int8Graph, threads: Int = KernelThreads.count) throws {
         self.model = model
         self.threads = max(1, threads)
+        try model.validate()
         for (i, node) in model.nodes.enumerated() {
             if case .conv(let c, _) = node.op {
-                try Int8Model.validate(c, activation: model.activation)
                 packed[i] = PackedInt8Weights(convolution: c.weight, outChannels: c.outChannels, inChannels: c.inChannels,
                                               kernelH: c.kernelSize, kernelW: c.kernelSize)
             }

@@ -291,4 +291,9 @@ public final class QuantizedGraph: Module, Layer {
             fq.observerEnabled = true
         }
     }
+
+    /// QAT's BN freeze: every batch norm, fused or kept float, uses and keeps its running statistics from now on.
+    public func freezeBatchNormStatistics() {
+        for (_, m) in namedModules() { (m as? BatchNorm2d)?.freezeStatistics = true }
+    }
 }

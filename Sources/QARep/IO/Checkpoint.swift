@@ -69,11 +69,7 @@ public enum Checkpoint {
     public static func save(_ model: RepVGGNet, to path: String, training: TrainingState? = nil,
                             optimizer: (any Optimizer)? = nil) throws {
         var tensors = stateTensors(of: model)
-        if let optimizer {
-            for (key, values) in optimizer.stateDict() {
-                tensors[optimizerPrefix + key] = SafeTensor(floats: values, shape: [values.count])
-            }
-        }
+        if let optimizer { tensors.merge(optimizerTensors(optimizer)) { $1 } }
         var metadata = try header(kind: (model.isDeployed ? CheckpointKind.deploy : .train).rawValue, config: model.config)
         if let training { metadata["training"] = try jsonString(training) }
         try SafeTensorsFile(tensors: tensors, metadata: metadata).write(to: path)
@@ -101,6 +97,7 @@ public enum Checkpoint {
         let meta = file.metadata
         // PyTorch's own files have no QARep metadata; anything that claims a format must be ours.
         if meta["format"] != nil || meta["format_version"] != nil { try checkFormat(meta, file: name) }
+        try refuseOtherFamily(file, name: name)
         let deployedKeys = file.tensors.keys.contains { $0.hasSuffix("rbr_reparam.weight") }
         var kind: CheckpointKind = deployedKeys ? .deploy : .train
         if let k = meta["kind"] {
@@ -241,7 +238,15 @@ public enum Checkpoint {
             throw CheckpointError("\(name): not a \(hint) (kind is \(file.metadata["kind"] ?? "missing"))")
         }
         try checkFormat(file.metadata, file: name)
+        try refuseOtherFamily(file, name: name)
         return (file, name, try decode(ModelConfig.self, modelJSON, what: "model", file: name), json)
+    }
+
+    /// Refuses a file of another architecture where a RepVGG-family one is read.
+    static func refuseOtherFamily(_ file: SafeTensorsFile, name: String) throws {
+        if let family = family(of: file) {
+            throw CheckpointError("\(name): holds a \(family) model; this reads RepVGG-family models only")
+        }
     }
 
     /// Refuses a config that is invalid, or that describes more weights than

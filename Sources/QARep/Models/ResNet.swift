@@ -37,6 +37,7 @@ public final class BasicBlock: Module, Layer {
 /// shortcut), global average pooling and a linear classifier. `ResNet(depth:
 /// 20)` is ResNet-20: 3 blocks per stage, 19 convolutions and the classifier.
 public final class ResNet: Module, Layer {
+    public let config: ResNetConfig
     public let conv1: Conv2d
     public let bn1: BatchNorm2d
     @Key("layer1") public var layer1: [BasicBlock]
@@ -47,13 +48,18 @@ public final class ResNet: Module, Layer {
     /// - Parameters:
     ///   - depth: 6n + 2 layers (20, 32, 44, 56, 110).
     ///   - inChannels: channels of the input images (1 for Fashion-MNIST, 3 for CIFAR-10).
-    public init(depth: Int = 20, inChannels: Int = 1, classes: Int = 10, seed: UInt64 = 0) throws {
-        guard depth >= 8 && (depth - 2) % 6 == 0 else {
-            throw ModelError("ResNet depth must be 6n + 2 (20, 32, 44, 56, 110), got \(depth)")
-        }
-        let perStage = (depth - 2) / 6
+    public convenience init(depth: Int = 20, inChannels: Int = 1, classes: Int = 10, seed: UInt64 = 0) throws {
+        try self.init(config: ResNetConfig(depth: depth, inChannels: inChannels, classes: classes), seed: seed)
+    }
+
+    /// The network `config` describes, initialized from `seed`.
+    /// - Throws: `ModelError` for an invalid config.
+    public init(config: ResNetConfig, seed: UInt64 = 0) throws {
+        try config.validate()
+        self.config = config
+        let perStage = (config.depth - 2) / 6
         var rng = SplitMix64(seed: seed)
-        conv1 = Conv2d(inChannels, 16, kernelSize: 3, stride: 1, padding: 1, bias: false, rng: &rng)
+        conv1 = Conv2d(config.inChannels, 16, kernelSize: 3, stride: 1, padding: 1, bias: false, rng: &rng)
         bn1 = BatchNorm2d(16)
         var channels = 16
         func stage(_ width: Int, stride: Int) -> [BasicBlock] {
@@ -65,7 +71,7 @@ public final class ResNet: Module, Layer {
         _layer1.wrappedValue = stage(16, stride: 1)
         _layer2.wrappedValue = stage(32, stride: 2)
         _layer3.wrappedValue = stage(64, stride: 2)
-        _linear.wrappedValue = Linear(64, classes, rng: &rng)
+        _linear.wrappedValue = Linear(64, config.classes, rng: &rng)
     }
 
     public var blocks: [BasicBlock] { layer1 + layer2 + layer3 }

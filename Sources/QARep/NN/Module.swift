@@ -38,6 +38,9 @@ open class Module {
         stateDict().filter { $0.tensor.requiresGrad }
     }
 
+    /// How many trainable values the module has (the sum of its parameters' sizes).
+    public var parameterCount: Int { parameters().reduce(0) { $0 + $1.tensor.count } }
+
     /// All modules of the tree, this one first, with dotted paths ("" for self).
     public func namedModules() -> [(path: String, module: Module)] {
         var out: [(path: String, module: Module)] = [("", self)]

@@ -43,6 +43,21 @@ public struct QATOptions: Sendable, Equatable {
     }
 }
 
+extension QATOptions {
+    /// Whether the integer engine runs these widths (W8A8): a finished run then writes its INT8 model.
+    var convertsToInt8: Bool { qconfig.weight.bits == 8 && qconfig.activation.bits == 8 }
+
+    /// Applies the freezes due at epoch `e` (0-based): `freezeBatchNorms` once
+    /// BN statistics freeze, and the activation observers among `quantizers`
+    /// stopped once ranges freeze.
+    func applyFreezes(epoch e: Int, quantizers: [FakeQuantize], freezeBatchNorms: () -> Void) {
+        if let k = freezeBNAfter, e >= k { freezeBatchNorms() }
+        if let k = freezeObserversAfter, e >= k {
+            for fq in quantizers where !fq.tracksCurrentValues { fq.observerEnabled = false }
+        }
+    }
+}
+
 /// How a QAT run's scales evolve after calibration.
 public enum QATMethod: String, Codable, Sendable, CaseIterable {
     /// Activation ranges tracked by moving-average observers, weight ranges by min-max of the current weights.
@@ -183,8 +198,6 @@ public final class QATRun {
         return run
     }
 
-    static let observerStateSuffix = ".observer_state"
-
     /// The fake-quantized model of a QAT checkpoint, in evaluation mode:
     /// weights, BN statistics, scales and observer state as saved.
     public static func loadModel(from path: String) throws -> QuantizedNet {
@@ -214,17 +227,8 @@ public final class QATRun {
         }
         // LSQ quantizers first, so their step floors have somewhere to load into.
         if state.options.method == .lsq { for fq in model.fakeQuantizers { fq.learnScale() } }
-        try Checkpoint.load(file, into: model, source: name, extraSuffixes: [observerStateSuffix])
-        for (path, m) in model.namedModules() {
-            guard let fq = m as? FakeQuantize else { continue }
-            let key = path + observerStateSuffix
-            guard let t = file.tensors[key] else { throw CheckpointError.missingKey(key, file: name) }
-            let values = try t.floats()
-            let per = values.count / max(fq.observers.count, 1)
-            do {
-                for (c, o) in fq.observers.enumerated() { try o.restore(Array(values[(c * per)..<((c + 1) * per)])) }
-            } catch { throw CheckpointError("\(name): key \(key): \(error)") }
-        }
+        try Checkpoint.load(file, into: model, source: name, extraSuffixes: [Checkpoint.observerStateSuffix])
+        try Checkpoint.restoreObserverState(file, into: model, name: name)
         // As after calibration: every quantizer fake-quantizes and keeps
         // observing (LSQ quantizers ignore the observer switch).
         model.setQuantization(observe: true, fakeQuantize: true)
@@ -233,9 +237,8 @@ public final class QATRun {
 
     /// Sets BN and observer freezes for the epoch about to run.
     func applyFreezes(epoch e: Int) {
-        if let k = base.options.freezeBNAfter, e >= k { for u in model.units { u.postBN?.freezeStatistics = true } }
-        if let k = base.options.freezeObserversAfter, e >= k {
-            for fq in model.fakeQuantizers where !fq.tracksCurrentValues { fq.observerEnabled = false }
+        base.options.applyFreezes(epoch: e, quantizers: model.fakeQuantizers) {
+            for u in model.units { u.postBN?.freezeStatistics = true }
         }
     }
 
@@ -248,26 +251,14 @@ public final class QATRun {
                     onEpochEnd: (EpochSummary) -> Void = { _ in }) throws -> [EpochSummary] {
         let summaries = try core.run(train: train, validation: validation, test: test, until: until, beforeEpoch: applyFreezes(epoch:),
                                      save: saveCheckpoint(to:withOptimizer:), onEpochEnd: onEpochEnd)
-        let qconfig = base.options.qconfig
-        if trainer.epoch == base.training.epochs, qconfig.weight.bits == 8, qconfig.activation.bits == 8,
-           let path = core.path(Self.int8File) {
+        if trainer.epoch == base.training.epochs, base.options.convertsToInt8, let path = core.path(Self.int8File) {
             try model.convertToInt8().write(to: path)
         }
         return summaries
     }
 
     func saveCheckpoint(to path: String, withOptimizer: Bool) throws {
-        var tensors = Checkpoint.stateTensors(of: model)
-        for (key, m) in model.namedModules() {
-            guard let fq = m as? FakeQuantize else { continue }
-            let values = fq.observers.flatMap(\.state)
-            tensors[key + Self.observerStateSuffix] = SafeTensor(floats: values, shape: [values.count])
-        }
-        if withOptimizer {
-            for (key, values) in optimizer.stateDict() {
-                tensors[Checkpoint.optimizerPrefix + key] = SafeTensor(floats: values, shape: [values.count])
-            }
-        }
+        let tensors = Checkpoint.qatTensors(of: model, optimizer: withOptimizer ? optimizer : nil)
         var metadata = try Checkpoint.header(kind: Self.kind, config: model.config)
         metadata["qat"] = try Checkpoint.jsonString(state)
         try SafeTensorsFile(tensors: tensors, metadata: metadata).write(to: path)

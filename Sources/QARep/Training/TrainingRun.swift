@@ -93,15 +93,7 @@ public final class TrainingRun {
         guard checkpoint.kind == .train, var state = checkpoint.training else {
             throw CheckpointError("\(checkpoint.source): not a training checkpoint (no training state to resume)")
         }
-        if let epochs {
-            guard epochs >= state.epoch else { throw ModelError("epochs \(epochs) is less than the \(state.epoch) epochs already done") }
-            state.config.epochs = epochs
-            if state.config.schedule.kind == .warmupCosine, state.config.epochs > 0 {
-                // Stretch the cosine over the new length, as a run planned that long would have.
-                let perEpoch = state.config.schedule.total / max(checkpoint.training!.config.epochs, 1)
-                state.config.schedule.total = perEpoch * epochs
-            }
-        }
+        if let epochs { try state.replan(epochs: epochs) }
         let model = try Checkpoint.makeModel(checkpoint)
         let run = try TrainingRun(model: model, state: state, directory: directory, progress: progress)
         try run.optimizer.loadStateDict(Checkpoint.optimizerState(checkpoint.file, source: checkpoint.source))
@@ -137,6 +129,19 @@ public final class TrainingRun {
 }
 
 extension TrainingState {
+    /// Plans the run for `epochs` in all (more or fewer than before, not fewer
+    /// than done); the schedule keeps its shape.
+    /// - Throws: `ModelError` when `epochs` is below the epochs already done.
+    mutating func replan(epochs: Int) throws {
+        guard epochs >= epoch else { throw ModelError("epochs \(epochs) is less than the \(epoch) epochs already done") }
+        if config.schedule.kind == .warmupCosine, epochs > 0 {
+            // Stretch the cosine over the new length, as a run planned that long would have.
+            let perEpoch = config.schedule.total / max(config.epochs, 1)
+            config.schedule.total = perEpoch * epochs
+        }
+        config.epochs = epochs
+    }
+
     /// The settings the run was started with (`epochs` as now planned).
     public var settings: TrainingSettings {
         let schedule = config.schedule
