@@ -260,21 +260,25 @@ public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloa
     let chunk = max(8, (64 * 1024) / (k * 4) / 8 * 8)
     let chunks = (pixels + chunk - 1) / chunk
     let workers = max(1, min(threads, (pixels * k * g.outChannels) >> 18))
+    let split = ChannelSplit(outChannels: g.outChannels, chunks: chunks, workers: workers)
     weights.storage.withUnsafeBufferPointer { w in
         tapOffsets.withUnsafeBufferPointer { to in
             windowOffsets.withUnsafeBufferPointer { wo in
                 outputOffsets.withUnsafeBufferPointer { oo in
                     let source = qarep_f32_source(source: paddedInput, tap_offsets: to.baseAddress,
                                                   taps: Int64(g.kernelH), segment: Int64(segment))
-                    // Each output pixel is one chunk's alone: workers may take chunks in any order.
-                    parallelDynamic(chunks, threads: workers) { _, c in
+                    // Each output value is one item's alone: workers may take items in any order.
+                    parallelDynamic(chunks * split.parts, threads: workers) { _, item in
+                        let (c, channels) = (item / split.parts, split.range(item % split.parts))
                         let first = c * chunk, count = min(chunk, pixels - first)
-                        var epilogue = qarep_f32_epilogue(bias: bias, relu: relu ? 1 : 0, output: output,
+                        var epilogue = qarep_f32_epilogue(bias: bias.map { $0 + channels.lowerBound }, relu: relu ? 1 : 0,
+                                                          output: output + channels.lowerBound * channelStride,
                                                           pixel_offsets: oo.baseAddress! + first,
                                                           channel_stride: Int64(channelStride))
                         var s = source
-                        qarep_f32_conv(w.baseAddress, Int64(g.outChannels), &s, wo.baseAddress! + first,
-                                       Int64(count), &epilogue, isa)
+                        // Packed weights are blocks of 16 channels by K; a part starts on a block.
+                        qarep_f32_conv(w.baseAddress! + channels.lowerBound * k, Int64(channels.count), &s,
+                                       wo.baseAddress! + first, Int64(count), &epilogue, isa)
                     }
                 }
             }

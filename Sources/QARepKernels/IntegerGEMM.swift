@@ -200,10 +200,11 @@ public func int16GEMM(weights: PackedInt8Weights, columns: UnsafePointer<Int16>,
                 let source = qarep_i8_source(source: columns, tap_offsets: to.baseAddress, taps: 1, segment: Int64(kp))
                 withUnsafePointer(to: source) { s in
                     withUnsafePointer(to: epilogue) { e in
-                        PixelChunks(pixels: n, paddedInputSize: kp, threads: threads).forEach { _, first, count in
-                            qarep_i8_gemm(w.baseAddress, Int64(weights.outChannels), s, po.baseAddress! + first,
-                                          Int64(first), Int64(count), e, flag)
-                        }
+                        PixelChunks(pixels: n, paddedInputSize: kp, threads: threads)
+                            .forEach(outChannels: weights.outChannels, reduction: kp, threads: threads, weights: w.baseAddress!,
+                                     blockElements: 16 * kp, epilogue: e.pointee) { w, outChannels, first, count, e in
+                                qarep_i8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first), Int64(count), e, flag)
+                            }
                     }
                 }
             }
@@ -273,5 +274,40 @@ struct PixelChunks {
             let first = c * chunk
             body(worker, first, Swift.min(chunk, pixels - first))
         }
+    }
+
+    /// Calls `body(first, count, epilogue)` once for every chunk and part of
+    /// the output channels: when the chunks are fewer than the threads and
+    /// there are at least 256K multiply-adds per extra worker (a single
+    /// image's late layers), the channels are split as well (`ChannelSplit`),
+    /// each part with `epilogue` moved to its first channel and `weights` to
+    /// its first block (`blockElements` per 16 channels). Integer sums do not
+    /// depend on the split.
+    func forEach<Weight>(outChannels: Int, reduction k: Int, threads: Int, weights: UnsafePointer<Weight>, blockElements: Int,
+                         epilogue: qarep_i8_epilogue,
+                         _ body: (_ weights: UnsafePointer<Weight>, _ outChannels: Int, _ first: Int, _ count: Int,
+                                  _ epilogue: UnsafePointer<qarep_i8_epilogue>) -> Void) {
+        let wanted = Swift.max(1, Swift.min(threads, (pixels * k * outChannels) >> 18))
+        let split = ChannelSplit(outChannels: outChannels, chunks: chunks, workers: Swift.max(workers, wanted))
+        parallelDynamic(chunks * split.parts, threads: Swift.max(workers, Swift.min(wanted, chunks * split.parts))) { _, item in
+            let first = item / split.parts * chunk, channels = split.range(item % split.parts)
+            var part = epilogue.channels(from: channels.lowerBound)
+            body(weights + channels.lowerBound / 16 * blockElements, channels.count, first, Swift.min(chunk, pixels - first), &part)
+        }
+    }
+}
+
+extension qarep_i8_epilogue {
+    /// This epilogue for the output channels from `c0` on: the per-channel
+    /// bias and multipliers and the output's start moved there (int32
+    /// accumulators without multipliers, one-byte codes with them; NHWC bytes
+    /// when there are pixel offsets, channel planes otherwise).
+    func channels(from c0: Int) -> qarep_i8_epilogue {
+        var e = self
+        e.bias = bias.map { $0 + c0 }
+        e.multiplier = multiplier.map { $0 + c0 }
+        let elementSize = multiplier == nil ? 4 : 1
+        e.output = output + c0 * (pixel_offsets == nil ? Int(channel_stride) : 1) * elementSize
+        return e
     }
 }

@@ -105,9 +105,10 @@ public func quantizedConv2d<Input: QuantizedActivation, Output: QuantizedActivat
                         withUnsafePointer(to: source) { s in
                             withUnsafePointer(to: epilogue) { e in
                                 PixelChunks(pixels: g.columns, paddedInputSize: layout.paddedInputSize, threads: threads)
-                                    .forEach { _, first, count in
-                                        qarep_i8_gemm(w.baseAddress, Int64(g.outChannels), s, po.baseAddress! + first,
-                                                      Int64(first), Int64(count), e, flag)
+                                    .forEach(outChannels: g.outChannels, reduction: layout.paddedInputSize, threads: threads,
+                                             weights: w.baseAddress!, blockElements: 16 * layout.paddedInputSize,
+                                             epilogue: e.pointee) { w, outChannels, first, count, e in
+                                        qarep_i8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first), Int64(count), e, flag)
                                     }
                             }
                         }
@@ -253,10 +254,12 @@ public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: Quan
                             epilogue.pixel_offsets = oo
                             var source = qarep_u8_source(source: paddedInput, tap_offsets: to.baseAddress,
                                                          taps: Int64(to.count), segment: Int64(layout.nhwc.segment))
-                            PixelChunks(pixels: g.columns, paddedInputSize: layout.nhwc.paddedInputSize, threads: threads)
-                                .forEach { _, first, count in
-                                    qarep_u8s8_gemm(w.baseAddress, Int64(g.outChannels), &source, po.baseAddress! + first,
-                                                    Int64(first), Int64(count), &epilogue)
+                            let k = layout.nhwc.paddedInputSize
+                            PixelChunks(pixels: g.columns, paddedInputSize: k, threads: threads)
+                                .forEach(outChannels: g.outChannels, reduction: k, threads: threads, weights: w.baseAddress!,
+                                         blockElements: 16 * k, epilogue: epilogue) { w, outChannels, first, count, e in
+                                    qarep_u8s8_gemm(w, Int64(outChannels), &source, po.baseAddress! + first, Int64(first),
+                                                    Int64(count), e)
                                 }
                         }
                     }

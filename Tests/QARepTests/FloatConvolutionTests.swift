@@ -19,12 +19,15 @@ private struct FloatConvCase: Sendable, CustomTestStringConvertible {
 }
 
 /// Layer shapes of tiny, a0-half and a0 (28, 14, 7, 4 and 2 pixel planes),
-/// plus odd channel counts.
+/// plus odd channel counts; batch 1, 3 and 2 in turn.
 private let floatConvCases: [FloatConvCase] = {
     var cases: [FloatConvCase] = []
     let shapes = [(1, 16, 28, 1), (16, 16, 28, 2), (16, 32, 14, 2), (32, 32, 7, 1), (64, 128, 4, 2),
                   (1, 24, 28, 1), (24, 24, 14, 1), (48, 96, 7, 2), (96, 96, 4, 1), (96, 640, 4, 2),
-                  (48, 48, 28, 2), (192, 192, 4, 1), (3, 10, 5, 1), (5, 17, 6, 2), (7, 33, 9, 1)]
+                  (48, 48, 28, 2), (192, 192, 4, 1), (3, 10, 5, 1), (5, 17, 6, 2), (7, 33, 9, 1),
+                  // One image, 16 pixels: one pixel chunk, so the output channels are split between the
+                  // two workers, into 64 channels and a short tail of 16.
+                  (96, 80, 4, 1)]
     for (i, (c, o, size, stride)) in shapes.enumerated() {
         for kernel in [3, 1] {
             cases.append(FloatConvCase(batch: [1, 3, 2][i % 3], inChannels: c, outChannels: o, size: size,

@@ -50,6 +50,8 @@ struct GEMMShape: Sendable, CustomTestStringConvertible {
 private let gemmShapes: [GEMMShape] = [
     (1, 1, 1), (1, 9, 1), (1, 11, 1), (1, 2, 16), (6, 16, 16), (7, 17, 17), (5, 2, 33), (13, 9, 100),
     (12, 31, 48), (2, 33, 15), (1, 11520, 1), (3, 11520, 20), (48, 432, 200), (64, 576, 47), (17, 1728, 37),
+    // 16 pixels, one chunk: with 2 threads the 80 output channels are split (64 and a tail of 16).
+    (80, 900, 16),
 ].map { GEMMShape(o: $0.0, k: $0.1, n: $0.2) }
 
 @Suite("Integer GEMM: exact against the Int64 reference")
@@ -184,6 +186,13 @@ private let qconvCases: [QConvCase] = {
     // is not a multiple of 4, signed input: the VNNI kernel's zero code is 128.
     for path in integerKernelPaths {
         cases.append(QConvCase(batch: 2, inChannels: 45, outChannels: 40, height: 7, width: 7, kernel: 3,
+                               stride: 1, padding: 1, signedInput: true, signedOutput: true, relu: true,
+                               path: path, threads: 2))
+    }
+    // One image of 4x4 pixels (a0-half's stage 3 at batch 1): one pixel chunk, so two threads
+    // split the 80 output channels into 64 and 16.
+    for path in integerKernelPaths {
+        cases.append(QConvCase(batch: 1, inChannels: 96, outChannels: 80, height: 4, width: 4, kernel: 3,
                                stride: 1, padding: 1, signedInput: true, signedOutput: true, relu: true,
                                path: path, threads: 2))
     }
