@@ -14,20 +14,29 @@ public func fakeQuantize(_ x: Tensor, scales: [Float], zeroPoints: [Int32], qmin
     let per = scales.count == 1 ? n : n / scales.count
     var inRange = [Bool](repeating: true, count: x.requiresGrad ? n : 0)
     let y = [Float](unsafeUninitializedCapacity: n) { out, count in
-        for c in 0..<scales.count {
-            let s = scales[c], z = zeroPoints[c]
-            for i in (c * per)..<((c + 1) * per) {
-                // The engine's quantize(), split so the clip is visible to the gradient.
-                let level = unclampedLevel(xd[i], scale: s, zeroPoint: z)
-                guard !level.isNaN else { out[i] = .nan; continue }
-                if !inRange.isEmpty { inRange[i] = level >= Double(qmin) && level <= Double(qmax) }
-                out[i] = dequantize(Int32(clampedLevel(level, min: qmin, max: qmax)), scale: s, zeroPoint: z)
+        inRange.withUnsafeMutableBufferPointer { mask in
+            // No mask without a gradient (an empty array's buffer may still have an address).
+            let out = out.baseAddress!, mask = mask.isEmpty ? nil : mask.baseAddress
+            // Every element on its own: contiguous chunks go to the kernel threads.
+            parallelChunks(n, work: n) { range in
+                for i in range {
+                    let c = i / per, s = scales[c], z = zeroPoints[c]
+                    // The engine's quantize(), split so the clip is visible to the gradient.
+                    let level = unclampedLevel(xd[i], scale: s, zeroPoint: z)
+                    guard !level.isNaN else { out[i] = .nan; continue }
+                    mask?[i] = level >= Double(qmin) && level <= Double(qmax)
+                    out[i] = dequantize(Int32(clampedLevel(level, min: qmin, max: qmax)), scale: s, zeroPoint: z)
+                }
             }
         }
         count = n
     }
     return Tensor.result(y, shape: x.shape, inputs: [x]) { g in
-        x.accumulateGrad { dx in for i in 0..<n where inRange[i] { dx[i] += g[i] } }
+        x.accumulateGrad { dx in
+            inRange.withUnsafeBufferPointer { mask in
+                parallelChunks(n, work: n) { range in for i in range where mask[i] { dx[i] += g[i] } }
+            }
+        }
     }
 }
 
