@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import QARep
 
-/// `qarep train`: FP32 training of a RepVGG-family model with checkpoints.
+/// `qarep train`: FP32 training of a RepVGG-family model, or a ResNet (`--model`), with checkpoints.
 public struct Train: ParsableCommand {
     public static let configuration = CommandConfiguration(
         abstract: "Train a RepVGG-family model (--config, --block) or a ResNet (--model resnet20) in FP32.",
