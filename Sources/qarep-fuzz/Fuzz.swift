@@ -23,6 +23,9 @@ enum FuzzTarget: String, CaseIterable {
     case qat
     /// `CIFAR10.load`: a binary-version batch file (label + 3x32x32 records).
     case cifar10
+    /// `Int8Graph.read`: the native INT8 graph file's node list, tensors and
+    /// invariants; a graph it accepts is also run, on one zero image when that is small.
+    case int8graph
 
     /// Runs one input; errors are the expected outcome for most inputs.
     /// Returns whether the reader accepted it.
@@ -50,6 +53,14 @@ enum FuzzTarget: String, CaseIterable {
             let dir = FuzzTarget.scratch
             _ = FileManager.default.createFile(atPath: dir + "/" + CIFAR10.testFile, contents: Data(bytes))
             return (try? CIFAR10.load(split: .test, root: dir)) != nil
+        case .int8graph:
+            guard let file = try? SafeTensorsFile(parsing: bytes, source: "fuzz"),
+                  let graph = try? Int8Graph.read(file, name: "fuzz"), let engine = try? Int8GraphEngine(graph, threads: 1) else {
+                return false
+            }
+            let image = Array(graph.inputShape.dropFirst())
+            if image.reduce(1, *) <= 1 << 16 { _ = engine(Tensor([Float](repeating: 0, count: image.reduce(1, *)), shape: [1] + image)) }
+            return true
         }
     }
 

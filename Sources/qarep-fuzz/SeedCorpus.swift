@@ -37,8 +37,16 @@ enum SeedCorpus {
         let run = try QATRun(from: model, source: "seed", options: options, calibration: data, trainImages: data.count,
                              directory: qatDirectory, progress: ProgressReporter(enabled: false))
         try run.run(train: data, test: nil)
-        try FileManager.default.copyItem(atPath: qatDirectory + "/last.safetensors", toPath: try directory(.qat) + "/qat.safetensors")
+        let qatSeed = try directory(.qat) + "/qat.safetensors"
+        try? FileManager.default.removeItem(atPath: qatSeed)   // rewriting a corpus: copyItem does not replace
+        try FileManager.default.copyItem(atPath: qatDirectory + "/last.safetensors", toPath: qatSeed)
         try FileManager.default.removeItem(atPath: qatDirectory)
+
+        // A ResNet-8 captured, calibrated and converted: the native INT8 graph file.
+        let resnet = try ResNet(depth: 8, seed: 2)
+        let prepared = try QuantizedGraph(resnet, example: Tensor([Float](repeating: 0, count: 784), shape: [1, 1, 28, 28]), mode: .ptq)
+        try prepared.calibrate(on: data)
+        try prepared.convertToInt8().write(to: try directory(.int8graph) + "/graph.safetensors")
 
         // IDX: 2 images of 4x4 and a gzip-free label file; the reader takes either.
         func bigEndian(_ values: [UInt32]) -> [UInt8] {

@@ -25,9 +25,11 @@ struct FuzzCorpusTests {
         #expect(try IDX.readLabels(at: corpus + "/idx/labels") == [1, 2, 9])
     }
 
-    @Test("the INT8 seed is a valid INT8 model, the QAT seed a valid QAT checkpoint") func models() throws {
+    @Test("the INT8 seed is a valid INT8 model, the QAT seed a valid QAT checkpoint, the graph seed a valid INT8 graph")
+    func models() throws {
         for f in try seeds("int8") { #expect(throws: Never.self) { _ = try Int8Model.read(from: f) } }
         for f in try seeds("qat") { #expect(throws: Never.self) { _ = try QATRun.loadModel(from: f) } }
+        for f in try seeds("int8graph") { #expect(throws: Never.self) { _ = try Int8GraphEngine(Int8Graph.read(from: f)) } }
     }
 
     @Test("the CIFAR-10 seed is a valid test batch") func cifar10() throws {
