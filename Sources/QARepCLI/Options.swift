@@ -294,8 +294,6 @@ struct QuantizationOptions: ParsableArguments {
     var bitWidth: Int { bits ?? 8 }
     var weightBitWidth: Int { weightBits ?? bitWidth }
     var activationBitWidth: Int { activationBits ?? bitWidth }
-    /// Whether the integer engine can run the result (8-bit weights and activations).
-    var isInt8: Bool { weightBitWidth == 8 && activationBitWidth == 8 }
     /// `W8A8`, `W4A8`, ...
     var widthLabel: String { "W\(weightBitWidth)A\(activationBitWidth)" }
     var calibrationImages: Int { calibImages ?? 512 }

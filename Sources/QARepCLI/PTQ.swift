@@ -14,12 +14,15 @@ public struct PTQ: ParsableCommand {
 
     @Option(help: "FP32 checkpoint (multi-branch or deployed).") var checkpoint: String
     @OptionGroup var quantization: QuantizationOptions
-    @Option(help: "Write the INT8 model (native safetensors) here.") var out: String?
+    @Option(help: "Write the integer model (native safetensors, at the chosen widths) here.") var out: String?
     @Flag(help: "Print each activation quantizer's calibrated range on stderr.") var showRanges = false
     @Flag(help: "After calibration, take each layer's mean output shift from weight rounding out of its bias, measured on the calibration images (empirical bias correction, Nagel et al. 2019).")
     var biasCorrection = false
     @Flag(help: "Before calibration, equalize the weight ranges of consecutive layers channel by channel (cross-layer equalization, Nagel et al. 2019); the FP32 outputs do not change.")
     var cle = false
+    @Flag(help: "After calibration, learn each weight's rounding (up or down) layer by layer against the FP32 model's outputs on the calibration images (AdaRound, Nagel et al. 2020); bias correction, if asked, runs after it.")
+    var adaround = false
+    @Option(help: "AdaRound optimization steps per layer (default 1000).") var adaroundIterations: Int?
     @OptionGroup var model: ModelOptions
     @OptionGroup var data: DataOptions
     @OptionGroup var runtime: RuntimeOptions
@@ -27,18 +30,20 @@ public struct PTQ: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        if out != nil && !quantization.isInt8 {
-            throw ValidationError("--out writes an INT8 model, which needs 8-bit weights and activations, got \(quantization.widthLabel)")
+        if let n = adaroundIterations {
+            guard adaround else { throw ValidationError("--adaround-iterations applies with --adaround") }
+            guard n >= 1 else { throw ValidationError("--adaround-iterations must be at least 1, got \(n)") }
         }
     }
+
 
     /// What `qarep ptq --json` prints.
     public struct Report: Codable, Sendable {
         /// FP32 top-1 of the checkpoint, and of its fake-quantized model.
         public var top1: Double
         public var fakeQuantTop1: Double
-        /// At 8 bits: the integer engine's top-1 and the fraction of images on
-        /// which it predicts what the fake-quantized model does.
+        /// The integer engine's top-1 at these widths and the fraction of
+        /// images on which it predicts what the fake-quantized model does.
         public var int8Top1: Double?
         public var engineAgreement: Double?
         public var calibrator: String
@@ -55,6 +60,8 @@ public struct PTQ: ParsableCommand {
         public var biasCorrections: [Float]?
         /// Whether `--cle` equalized the weights before calibration.
         public var crossLayerEqualization: Bool
+        /// With `--adaround`: each layer's reconstruction error with nearest and learned rounding.
+        public var adaRound: [AdaRoundLayerReport]?
     }
 
     public func execute() throws -> Report {
@@ -69,16 +76,22 @@ public struct PTQ: ParsableCommand {
         let qconfig = quantization.qconfig
         runtime.progress.finish("calibrating \(qconfig.calibrator) on \(calibration.count) training images")
         let quantized = try postTrainingQuantize(net, calibration: calibration, qconfig: qconfig, equalize: cle)
+        var rounding: [AdaRoundLayerReport]?
+        if adaround {
+            var options = AdaRoundOptions()
+            options.iterations = adaroundIterations ?? options.iterations
+            runtime.progress.finish("AdaRound: \(options.iterations) steps per layer on \(calibration.count) images")
+            rounding = try quantized.adaRound(on: calibration, options: options)
+        }
         let corrections = biasCorrection ? try quantized.correctBias(on: calibration) : nil
         if showRanges { printRanges(quantized) }
         let fp32 = evaluate(net, on: test)
         let fake = evaluate(quantized, on: test)
         var report = report(fp32: fp32, fake: fake, calibrationImages: calibration.count)
         report.biasCorrections = corrections
-        if quantization.isInt8 {
-            let int8 = try quantized.convertToInt8()
-            try addEngine(evaluate(int8, on: test), fake: fake, to: &report, write: int8.write(to:))
-        }
+        report.adaRound = rounding
+        let int8 = try quantized.convertToInt8()
+        try addEngine(evaluate(int8, on: test), fake: fake, to: &report, write: int8.write(to:))
         return report
     }
 
@@ -86,7 +99,7 @@ public struct PTQ: ParsableCommand {
     /// per tensor, calibrated, converted, run on the integer graph engine.
     func executeGraph<Model: CheckpointableModel>(_: Model.Type) throws -> Report {
         let name = (checkpoint as NSString).lastPathComponent
-        for (flag, given) in [("--bias-correction", biasCorrection), ("--cle", cle), ("--show-ranges", showRanges),
+        for (flag, given) in [("--bias-correction", biasCorrection), ("--cle", cle), ("--adaround", adaround), ("--show-ranges", showRanges),
                               ("--config", model.config != nil), ("--block", model.block != nil)] where given {
             throw CommandError("\(flag) works on RepVGG-family models; \(name) holds a \(Model.family) model")
         }
@@ -104,10 +117,8 @@ public struct PTQ: ParsableCommand {
         try quantized.calibrate(on: calibration)
         let fake = evaluate(quantized, on: test)
         var report = report(fp32: fp32, fake: fake, calibrationImages: calibration.count)
-        if quantization.isInt8 {
-            let int8 = try quantized.convertToInt8()
-            try addEngine(Int8GraphEngine(int8).evaluate(on: test), fake: fake, to: &report, write: int8.write(to:))
-        }
+        let int8 = try quantized.convertToInt8()
+        try addEngine(Int8GraphEngine(int8).evaluate(on: test), fake: fake, to: &report, write: int8.write(to:))
         return report
     }
 
@@ -135,11 +146,12 @@ public struct PTQ: ParsableCommand {
     public func run() throws {
         let r = try execute()
         if runtime.json { return try printJSON(r) }
-        print("\(checkpoint): \(quantization.calibratorSettings) calibration\(cle ? ", cross-layer equalization" : "")\(biasCorrection ? ", bias correction" : "") on \(r.calibImages) images, \(r.images) test images")
+        let refinements = [(cle, ", cross-layer equalization"), (adaround, ", AdaRound"), (biasCorrection, ", bias correction")]
+        print("\(checkpoint): \(quantization.calibratorSettings) calibration\(refinements.filter { $0.0 }.map { $0.1 }.joined()) on \(r.calibImages) images, \(r.images) test images")
         var rows = [("FP32", r.top1), ("\(quantization.widthLabel) fake-quant", r.fakeQuantTop1)]
-        if let t = r.int8Top1 { rows.append(("INT8 engine", t)) }
+        if let t = r.int8Top1 { rows.append(("\(quantization.widthLabel) engine", t)) }
         for (name, t) in rows { print(String(format: "%-20@ top-1 %@", name, percent(t))) }
-        if let path = r.int8Model { print("INT8 model: \(path)") }
+        if let path = r.int8Model { print("\(quantization.widthLabel) integer model: \(path)") }
     }
 
     func printRanges(_ quantized: QuantizedNet) {

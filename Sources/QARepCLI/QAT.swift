@@ -55,7 +55,7 @@ public struct QAT: ParsableCommand {
         public var top1: Double?
         /// The fake-quantized model's top-1 after the last epoch.
         public var qatTop1: Double
-        /// At 8 bits: the integer engine's top-1 and its agreement with the simulation.
+        /// The integer engine's top-1 at the run's widths and its agreement with the simulation.
         public var int8Top1: Double?
         public var engineAgreement: Double?
         public var epochs: Int
@@ -100,13 +100,10 @@ public struct QAT: ParsableCommand {
         var report = Report(top1: fp32Top1, qatTop1: fake.top1, epochs: run.state.epoch, images: test.count,
                             checkpoint: run.directory.map { ($0 as NSString).appendingPathComponent(QATRun.lastFile) },
                             summaries: summaries)
-        if run.state.options.qconfig.weight.bits == 8 && run.state.options.qconfig.activation.bits == 8 {
-            let int8 = try run.model.convertToInt8()
-            let engine = evaluate(int8, on: test)
-            report.int8Top1 = engine.top1
-            report.engineAgreement = agreement(engine, fake)
-            if let dir = run.directory { report.int8Model = (dir as NSString).appendingPathComponent(QATRun.int8File) }
-        }
+        let engine = evaluate(try run.model.convertToInt8(), on: test)
+        report.int8Top1 = engine.top1
+        report.engineAgreement = agreement(engine, fake)
+        if let dir = run.directory { report.int8Model = (dir as NSString).appendingPathComponent(QATRun.int8File) }
         return report
     }
 
@@ -177,13 +174,10 @@ public struct QAT: ParsableCommand {
         var report = Report(top1: fp32Top1, qatTop1: fake.top1, epochs: state.epoch, images: test.count,
                             checkpoint: run.directory.map { ($0 as NSString).appendingPathComponent(GraphQATRun<Model>.lastFile) },
                             summaries: summaries)
-        if state.options.qconfig.weight.bits == 8 && state.options.qconfig.activation.bits == 8 {
-            let int8 = try run.model.convertToInt8()
-            let engine = try Int8GraphEngine(int8).evaluate(on: test)
-            report.int8Top1 = engine.top1
-            report.engineAgreement = agreement(engine, fake)
-            if let dir = run.directory { report.int8Model = (dir as NSString).appendingPathComponent(GraphQATRun<Model>.int8File) }
-        }
+        let engine = try Int8GraphEngine(try run.model.convertToInt8()).evaluate(on: test)
+        report.int8Top1 = engine.top1
+        report.engineAgreement = agreement(engine, fake)
+        if let dir = run.directory { report.int8Model = (dir as NSString).appendingPathComponent(GraphQATRun<Model>.int8File) }
         return report
     }
 

@@ -24,9 +24,20 @@ public enum ONNXExport {
         GraphBuilder.floatValue("input", dims: [nil, channels, nil, nil], symbols: [0: "N", 2: "H", 3: "W"])
     }
 
+    /// ONNX's QuantizeLinear saturates to all of int8 or uint8, so codes of a
+    /// narrower activation scheme would not round-trip; sub-8-bit weights are
+    /// exact in int8 initializers and export as they are.
+    static func requireByteActivations(_ scheme: QuantScheme) throws {
+        guard scheme.bits == 8 else {
+            throw QuantizationError("ONNX export needs 8-bit activations (QuantizeLinear saturates to the whole byte); this model's are \(scheme.bits)-bit")
+        }
+    }
+
     /// The INT8 model as a QDQ graph.
+    /// - Throws: `QuantizationError` for an invalid model or activations narrower than 8 bits.
     public static func int8(_ model: Int8Model) throws -> Data {
         try model.validate()
+        try requireByteActivations(model.activation)
         var g = GraphBuilder()
         let signed = model.activation.signed
         func zeroPoint(_ name: String, _ z: Int32) -> String {

@@ -11,7 +11,9 @@ extension ONNXExport {
     /// are exported as float operators. Max pooling, ReLU and flatten repeat
     /// their input's QDQ, which changes no value and lets runtimes keep them
     /// in integers.
+    /// - Throws: for a graph that is not an image model, or activations narrower than 8 bits.
     public static func int8(_ model: Int8Graph) throws -> Data {
+        try requireByteActivations(model.activation)
         guard model.inputShape.count == 4 else { throw GraphError("ONNX export needs an image input [N, C, H, W], got \(model.inputShape)") }
         var g = GraphBuilder()
         let signed = model.activation.signed

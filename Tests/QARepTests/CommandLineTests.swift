@@ -45,15 +45,22 @@ struct CommandLineTests {
         #expect(tighter == scales[90]!.count - 1, "input scales at 90: \(scales[90]!), at 99.99: \(scales[99.99]!)")
     }
 
-    @Test("ptq --weight-bits and --activation-bits set the two widths apart, as QConfig does in the library")
+    @Test("ptq --weight-bits and --activation-bits set the two widths apart, as QConfig does in the library; the engine runs them")
     func separateBitWidths() throws {
         let data = try syntheticDataRoot()
         defer { try? FileManager.default.removeItem(atPath: data) }
         let checkpoint = shippedCheckpoints + "/tiny-qarepvgg.safetensors"
-        let report = try PTQ.parse(["--checkpoint", checkpoint, "--weight-bits", "8", "--activation-bits", "4",
+        let out = temporaryDirectory() + "-w8a4.safetensors"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let report = try PTQ.parse(["--checkpoint", checkpoint, "--weight-bits", "8", "--activation-bits", "4", "--out", out,
                                     "--calib-images", "64", "--data-root", data, "--quiet"]).execute()
         #expect(report.weightBits == 8 && report.activationBits == 4 && report.bits == 8)
-        #expect(report.int8Top1 == nil, "the integer engine runs W8A8 only")
+        // The integer engine runs W8A4 (4-bit codes in bytes), and the file it writes says so.
+        let engineTop1 = try #require(report.int8Top1)
+        #expect(try #require(report.engineAgreement) >= 0.99)
+        #expect(try Int8Model.read(from: out).activation.bits == 4)
+        let reread = try Eval.parse(["--int8", out, "--data-root", data, "--quiet"]).execute()
+        #expect(reread.int8Top1 == engineTop1)
         var qconfig = QConfig.tensorRT
         qconfig.activation.bits = 4
         let calibration = try FashionMNIST.load(split: .train, root: data, limit: 64)
@@ -176,6 +183,7 @@ struct CommandLineTests {
         let ptqEngine = try Eval.parse(["--int8", dir + "/ptq.safetensors"] + common).execute()
         #expect(ptqEngine.int8Top1 == ptq.int8Top1 && ptqEngine.form == "int8")
         #expect { _ = try PTQ.parse(["--checkpoint", last, "--cle"] + common).execute() } throws: { "\($0)".contains("--cle") }
+        #expect { _ = try PTQ.parse(["--checkpoint", last, "--adaround"] + common).execute() } throws: { "\($0)".contains("--adaround") }
 
         let qat = try QAT.parse(["--from", last, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "32", "--val-split", "64",
                                  "--calib-images", "64", "--out", dir + "/qat"] + common).execute()

@@ -47,7 +47,7 @@ final class ScaledNet: Module, Layer {
 }
 
 /// Runs `model` in training mode (no gradients) so its BN running statistics follow the data.
-private func settleBatchNorms(_ model: some Layer, on data: FashionMNIST) {
+func settleBatchNorms(_ model: some Layer, on data: FashionMNIST) {
     model.train()
     noGrad {
         for start in stride(from: 0, to: data.count, by: 64) {
@@ -58,7 +58,7 @@ private func settleBatchNorms(_ model: some Layer, on data: FashionMNIST) {
     model.eval()
 }
 
-private func images(_ d: FashionMNIST) -> Tensor {
+func images(_ d: FashionMNIST) -> Tensor {
     Tensor(d.images.enumerated().map { d.normalize($1, channel: 0) }, shape: [d.count, 1, d.height, d.width])
 }
 

@@ -144,7 +144,7 @@ struct QuantizationPipelineTests {
         #expect(throws: QuantizationError.self) { try QuantizedNet(from: fp32, form: .folded, qconfig: QConfig.tensorRT.withBits(9)) }
     }
 
-    @Test("lower bit widths quantize to their levels and cost accuracy in order; the engine refuses them")
+    @Test("lower bit widths quantize to their levels and cost accuracy in order")
     func lowBitWidth() throws {
         let (fp32, data) = try smallTrainedModel()
         let evalData = syntheticBands(count: 400, seed: 24)
@@ -166,7 +166,6 @@ struct QuantizationPipelineTests {
             }
             let e = evaluate(q, on: evalData)
             agreements[bits] = Double(zip(e.predictions, reference.predictions).filter { $0 == $1 }.count) / Double(evalData.count)
-            if bits < 8 { #expect(throws: QuantizationError.self) { try q.convertToInt8() } }
         }
         // 8 bits keeps FP32's predictions (this small model has many near ties);
         // 4 and 2 bits lose more and more of them.

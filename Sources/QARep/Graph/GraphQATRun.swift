@@ -165,14 +165,13 @@ public final class GraphQATRun<Model: CheckpointableModel> {
 
     /// Trains the remaining epochs (or up to `until`), checkpointing after
     /// each; when the last epoch is done, converts to integers and writes
-    /// `int8.safetensors` (the native graph file) beside the checkpoint (W8A8
-    /// runs: the integer engine runs 8 bits; other widths stay in their QAT checkpoint).
+    /// `int8.safetensors` (the native graph file, at the run's widths) beside the checkpoint.
     @discardableResult
     public func run(train: any Dataset, validation: (any Dataset)? = nil, test: (any Dataset)?, until: Int? = nil,
                     onEpochEnd: (EpochSummary) -> Void = { _ in }) throws -> [EpochSummary] {
         let summaries = try core.run(train: train, validation: validation, test: test, until: until, beforeEpoch: applyFreezes(epoch:),
                                      save: saveCheckpoint(to:withOptimizer:), onEpochEnd: onEpochEnd)
-        if trainer.epoch == base.training.epochs, base.options.convertsToInt8, let path = core.path(Self.int8File) {
+        if trainer.epoch == base.training.epochs, let path = core.path(Self.int8File) {
             try model.convertToInt8().write(to: path)
         }
         return summaries

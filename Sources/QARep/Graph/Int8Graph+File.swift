@@ -4,7 +4,8 @@ import Foundation
 /// convolution and linear node, `<node>.weight` (I8), `<node>.bias` (I32)
 /// and `<node>.weight_scale` (F32 `[O]`); `__metadata__` holds `format` =
 /// `qarep`, `kind` = `int8-graph` and `int8_graph` (the nodes in order, with
-/// their operation, inputs, geometry, scales and zero points, as JSON).
+/// their operation, inputs, geometry, scales, zero points and weight bit
+/// widths, as JSON; the activation scheme with its width).
 /// What `qarep ptq --out` and `qarep qat` write for a ResNet, and what
 /// `qarep eval --int8` and `qarep export` read.
 extension Int8Graph {
@@ -19,6 +20,8 @@ extension Int8Graph {
         var inChannels: Int?, outChannels: Int?, kernelSize: Int?, stride: Int?, padding: Int?
         var inputScale: Float?, inputZeroPoint: Int32?
         var inFeatures: Int?, outFeatures: Int?
+        /// Of a convolution or linear node; absent in files written before sub-8-bit weights: 8.
+        var weightBits: Int?
 
         init(name: String, op: String, inputs: [Int], output: Int, outputParams: QuantParams?) {
             self.name = name; self.op = op; self.inputs = inputs; self.output = output
@@ -55,11 +58,11 @@ extension Int8Graph {
                 r.op = "conv"; r.relu = relu
                 r.inChannels = c.inChannels; r.outChannels = c.outChannels
                 r.kernelSize = c.kernelSize; r.stride = c.stride; r.padding = c.padding
-                r.inputScale = c.inputScale; r.inputZeroPoint = c.inputZeroPoint
+                r.inputScale = c.inputScale; r.inputZeroPoint = c.inputZeroPoint; r.weightBits = c.weightBits
                 weights(c.weight, [c.outChannels, c.inChannels, c.kernelSize, c.kernelSize], c.weightScales, c.bias)
             case .linear(let l, let relu):
                 r.op = "linear"; r.relu = relu
-                r.inFeatures = l.inFeatures; r.outFeatures = l.outFeatures; r.inputScale = l.inputScale
+                r.inFeatures = l.inFeatures; r.outFeatures = l.outFeatures; r.inputScale = l.inputScale; r.weightBits = l.weightBits
                 weights(l.weight, [l.outFeatures, l.inFeatures], l.weightScales, l.bias)
             case .function(let f):
                 switch f {
@@ -133,13 +136,14 @@ extension Int8Graph {
                 let conv = Int8Conv(name: r.name, inChannels: i, outChannels: o, kernelSize: k, stride: try field(r.stride, "stride"),
                                     padding: try field(r.padding, "padding"), weight: w, weightScales: s, bias: b,
                                     inputScale: try field(r.inputScale, "inputScale"), inputZeroPoint: try field(r.inputZeroPoint, "inputZeroPoint"),
-                                    outputScale: try field(r.outputScale, "outputScale"), outputZeroPoint: try field(r.outputZeroPoint, "outputZeroPoint"))
+                                    outputScale: try field(r.outputScale, "outputScale"), outputZeroPoint: try field(r.outputZeroPoint, "outputZeroPoint"),
+                                    weightBits: r.weightBits ?? 8)
                 op = .conv(conv, relu: r.relu ?? false)
             case "linear":
                 let (i, o) = (try field(r.inFeatures, "inFeatures"), try field(r.outFeatures, "outFeatures"))
                 let (w, s, b) = try weights(r.name, [o, i])
                 op = .linear(Int8Linear(inFeatures: i, outFeatures: o, weight: w, weightScales: s, bias: b,
-                                        inputScale: try field(r.inputScale, "inputScale")), relu: r.relu ?? false)
+                                        inputScale: try field(r.inputScale, "inputScale"), weightBits: r.weightBits ?? 8), relu: r.relu ?? false)
             case "add": op = .function(.add(relu: r.relu ?? false))
             case "concat": op = .function(.concat)
             case "global_average_pool": op = .function(.globalAveragePool)

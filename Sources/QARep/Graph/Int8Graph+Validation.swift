@@ -10,7 +10,7 @@ extension Int8Graph {
     ///   scale that differs from its producer's, sizes that do not fit, an
     ///   accumulator that could overflow.
     public func validate() throws {
-        guard activation.bits == 8 else { throw QuantizationError("INT8 graph: activations must be 8-bit, got \(activation.bits)") }
+        do { try activation.validate() } catch let e as QuantizationError { throw QuantizationError("INT8 graph: activations: \(e)") }
         guard inputShape.count == 4, inputShape.dropFirst().allSatisfy({ (1...Self.maxSide).contains($0) }),
               inputShape[1] <= Int8Model.maxChannels else {
             throw QuantizationError("INT8 graph: input shape \(inputShape) is not [N, C, H, W] of a sensible size")
@@ -131,7 +131,7 @@ extension Int8Graph {
               l.weight.count == l.inFeatures * l.outFeatures, l.weightScales.count == l.outFeatures, l.bias.count == l.outFeatures else {
             throw fail("linear sizes do not match \(l.inFeatures) -> \(l.outFeatures)")
         }
-        guard l.weight.allSatisfy({ $0 != -128 }) else { throw fail("weights must be in [-127, 127]") }
+        try Int8Model.validateWeightCodes(l.weight, bits: l.weightBits, fail)
         guard l.inputScale == p.scale else { throw fail("reads scale \(l.inputScale); its input is written with \(p.scale)") }
         for s in l.weightScales where !(s.isFinite && s > 0) { throw fail("weight scale \(s) must be a positive finite number") }
         let headroom = Int64(Int32.max) - 255 * 127 * Int64(l.inFeatures)

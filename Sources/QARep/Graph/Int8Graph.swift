@@ -6,7 +6,7 @@ public struct QuantParams: Sendable, Equatable {
     public var zeroPoint: Int32
 }
 
-/// An int8 linear layer: `acc[k] = sum_c (x_q[c] - z_in) * w_q[k, c] + bias_q[k]`
+/// An integer linear layer (weights of 8 bits or fewer, in `Int8`): `acc[k] = sum_c (x_q[c] - z_in) * w_q[k, c] + bias_q[k]`
 /// (int32), then requantized like a convolution, or, for the logits,
 /// `acc * s_in * s_w[k]` in float.
 public struct Int8Linear: Sendable, Equatable {
@@ -18,6 +18,8 @@ public struct Int8Linear: Sendable, Equatable {
     public var bias: [Int32]
     /// The scale of the input codes.
     public var inputScale: Float
+    /// The width of the weight codes, 2 to 8.
+    public var weightBits: Int = 8
 }
 
 /// One operation of a converted graph.
@@ -65,14 +67,10 @@ public struct Int8Graph {
 
 extension QuantizedGraph {
     /// Converts the calibrated (or QAT-trained) model to integer arithmetic:
-    /// post-BNs folded, weights quantized per channel to int8 with the
-    /// simulation's own scales, biases to int32.
-    /// - Throws: `QuantizationError` if an activation quantizer never
-    ///   observed data, or a quantized layer is not 8-bit.
+    /// post-BNs folded, weights quantized per channel to each layer's width
+    /// (2 to 8 bits, in int8) with the simulation's own scales, biases to int32.
+    /// - Throws: `QuantizationError` if an activation quantizer never observed data.
     public func convertToInt8() throws -> Int8Graph {
-        guard activation.bits == 8 else {
-            throw QuantizationError("the integer engine runs 8-bit activations; this graph's are \(activation.bits)-bit")
-        }
         guard activationQuantizers.allSatisfy({ $0.observers.allSatisfy(\.hasObserved) }) else {
             throw QuantizationError("the model has not been calibrated: run calibration (PTQ) or QAT first")
         }
@@ -86,7 +84,6 @@ extension QuantizedGraph {
             case .input: op = .input
             case .conv(let unit):
                 let scheme = unit.weightQuant.scheme
-                guard scheme.bits == 8 else { throw QuantizationError("\(step.name): the integer engine runs 8-bit weights, not \(scheme.bits)-bit") }
                 let (w, b) = unit.foldedWeights()
                 let c = unit.conv, (i, o) = (input(step), out!)
                 let (wq, ws) = quantizeWeights(w, channels: c.outChannels, scheme: scheme, quantizer: unit.weightQuant)
@@ -94,15 +91,14 @@ extension QuantizedGraph {
                                     stride: c.stride, padding: c.padding, weight: wq, weightScales: ws,
                                     bias: quantizeBias(b, inputScale: i.scale, weightScales: ws),
                                     inputScale: i.scale, inputZeroPoint: i.zeroPoint,
-                                    outputScale: o.scale, outputZeroPoint: o.zeroPoint), relu: unit.relu)
+                                    outputScale: o.scale, outputZeroPoint: o.zeroPoint, weightBits: scheme.bits), relu: unit.relu)
             case .linear(let layer):
                 let scheme = layer.weightQuant.scheme
-                guard scheme.bits == 8 else { throw QuantizationError("\(step.name): the integer engine runs 8-bit weights, not \(scheme.bits)-bit") }
                 let (k, c) = (layer.weight.shape[0], layer.weight.shape[1])
                 let (wq, ws) = quantizeWeights(layer.weight.data, channels: k, scheme: scheme, quantizer: layer.weightQuant)
                 op = .linear(Int8Linear(inFeatures: c, outFeatures: k, weight: wq, weightScales: ws,
                                         bias: quantizeBias(layer.bias.data, inputScale: input(step).scale, weightScales: ws),
-                                        inputScale: input(step).scale),
+                                        inputScale: input(step).scale, weightBits: scheme.bits),
                              relu: layer.relu)
             case .function(let f): op = .function(f)
             case .float(let captured): op = .float(captured)

@@ -1,6 +1,6 @@
 import QARepKernels
 
-/// Runs an `Int8Model` in integer arithmetic: the input image is quantized
+/// Runs an `Int8Model` (8 bits or fewer) in integer arithmetic: the input image is quantized
 /// once, every convolution is an exact int16 x int16 -> int32 GEMM with fused
 /// bias, requantization and ReLU, pooling and the linear head work on
 /// integer codes, and only the final accumulators are scaled into float
@@ -27,6 +27,10 @@ public final class Int8Engine {
         }
     }
 
+    /// The activation codes, `[qmin, qmax]` of the model's scheme: all of a
+    /// byte at 8 bits, fewer at lower widths (the containers stay 8-bit).
+    var codeRange: QuantRange { QuantRange(min: model.activation.qmin, max: model.activation.qmax) }
+
     /// Logits `[N, classes]` of normalized float images `[N, C, H, W]`.
     public func logits(_ images: Tensor) -> Tensor {
         precondition(images.rank == 4 && images.shape[1] == model.convs[0].inChannels,
@@ -40,7 +44,7 @@ public final class Int8Engine {
         let (N, C) = (images.shape[0], images.shape[1])
         var (H, W) = (images.shape[2], images.shape[3])
         let first = model.convs[0]
-        let range = A.codeRange
+        let range = codeRange
         var x: [A] = images.data.map {
             A(truncatingIfNeeded: quantize($0, scale: first.inputScale, zeroPoint: first.inputZeroPoint, range: range))
         }
@@ -100,7 +104,7 @@ public final class Int8Engine {
     private func runChained<A: QuantizedActivation>(_: A.Type, _ images: Tensor) -> [Float] {
         let n = images.shape[0]
         let plan = plan(batch: n, height: images.shape[2], width: images.shape[3])
-        let first = model.convs[0], range = A.codeRange
+        let first = model.convs[0], range = codeRange
         let codes: [A] = images.data.map {
             A(truncatingIfNeeded: quantize($0, scale: first.inputScale, zeroPoint: first.inputZeroPoint, range: range))
         }
@@ -141,7 +145,7 @@ public final class Int8Engine {
     /// the int8 linear layer; the int32 accumulators become float logits.
     private func head<A: QuantizedActivation>(_ x: [A], batch N: Int, channels C: Int, plane P: Int) -> [Float] {
         let h = model.head
-        let range = A.codeRange
+        let range = codeRange
         let poolMultiplier = Float(Double(h.featureScale) / (Double(P) * Double(h.inputScale)))
         var pooled = [Int32](repeating: 0, count: N * C)
         for r in 0..<(N * C) {

@@ -1,12 +1,16 @@
 import Foundation
 import QARepKernels
 
-/// One deployed INT8 convolution with fused bias, requantization and ReLU:
+/// One deployed integer convolution with fused bias, requantization and ReLU:
 ///
 ///     acc[o, p] = sum_k (x_q[k, p] - z_in) * w_q[o, k] + bias_q[o]      (int32)
 ///     y_q[o, p] = clamp(roundHalfEven(acc * M[o]) + z_out, z_out, qmax),  M[o] = s_in * s_w[o] / s_out
 ///
 /// `bias_q = roundHalfEven(b / (s_in * s_w[o]))`; ReLU is the clamp's lower bound.
+/// Weights of `weightBits` < 8 bits are codes in `[-(2^(b-1) - 1), 2^(b-1) - 1]`
+/// held in `Int8`; `qmax` is the activation scheme's, so a 4-bit activation
+/// is a code in `[-8, 7]` (or `[0, 15]`) held in a byte: the arithmetic is the
+/// 8-bit one, exactly.
 public struct Int8Conv: Sendable, Equatable {
     public var name: String
     public var inChannels: Int, outChannels: Int, kernelSize: Int, stride: Int, padding: Int
@@ -18,6 +22,8 @@ public struct Int8Conv: Sendable, Equatable {
     public var bias: [Int32]
     public var inputScale: Float, inputZeroPoint: Int32
     public var outputScale: Float, outputZeroPoint: Int32
+    /// The width of the weight codes, 2 to 8.
+    public var weightBits: Int = 8
 
     /// `M[o] = s_in * s_w[o] / s_out`.
     public var multipliers: [Float] { weightScales.map { inputScale * $0 / outputScale } }
@@ -37,15 +43,18 @@ public struct Int8Head: Sendable, Equatable {
     public var weight: [Int8]
     public var weightScales: [Float]
     public var bias: [Int32]
+    /// The width of the weight codes, 2 to 8.
+    public var weightBits: Int = 8
 }
 
-/// A deployable INT8 RepVGG-family classifier: the input quantization, the
-/// folded 3x3 convolutions, and the integer head. Produced by
+/// A deployable integer RepVGG-family classifier: the input quantization, the
+/// folded 3x3 convolutions, and the integer head, at 8 bits or fewer (codes
+/// always in 8-bit containers). Produced by
 /// `QuantizedNet.convertToInt8()`, run by `Int8Engine`, stored as a native
 /// safetensors file (`write(to:)` / `read(from:)`).
 public struct Int8Model: Sendable, Equatable {
     public var config: ModelConfig
-    /// The activation scheme (signed symmetric or unsigned asymmetric, 8 bits).
+    /// The activation scheme (signed symmetric or unsigned asymmetric, 2 to 8 bits).
     public var activation: QuantScheme
     public var convs: [Int8Conv]
     public var head: Int8Head
@@ -56,7 +65,7 @@ public struct Int8Model: Sendable, Equatable {
 
     /// Checks every invariant the engine relies on; the message names the layer.
     public func validate() throws {
-        guard activation.bits == 8 else { throw QuantizationError("INT8 model: activations must be 8-bit, got \(activation.bits)") }
+        do { try activation.validate() } catch let e as QuantizationError { throw QuantizationError("INT8 model: activations: \(e)") }
         guard !convs.isEmpty else { throw QuantizationError("INT8 model has no convolutions") }
         for (i, c) in convs.enumerated() {
             try Self.validate(c, activation: activation)
@@ -84,6 +93,13 @@ public struct Int8Model: Sendable, Equatable {
         if activation.symmetric && z != 0 { throw QuantizationError("INT8 model: \(what) is \(z), must be 0 for symmetric activations") }
     }
 
+    /// Weight codes are narrow-range signed `bits`-bit integers, `bits` in 2...8.
+    static func validateWeightCodes(_ w: [Int8], bits: Int, _ error: (String) -> QuantizationError) throws {
+        guard (2...8).contains(bits) else { throw error("weight width must be 2 to 8 bits, got \(bits)") }
+        let qmax = Int8((1 << (bits - 1)) - 1)
+        guard w.allSatisfy({ (-qmax...qmax).contains($0) }) else { throw error("weights must be \(bits)-bit codes in [\(-qmax), \(qmax)]") }
+    }
+
     /// The invariants of one convolution the integer kernels rely on.
     static func validate(_ c: Int8Conv, activation: QuantScheme) throws {
         // Bounds first, so that no product below can overflow on a corrupt file.
@@ -97,7 +113,7 @@ public struct Int8Model: Sendable, Equatable {
         guard c.weight.count == c.outChannels * k, c.weightScales.count == c.outChannels, c.bias.count == c.outChannels else {
             throw QuantizationError("INT8 model: layer \(c.name): weight, scale or bias sizes do not match \(c.outChannels) output channels")
         }
-        guard c.weight.allSatisfy({ $0 != -128 }) else { throw QuantizationError("INT8 model: layer \(c.name): weights must be in [-127, 127]") }
+        try validateWeightCodes(c.weight, bits: c.weightBits) { QuantizationError("INT8 model: layer \(c.name): \($0)") }
         // The int32 accumulator holds the bias plus at most K products of |x - z| <= 255 and |w| <= 127.
         let headroom = Int64(Int32.max) - 255 * 127 * Int64(k)
         if let big = c.bias.first(where: { Int64($0).magnitude > headroom }) {
@@ -120,6 +136,7 @@ public struct Int8Model: Sendable, Equatable {
               h.weightScales.count == h.classes, h.bias.count == h.classes else {
             throw QuantizationError("INT8 model: head sizes do not match \(last.outChannels) features and \(h.classes) classes")
         }
+        try Self.validateWeightCodes(h.weight, bits: h.weightBits) { QuantizationError("INT8 model: head: \($0)") }
         guard h.featureScale == last.outputScale, h.featureZeroPoint == last.outputZeroPoint else {
             throw QuantizationError("INT8 model: inconsistent scales: \(last.name) writes scale \(last.outputScale), the head reads \(h.featureScale)")
         }
@@ -129,30 +146,31 @@ public struct Int8Model: Sendable, Equatable {
     }
 }
 
-/// Per-channel symmetric int8 quantization of a weight, `[-127, 127]`: the
-/// min-max scale of each output channel and `quantize` of every element, as
+/// Per-channel symmetric quantization of a weight to `scheme`'s codes
+/// (`[-127, 127]` at 8 bits) in `Int8`: the min-max scale of each output channel and `quantize` of every element, as
 /// the simulation's weight quantizer has them. A quantizer that learns its
 /// scale (LSQ) gives its own scales instead of the min-max ones.
 func quantizeWeights(_ w: [Float], channels: Int, scheme: QuantScheme, quantizer: FakeQuantize? = nil) -> (values: [Int8], scales: [Float]) {
     let per = w.count / channels
     var q = [Int8](repeating: 0, count: w.count)
-    var scales = [Float](repeating: 1, count: channels)
-    let learned = quantizer.flatMap { $0.learnsScale ? $0.scales : nil }
+    let scales = quantizer.flatMap { $0.learnsScale ? $0.scales : nil } ?? minMaxWeightScales(w, channels: channels, scheme: scheme)
     for c in 0..<channels {
-        let s: Float
-        if let learned {
-            s = learned[c]
-        } else {
-            let o = MinMaxObserver(scheme: scheme)
-            o.observe(Array(w[(c * per)..<((c + 1) * per)]))
-            s = o.qparams().scale
-        }
-        scales[c] = s
+        let s = scales[c]
         for i in (c * per)..<((c + 1) * per) {
             q[i] = Int8(quantize(w[i], scale: s, zeroPoint: 0, min: scheme.qmin, max: scheme.qmax))
         }
     }
     return (q, scales)
+}
+
+/// The min-max scale of each output channel (axis 0) of a weight, as the simulation's weight observer computes it.
+func minMaxWeightScales(_ w: [Float], channels: Int, scheme: QuantScheme) -> [Float] {
+    let per = w.count / channels
+    return (0..<channels).map { c in
+        let o = MinMaxObserver(scheme: scheme)
+        o.observe(Array(w[(c * per)..<((c + 1) * per)]))
+        return o.qparams().scale
+    }
 }
 
 /// `quantizeBias` of each output channel.
@@ -164,13 +182,10 @@ extension QuantizedNet {
     /// Folds any remaining post-BN into its convolution and quantizes weights
     /// (per channel, int8), biases (int32) and requantization parameters,
     /// using the observers' current scales. The integer weights are exactly
-    /// those the fake-quantized model evaluates in evaluation mode.
-    /// - Throws: `QuantizationError` if the model was never calibrated, or
-    ///   for a bit width other than 8.
+    /// those the fake-quantized model evaluates in evaluation mode, at the
+    /// qconfig's widths (2 to 8 bits, in 8-bit containers).
+    /// - Throws: `QuantizationError` if the model was never calibrated.
     public func convertToInt8() throws -> Int8Model {
-        guard qconfig.weight.bits == 8, qconfig.activation.bits == 8 else {
-            throw QuantizationError("the integer engine runs 8-bit models; this one is \(qconfig.weight.bits)-bit")
-        }
         let activationQuants = units.map(\.inputQuant) + [linear.featureQuant, linear.inputQuant]
         guard activationQuants.allSatisfy({ $0.observers.allSatisfy(\.hasObserved) }) else {
             throw QuantizationError("the model has not been calibrated: run calibration (PTQ) or QAT first")
@@ -180,7 +195,7 @@ extension QuantizedNet {
         for (i, unit) in list.enumerated() {
             let (w, b) = unit.foldedWeights()
             let O = unit.conv.outChannels
-            let (wq, ws) = quantizeWeights(w, channels: O, scheme: qconfig.weight, quantizer: unit.weightQuant)
+            let (wq, ws) = quantizeWeights(w, channels: O, scheme: unit.weightQuant.scheme, quantizer: unit.weightQuant)
             let inQ = unit.inputQuant
             let outQ = i + 1 < list.count ? list[i + 1].inputQuant : linear.featureQuant
             convs.append(Int8Conv(
@@ -188,14 +203,15 @@ extension QuantizedNet {
                 stride: unit.conv.stride, padding: unit.conv.padding, weight: wq, weightScales: ws,
                 bias: quantizeBias(b, inputScale: inQ.scales[0], weightScales: ws),
                 inputScale: inQ.scales[0], inputZeroPoint: inQ.zeroPoints[0],
-                outputScale: outQ.scales[0], outputZeroPoint: outQ.zeroPoints[0]))
+                outputScale: outQ.scales[0], outputZeroPoint: outQ.zeroPoints[0], weightBits: unit.weightQuant.scheme.bits))
         }
         let classes = linear.weight.shape[0], features = linear.weight.shape[1]
-        let (hw, hs) = quantizeWeights(linear.weight.data, channels: classes, scheme: qconfig.weight, quantizer: linear.weightQuant)
+        let (hw, hs) = quantizeWeights(linear.weight.data, channels: classes, scheme: linear.weightQuant.scheme, quantizer: linear.weightQuant)
         let head = Int8Head(featureScale: linear.featureQuant.scales[0], featureZeroPoint: linear.featureQuant.zeroPoints[0],
                             inputScale: linear.inputQuant.scales[0], inputZeroPoint: linear.inputQuant.zeroPoints[0],
                             inFeatures: features, classes: classes, weight: hw, weightScales: hs,
-                            bias: quantizeBias(linear.bias.data, inputScale: linear.inputQuant.scales[0], weightScales: hs))
+                            bias: quantizeBias(linear.bias.data, inputScale: linear.inputQuant.scales[0], weightScales: hs),
+                            weightBits: linear.weightQuant.scheme.bits)
         let model = Int8Model(config: config, activation: qconfig.activation, convs: convs, head: head)
         try model.validate()
         return model

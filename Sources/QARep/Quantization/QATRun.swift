@@ -44,9 +44,6 @@ public struct QATOptions: Sendable, Equatable {
 }
 
 extension QATOptions {
-    /// Whether the integer engine runs these widths (W8A8): a finished run then writes its INT8 model.
-    var convertsToInt8: Bool { qconfig.weight.bits == 8 && qconfig.activation.bits == 8 }
-
     /// Applies the freezes due at epoch `e` (0-based): `freezeBatchNorms` once
     /// BN statistics freeze, and the activation observers among `quantizers`
     /// stopped once ranges freeze.
@@ -243,15 +240,14 @@ public final class QATRun {
     }
 
     /// Trains the remaining epochs (or up to `until`), checkpointing after
-    /// each; when the last epoch is done, converts to INT8 and writes
-    /// `int8.safetensors` beside the checkpoint (W8A8 runs: the integer
-    /// engine runs 8 bits; other widths stay in their QAT checkpoint).
+    /// each; when the last epoch is done, converts to integers (at the
+    /// run's widths) and writes `int8.safetensors` beside the checkpoint.
     @discardableResult
     public func run(train: any Dataset, validation: (any Dataset)? = nil, test: (any Dataset)?, until: Int? = nil,
                     onEpochEnd: (EpochSummary) -> Void = { _ in }) throws -> [EpochSummary] {
         let summaries = try core.run(train: train, validation: validation, test: test, until: until, beforeEpoch: applyFreezes(epoch:),
                                      save: saveCheckpoint(to:withOptimizer:), onEpochEnd: onEpochEnd)
-        if trainer.epoch == base.training.epochs, base.options.convertsToInt8, let path = core.path(Self.int8File) {
+        if trainer.epoch == base.training.epochs, let path = core.path(Self.int8File) {
             try model.convertToInt8().write(to: path)
         }
         return summaries

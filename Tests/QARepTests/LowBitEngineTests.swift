@@ -1,0 +1,110 @@
+import Foundation
+import QARep
+import QARepKernels
+import QARepONNX
+import Testing
+
+// The integer engine below 8 bits: codes of 2 to 8 bits live in 8-bit
+// containers, so the arithmetic is the 8-bit engine's; what changes is the
+// clamp of every activation (the scheme's [qmin, qmax]) and the range of the
+// weight codes. These tests hold the converted model to the simulation at
+// each width, and the native files to the widths they record.
+
+/// (weight bits, activation bits) pairs: every width from 2 to 8 on one side or both.
+private let widths: [(Int, Int)] = [(8, 8), (7, 7), (6, 6), (5, 5), (4, 8), (8, 4), (4, 4), (3, 3), (2, 2), (2, 8), (8, 2)]
+
+private func qconfig(_ w: Int, _ a: Int, signed: Bool = true) -> QConfig {
+    var q = signed ? QConfig.tensorRT : .unsignedActivations
+    q.weight.bits = w
+    q.activation.bits = a
+    return q
+}
+
+@Suite("Integer engine below 8 bits", .serialized)
+struct LowBitEngineTests {
+    @Test("W2A2 to W8A8, signed and unsigned: integer weights equal the simulation's, the engine follows it on every kernel path")
+    func engineFollowsSimulation() throws {
+        let (fp32, data) = try smallTrainedQARepVGG()
+        let evalData = syntheticBands(count: 200, seed: 41)
+        var rng = SplitMix64(seed: 44)
+        for (w, a) in widths {
+            for signed in [true, false] {
+                let q = try postTrainingQuantize(fp32, calibration: data.subset(0..<64), qconfig: qconfig(w, a, signed: signed))
+                let int8 = try q.convertToInt8()
+                let label = "W\(w)A\(a) \(signed ? "signed" : "unsigned")"
+                #expect(int8.activation.bits == a && int8.convs.allSatisfy { $0.weightBits == w } && int8.head.weightBits == w, "\(label)")
+                // The codes use the width: at 8 bits a channel's largest weight is 127; below, 2^(w-1) - 1.
+                let qmax = Int8((1 << (w - 1)) - 1)
+                #expect(int8.convs.allSatisfy { c in c.weight.allSatisfy { abs($0) <= qmax } && c.weight.contains { abs($0) == qmax } }, "\(label)")
+                expectSameCodes(q, int8)
+                let fake = evaluate(q, on: evalData), engine = evaluate(int8, on: evalData)
+                let same = zip(fake.predictions, engine.predictions).filter { $0 == $1 }.count
+                #expect(same >= 196, "\(label): engine agrees with the simulation on \(same)/200")
+                // Every kernel path gives the same bits at this width.
+                let x = Tensor.uniform([3, 1, 28, 28], bound: 2, rng: &rng, requiresGrad: false)
+                let logits = try IntegerKernelPath.available.map { try Int8Engine(int8, threads: 2, path: $0).logits(x).data }
+                #expect(logits.allSatisfy { $0 == logits[0] }, "\(label): \(IntegerKernelPath.available)")
+            }
+        }
+    }
+
+    @Test("the native file records the widths and refuses codes wider than a layer's")
+    func fileRecordsWidths() throws {
+        let (fp32, data) = try smallTrainedQARepVGG()
+        let int8 = try postTrainingQuantize(fp32, calibration: data.subset(0..<64), qconfig: qconfig(4, 6)).convertToInt8()
+        let dir = temporaryDirectory(); defer { try? FileManager.default.removeItem(atPath: dir) }
+        try int8.write(to: dir + "/w4a6.safetensors")
+        let back = try Int8Model.read(from: dir + "/w4a6.safetensors")
+        #expect(back == int8 && back.activation.bits == 6 && back.convs[1].weightBits == 4)
+        // A weight code of 8 in a 4-bit layer, and a width outside 2...8.
+        var broken = int8
+        broken.convs[1].weight[0] = 8
+        #expect { try broken.validate() } throws: { "\($0)".contains("stage1.0") && "\($0)".contains("4-bit codes in [-7, 7]") }
+        broken = int8
+        broken.head.weightBits = 9
+        #expect { try broken.validate() } throws: { "\($0)".contains("head") }
+        // A file from before the widths were recorded reads as 8 bits.
+        let w8 = try postTrainingQuantize(fp32, calibration: data.subset(0..<64)).convertToInt8()
+        try w8.write(to: dir + "/w8.safetensors")
+        var file = try SafeTensorsFile.read(from: dir + "/w8.safetensors")
+        file.metadata["int8"] = file.metadata["int8"]!.replacingOccurrences(of: ",\"weightBits\":8", with: "")
+        #expect(!file.metadata["int8"]!.contains("weightBits"))
+        try file.write(to: dir + "/old.safetensors")
+        #expect(try Int8Model.read(from: dir + "/old.safetensors") == w8)
+    }
+
+    @Test("a captured ResNet at W4A4 and W3A6: graph engine follows the simulation, the graph file keeps the widths")
+    func graphBelow8Bits() throws {
+        let data = syntheticBands(count: 160, seed: 42)
+        let model = try ResNet(depth: 8, seed: 43)
+        settleBatchNorms(model, on: data.subset(0..<96))
+        let dir = temporaryDirectory(); defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (w, a) in [(4, 4), (3, 6)] {
+            let prepared = try QuantizedGraph(model, example: images(data.subset(0..<1)), qconfig: QConfigMapping(qconfig(w, a)), mode: .ptq)
+            try prepared.calibrate(on: data.subset(0..<96))
+            prepared.eval()
+            let graph = try prepared.convertToInt8()
+            for node in graph.nodes {
+                if case .conv(let c, _) = node.op { #expect(c.weightBits == w && c.weight.allSatisfy { abs(Int($0)) < 1 << (w - 1) }) }
+                if case .linear(let l, _) = node.op { #expect(l.weightBits == w) }
+            }
+            let test = images(data.subset(96..<160))
+            let simulated = noGrad { prepared(test) }, integer = try Int8GraphEngine(graph)(test)
+            let same = zip(simulated.argmaxRows(), integer.argmaxRows()).filter { $0 == $1 }.count
+            #expect(same >= 63, "W\(w)A\(a): \(same)/64")
+            try graph.write(to: dir + "/g.safetensors")
+            let back = try Int8Graph.read(from: dir + "/g.safetensors")
+            #expect(back.activation.bits == a)
+            #expect(try Int8GraphEngine(back)(test).data == integer.data, "W\(w)A\(a): the file runs to the same logits")
+        }
+    }
+
+    @Test("ONNX export refuses activations narrower than a byte, naming the width")
+    func onnxNeedsByteActivations() throws {
+        let (fp32, data) = try smallTrainedQARepVGG()
+        let w4a8 = try postTrainingQuantize(fp32, calibration: data.subset(0..<64), qconfig: qconfig(4, 8)).convertToInt8()
+        #expect(try !ONNXExport.int8(w4a8).isEmpty, "4-bit weights are exact in int8 initializers")
+        let w8a4 = try postTrainingQuantize(fp32, calibration: data.subset(0..<64), qconfig: qconfig(8, 4)).convertToInt8()
+        #expect { try ONNXExport.int8(w8a4) } throws: { "\($0)".contains("4-bit") }
+    }
+}
