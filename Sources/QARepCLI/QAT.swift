@@ -25,6 +25,10 @@ public struct QAT: ParsableCommand {
     @Option(help: "Freeze activation ranges from this epoch (0-based) on.") var freezeObserversAfter: Int?
     @Option(help: "How scales evolve after calibration: observers (moving-average activation ranges, min-max weights) or lsq (every scale learned, Esser et al. 2020; symmetric activations only).")
     var method: QATMethod?
+    @Flag(help: "Distill from the FP32 checkpoint: its logits teach the quantized model (KL divergence at --distill-temperature, mixed with the cross-entropy by --distill-weight).")
+    var distill = false
+    @Option(help: "Distillation temperature (default 4).") var distillTemperature: Float?
+    @Option(help: "The distillation term's share of the loss, in [0, 1] (default 0.5).") var distillWeight: Float?
     @OptionGroup var quantization: QuantizationOptions
     @OptionGroup var model: ModelOptions
     @OptionGroup var data: RunDataOptions
@@ -46,7 +50,19 @@ public struct QAT: ParsableCommand {
         if method == .lsq && quantization.unsignedActivations {
             throw ValidationError("--method lsq learns symmetric step sizes; drop --unsigned-activations")
         }
+        for (flag, given) in [("--distill-temperature", distillTemperature != nil), ("--distill-weight", distillWeight != nil)] where given && !distill {
+            throw ValidationError("\(flag) applies with --distill")
+        }
+        if let t = distillTemperature, !(t > 0 && t.isFinite) { throw ValidationError("--distill-temperature must be positive, got \(t)") }
+        if let w = distillWeight, !(0...1).contains(w) { throw ValidationError("--distill-weight must be in [0, 1], got \(w)") }
         try validateFreshRunDirectory(out)
+    }
+
+    /// The distillation settings of a new run, from the flags.
+    var distillation: DistillationSettings? {
+        guard distill else { return nil }
+        let defaults = DistillationSettings()
+        return DistillationSettings(temperature: distillTemperature ?? defaults.temperature, weight: distillWeight ?? defaults.weight)
     }
 
     /// What `qarep qat --json` prints.
@@ -116,6 +132,7 @@ public struct QAT: ParsableCommand {
         options.freezeObserversAfter = freezeObserversAfter
         options.method = method ?? .observers
         options.qconfig = quantization.qconfig
+        options.distillation = distillation
         return options
     }
 
@@ -128,6 +145,7 @@ public struct QAT: ParsableCommand {
         check.compare("--freeze-bn-after", freezeBnAfter, options.freezeBNAfter)
         check.compare("--freeze-observers-after", freezeObserversAfter, options.freezeObserversAfter)
         check.compare("--method", method, options.method)
+        if distill { check.compare("--distill", distillation, options.distillation) }
         check.refuse("--config", given: model.config != nil, "the model comes from the run")
         check.refuse("--block", given: model.block != nil, "the model comes from the run")
         let data = self.data.resumed(from: saved?.origin, &check)

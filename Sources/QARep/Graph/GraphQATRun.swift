@@ -79,11 +79,14 @@ public final class GraphQATRun<Model: CheckpointableModel> {
         }
         let state = GraphQATState(options: options, training: training, inputShape: inputShape, source: source,
                                   threads: KernelThreads.count)
-        try self.init(model: model, network: fp32, state: state, directory: directory, origin: dataOrigin, progress: progress)
+        let teacher = try options.distillation.map { _ in try frozenTeacher(copying: fp32, into: Model(config: fp32.config, seed: 0)) }
+        try self.init(model: model, network: fp32, state: state, directory: directory, origin: dataOrigin, teacher: teacher,
+                      progress: progress)
     }
 
+    /// - Parameter teacher: the FP32 model when the options distill.
     private init(model: QuantizedGraph, network: Model, state: GraphQATState, directory: String?, origin: DataOrigin?,
-                 progress: ProgressReporter) throws {
+                 teacher: Model?, progress: ProgressReporter) throws {
         self.model = model
         self.network = network
         base = state
@@ -92,6 +95,7 @@ public final class GraphQATRun<Model: CheckpointableModel> {
             model: model, groups: ParameterGroup.standard(model, weightDecay: settings.weightDecay), config: state.training,
             momentum: settings.momentum, nesterov: settings.nesterov, progress: state.progress,
             data: state.data, origin: origin, directory: directory, reporter: progress)
+        if let settings = state.options.distillation, let teacher { core.trainer.batchLoss = settings.batchLoss(teacher: teacher) }
     }
 
     /// The QAT graph of `fp32`: captured on a zero image of `inputShape`, every layer with `options.qconfig`.
@@ -112,7 +116,11 @@ public final class GraphQATRun<Model: CheckpointableModel> {
     public static func resume(from directory: String, progress: ProgressReporter = ProgressReporter()) throws -> GraphQATRun {
         let path = try CheckpointedRun<QuantizedGraph>.lastCheckpoint(in: directory)
         let (model, network, state, file) = try loadCheckpoint(path)
-        let run = try GraphQATRun(model: model, network: network, state: state, directory: directory, origin: nil, progress: progress)
+        let teacher = try state.options.distillation.map { _ in
+            try rereadTeacher(state.source) { try Checkpoint.loadModel(state.source, as: Model.self).model }
+        }
+        let run = try GraphQATRun(model: model, network: network, state: state, directory: directory, origin: nil, teacher: teacher,
+                                  progress: progress)
         try run.core.optimizer.loadStateDict(Checkpoint.optimizerState(file, source: (path as NSString).lastPathComponent))
         run.applyFreezes(epoch: state.epoch)
         return run

@@ -19,6 +19,8 @@ public struct QATOptions: Sendable, Equatable {
     public var freezeObserversAfter: Int?
     /// How scales evolve during QAT.
     public var method = QATMethod.observers
+    /// With settings: the FP32 model teaches the quantized one on logits.
+    public var distillation: DistillationSettings?
 
     public init() {}
 
@@ -34,6 +36,7 @@ public struct QATOptions: Sendable, Equatable {
         for (name, epoch) in [("freezeBNAfter", freezeBNAfter), ("freezeObserversAfter", freezeObserversAfter)] {
             if let epoch, epoch < 0 { throw QuantizationError("\(name) must be an epoch >= 0, got \(epoch)") }
         }
+        try distillation?.validate()
         if method == .lsq {
             guard qconfig.activation.symmetric else {
                 throw QuantizationError("LSQ learns symmetric step sizes; it does not combine with unsigned asymmetric activations")
@@ -65,7 +68,7 @@ public enum QATMethod: String, Codable, Sendable, CaseIterable {
 }
 
 extension QATOptions: Codable {
-    private enum CodingKeys: String, CodingKey { case qconfig, calibrationImages, freezeBNAfter, freezeObserversAfter, method }
+    private enum CodingKeys: String, CodingKey { case qconfig, calibrationImages, freezeBNAfter, freezeObserversAfter, method, distillation }
 
     /// One flat object: the training settings' keys beside the quantization's.
     public init(from decoder: any Decoder) throws {
@@ -76,6 +79,7 @@ extension QATOptions: Codable {
         freezeBNAfter = try c.decodeIfPresent(Int.self, forKey: .freezeBNAfter)
         freezeObserversAfter = try c.decodeIfPresent(Int.self, forKey: .freezeObserversAfter)
         method = try c.decodeIfPresent(QATMethod.self, forKey: .method) ?? .observers
+        distillation = try c.decodeIfPresent(DistillationSettings.self, forKey: .distillation)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -86,6 +90,7 @@ extension QATOptions: Codable {
         try c.encodeIfPresent(freezeBNAfter, forKey: .freezeBNAfter)
         try c.encodeIfPresent(freezeObserversAfter, forKey: .freezeObserversAfter)
         try c.encode(method, forKey: .method)
+        try c.encodeIfPresent(distillation, forKey: .distillation)
     }
 }
 
@@ -162,10 +167,13 @@ public final class QATRun {
         }
         let state = QATState(options: options, training: training, form: model.hasPostBN ? .postBN : .folded, source: source,
                              threads: KernelThreads.count)
-        try self.init(model: model, state: state, directory: directory, origin: dataOrigin, progress: progress)
+        let teacher = try options.distillation.map { _ in try frozenTeacher(copying: fp32.deployed(), into: RepVGGNet(config: fp32.config).deployed()) }
+        try self.init(model: model, state: state, directory: directory, origin: dataOrigin, teacher: teacher, progress: progress)
     }
 
-    init(model: QuantizedNet, state: QATState, directory: String?, origin: DataOrigin? = nil, progress: ProgressReporter) throws {
+    /// - Parameter teacher: the FP32 model (deployed) when the options distill.
+    init(model: QuantizedNet, state: QATState, directory: String?, origin: DataOrigin? = nil, teacher: RepVGGNet?,
+         progress: ProgressReporter) throws {
         self.model = model
         base = state
         let settings = state.options.settings
@@ -174,6 +182,7 @@ public final class QATRun {
             momentum: settings.momentum, nesterov: settings.nesterov,
             progress: state.progress,
             data: state.data, origin: origin, directory: directory, reporter: progress)
+        if let settings = state.options.distillation, let teacher { core.trainer.batchLoss = settings.batchLoss(teacher: teacher) }
     }
 
     /// The state and model config of the run `resume(from:)` would continue:
@@ -189,7 +198,8 @@ public final class QATRun {
     public static func resume(from directory: String, progress: ProgressReporter = ProgressReporter()) throws -> QATRun {
         let path = try CheckpointedRun<QuantizedNet>.lastCheckpoint(in: directory)
         let (model, state, file) = try loadCheckpoint(path)
-        let run = try QATRun(model: model, state: state, directory: directory, progress: progress)
+        let teacher = try state.options.distillation.map { _ in try rereadTeacher(state.source) { try Checkpoint.loadModel(state.source).deployed() } }
+        let run = try QATRun(model: model, state: state, directory: directory, teacher: teacher, progress: progress)
         try run.optimizer.loadStateDict(Checkpoint.optimizerState(file, source: (path as NSString).lastPathComponent))
         run.applyFreezes(epoch: state.epoch)
         return run

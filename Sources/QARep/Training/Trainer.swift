@@ -71,6 +71,10 @@ public final class Trainer<Model: Layer> {
     public let config: TrainingConfig
     /// Extra loss terms added to the cross-entropy each step (RepVGG's custom L2, for instance).
     public var regularizer: (() -> Tensor)?
+    /// The loss of a batch from its images, the model's logits and their
+    /// cross-entropy, in place of the cross-entropy alone (distillation mixes
+    /// in a teacher's logits). Nil: the cross-entropy.
+    public var batchLoss: ((_ images: Tensor, _ logits: Tensor, _ crossEntropy: Tensor) -> Tensor)?
     /// Epochs completed so far (the next epoch index).
     public var epoch = 0
     /// Optimizer steps taken so far. Every epoch takes the same number, so
@@ -127,6 +131,7 @@ public final class Trainer<Model: Layer> {
             let x = Tensor(batch.images, shape: [batch.count, batch.channels, batch.height, batch.width])
             let logits = model(x)
             var loss = crossEntropy(logits, labels: batch.labels, labelSmoothing: config.labelSmoothing)
+            if let batchLoss { loss = batchLoss(x, logits, loss) }
             let correct = zip(logits.argmaxRows(), batch.labels).filter { $0 == $1 }.count
             // In a data-parallel job each rank takes its share of the global batch's mean loss, and the
             // regularizer counts once (on rank 0, as alone), so the gradients summed over the ranks are
