@@ -188,9 +188,13 @@ struct CommandLineTests {
         #expect { _ = try PTQ.parse(["--checkpoint", last, "--cle"] + common).execute() } throws: { "\($0)".contains("--cle") }
         #expect { _ = try PTQ.parse(["--checkpoint", last, "--adaround"] + common).execute() } throws: { "\($0)".contains("--adaround") }
 
+        // Graph QAT distilled from the FP32 checkpoint (the teacher is a ResNet too).
         let qat = try QAT.parse(["--from", last, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "32", "--val-split", "64",
-                                 "--calib-images", "64", "--out", dir + "/qat"] + common).execute()
+                                 "--calib-images", "64", "--distill", "--out", dir + "/qat"] + common).execute()
         #expect(qat.top1 == train.top1 && qat.epochs == 1)
+        // Resuming with other distillation settings is refused, naming the flag.
+        #expect { _ = try QAT.parse(["--resume", dir + "/qat", "--distill", "--distill-weight", "0.9"] + common).execute() }
+            throws: { "\($0)".contains("--distill") }
         #expect(qat.engineAgreement ?? 0 >= 0.99, "engine agreement \(qat.engineAgreement ?? 0)")
         let qatEngine = try Eval.parse(["--int8", try #require(qat.int8Model)] + common).execute()
         #expect(qatEngine.int8Top1 == qat.int8Top1)

@@ -64,12 +64,15 @@ struct ModelRunTests {
         #expect(try Checkpoint.describe(dirB + "/last.safetensors").family == "resnet")
     }
 
-    @Test("a ResNet's graph QAT resumes without recalibrating, bit-identically; the INT8 graph it writes equals the straight run's")
-    func graphQATResume() throws {
+    @Test("a ResNet's graph QAT resumes without recalibrating, bit-identically (distilled or not); the INT8 graph it writes equals the straight run's",
+          arguments: [false, true])
+    func graphQATResume(distilled: Bool) throws {
         let (fp32, data) = try smallTrainedResNet()
         var options = QATOptions()
         options.epochs = 2; options.warmupEpochs = 1; options.batchSize = 32; options.calibrationImages = 64
         options.freezeBNAfter = 1
+        // The resumed run reads its teacher again from fp32File, in evaluation mode.
+        options.distillation = distilled ? DistillationSettings(temperature: 2, weight: 0.8) : nil
         let dirA = temporaryDirectory("qa"), dirB = temporaryDirectory("qb")
         defer { removing(dirA, dirB) }
         let fp32File = dirA + "/fp32.safetensors"

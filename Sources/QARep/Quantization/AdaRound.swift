@@ -205,7 +205,8 @@ extension QuantizedNet {
         var reports: [AdaRoundLayerReport] = []
         var options = options
         for (i, unit) in units.enumerated() {
-            let conv = unit.conv, bias = conv.bias!
+            // The bias as a constant: learning the rounding must leave no gradient on the model.
+            let conv = unit.conv, bias = conv.bias!.detached()
             let inputs = noGrad { quantized.map { unit.inputQuant($0) } }
             let layer = { (x: Tensor, w: Tensor) in conv2d(x, weight: w, bias: bias, stride: conv.stride, padding: conv.padding).relu() }
             let next = noGrad { float.map { layer($0, conv.weight) } }
@@ -225,7 +226,8 @@ extension QuantizedNet {
         }
         let pooledQuantized = noGrad { quantized.map { linear.inputQuant(globalAveragePool(linear.featureQuant($0))) } }
         let pooledFloat = noGrad { float.map { globalAveragePool($0) } }
-        let head = { (x: Tensor, w: Tensor) in QARep.linear(x, weight: w, bias: self.linear.bias) }
+        let headBias = linear.bias.detached()
+        let head = { (x: Tensor, w: Tensor) in QARep.linear(x, weight: w, bias: headBias) }
         let scales = minMaxWeightScales(linear.weight.data, channels: linear.weight.shape[0], scheme: linear.weightQuant.scheme)
         options.seed = options.seed &+ 1
         var (w, report) = AdaRound.roundLayer(weight: linear.weight, scales: scales, qmax: linear.weightQuant.scheme.qmax,

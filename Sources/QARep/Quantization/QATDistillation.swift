@@ -46,9 +46,13 @@ func frozenTeacher<M: Module>(copying model: some Module, into fresh: M) throws 
     return fresh
 }
 
-/// Reads a run's teacher again from its source checkpoint, with one clear error when it is gone.
-func rereadTeacher<T>(_ source: String, _ read: () throws -> T) throws -> T {
-    do { return try read() } catch {
+/// Reads a run's teacher again from its source checkpoint, in evaluation
+/// mode, with one clear error when the file is gone.
+func rereadTeacher<M: Module>(_ source: String, _ read: () throws -> M) throws -> M {
+    let teacher: M
+    do { teacher = try read() } catch {
         throw QuantizationError("this QAT run distills from \(source), which cannot be read: \(error)")
     }
+    teacher.eval()
+    return teacher
 }
