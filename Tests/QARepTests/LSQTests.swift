@@ -83,7 +83,7 @@ struct LSQTests {
         }
     }
 
-    @Test("a 4-bit QAT run, observers or LSQ, finishes with its checkpoint and no INT8 file (the engine runs 8 bits)",
+    @Test("a 4-bit QAT run, observers or LSQ, finishes with its checkpoint and a W4A4 integer file whose engine follows the simulation",
           arguments: [QATMethod.observers, .lsq])
     func lowBitRun(_ method: QATMethod) throws {
         let (fp32, data) = try smallTrainedQARepVGG(dataSeed: 65, modelSeed: 66)
@@ -97,8 +97,15 @@ struct LSQTests {
                              trainImages: data.count, directory: dir, progress: ProgressReporter(enabled: false))
         try run.run(train: data, test: nil)
         #expect(FileManager.default.fileExists(atPath: dir + "/last.safetensors"))
-        #expect(!FileManager.default.fileExists(atPath: dir + "/int8.safetensors"))
-        #expect(try QATRun.loadModel(from: dir + "/last.safetensors").units[0].weightQuant.scheme.bits == 4)
+        let simulated = try QATRun.loadModel(from: dir + "/last.safetensors")
+        #expect(simulated.units[0].weightQuant.scheme.bits == 4)
+        // LSQ's learned steps are the integer model's scales, at 4 bits as at 8.
+        let int8 = try Int8Model.read(from: dir + "/int8.safetensors")
+        #expect(int8.activation.bits == 4 && int8.convs.allSatisfy { $0.weightBits == 4 })
+        expectSameCodes(simulated, int8)
+        let test = syntheticBands(count: 200, seed: 67)
+        let fake = evaluate(simulated, on: test), engine = evaluate(int8, on: test)
+        #expect(zip(fake.predictions, engine.predictions).filter { $0 == $1 }.count >= 196)
     }
 
     @Test("LSQ refuses asymmetric activations")

@@ -73,10 +73,7 @@ public final class GraphQATRun<Model: CheckpointableModel> {
         let model = try Self.prepare(fp32, inputShape: inputShape, options: options)
         try CheckpointedRun<QuantizedGraph>.prepare(directory)
         try model.calibrate(on: calibration)
-        switch options.method {
-        case .observers: model.trackActivationRanges()
-        case .lsq: try model.learnScales()
-        }
+        options.method.start(model.fakeQuantizers)
         let state = GraphQATState(options: options, training: training, inputShape: inputShape, source: source,
                                   threads: KernelThreads.count)
         let teacher = try options.distillation.map { _ in try frozenTeacher(copying: fp32, into: Model(config: fp32.config, seed: 0)) }
@@ -155,10 +152,7 @@ public final class GraphQATRun<Model: CheckpointableModel> {
             model = try prepare(network, inputShape: state.inputShape, options: state.options)
         } catch let e as GraphError { throw CheckpointError("\(name): \(e.description)") }
         // Observers switched to moving averages (or LSQ quantizers made) first, so the saved state has somewhere to load into.
-        switch state.options.method {
-        case .observers: model.trackActivationRanges()
-        case .lsq: for fq in model.fakeQuantizers { fq.learnScale() }
-        }
+        state.options.method.start(model.fakeQuantizers)
         try Checkpoint.load(file, into: model, source: name, extraSuffixes: [Checkpoint.observerStateSuffix])
         try Checkpoint.restoreObserverState(file, into: model, name: name)
         // As after calibration: every quantizer fake-quantizes and keeps observing.

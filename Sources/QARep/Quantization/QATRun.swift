@@ -46,6 +46,25 @@ public struct QATOptions: Sendable, Equatable {
     }
 }
 
+extension QATMethod {
+    /// Puts calibrated quantizers into QAT: `.observers` lets the activation
+    /// quantizers (those not tracking the current weight) follow the data by
+    /// moving averages; `.lsq` makes every scale a learned parameter from its
+    /// calibrated value. A resumed run calls it before loading the saved
+    /// state, so that state has somewhere to go.
+    func start(_ quantizers: [FakeQuantize]) {
+        switch self {
+        case .observers:
+            for fq in quantizers where !fq.tracksCurrentValues {
+                fq.switchToMovingAverage()
+                fq.observerEnabled = true
+            }
+        case .lsq:
+            for fq in quantizers { fq.learnScale() }
+        }
+    }
+}
+
 extension QATOptions {
     /// Applies the freezes due at epoch `e` (0-based): `freezeBatchNorms` once
     /// BN statistics freeze, and the activation observers among `quantizers`
@@ -155,16 +174,7 @@ public final class QATRun {
         try CheckpointedRun<QuantizedNet>.prepare(directory)
         let model = try QuantizedNet(from: fp32, form: .postBN, qconfig: options.qconfig)
         try model.calibrate(on: calibration)
-        switch options.method {
-        case .observers:
-            // After calibration, activation ranges follow the data by moving averages.
-            for fq in model.fakeQuantizers where !fq.tracksCurrentValues {
-                fq.switchToMovingAverage()
-                fq.observerEnabled = true
-            }
-        case .lsq:
-            for fq in model.fakeQuantizers { fq.learnScale() }
-        }
+        options.method.start(model.fakeQuantizers)
         let state = QATState(options: options, training: training, form: model.hasPostBN ? .postBN : .folded, source: source,
                              threads: KernelThreads.count)
         let teacher = try options.distillation.map { _ in try frozenTeacher(copying: fp32.deployed(), into: RepVGGNet(config: fp32.config).deployed()) }
