@@ -76,13 +76,7 @@ public struct PTQ: ParsableCommand {
         let qconfig = quantization.qconfig
         runtime.progress.finish("calibrating \(qconfig.calibrator) on \(calibration.count) training images")
         let quantized = try postTrainingQuantize(net, calibration: calibration, qconfig: qconfig, equalize: cle)
-        var rounding: [AdaRoundLayerReport]?
-        if adaround {
-            var options = AdaRoundOptions()
-            options.iterations = adaroundIterations ?? options.iterations
-            runtime.progress.finish("AdaRound: \(options.iterations) steps per layer on \(calibration.count) images")
-            rounding = try quantized.adaRound(on: calibration, options: options)
-        }
+        let rounding = try adaround ? quantized.adaRound(on: calibration, options: adaRoundOptions(images: calibration.count)) : nil
         let corrections = biasCorrection ? try quantized.correctBias(on: calibration) : nil
         if showRanges { printRanges(quantized) }
         let fp32 = evaluate(net, on: test)
@@ -99,7 +93,7 @@ public struct PTQ: ParsableCommand {
     /// per tensor, calibrated, converted, run on the integer graph engine.
     func executeGraph<Model: CheckpointableModel>(_: Model.Type) throws -> Report {
         let name = (checkpoint as NSString).lastPathComponent
-        for (flag, given) in [("--bias-correction", biasCorrection), ("--cle", cle), ("--adaround", adaround), ("--show-ranges", showRanges),
+        for (flag, given) in [("--bias-correction", biasCorrection), ("--cle", cle), ("--show-ranges", showRanges),
                               ("--config", model.config != nil), ("--block", model.block != nil)] where given {
             throw CommandError("\(flag) works on RepVGG-family models; \(name) holds a \(Model.family) model")
         }
@@ -115,11 +109,21 @@ public struct PTQ: ParsableCommand {
         let fp32 = evaluate(net, on: test)
         let quantized = try QuantizedGraph(net, example: example, qconfig: QConfigMapping(qconfig), mode: .ptq)
         try quantized.calibrate(on: calibration)
+        let rounding = try adaround ? quantized.adaRound(on: calibration, options: adaRoundOptions(images: calibration.count)) : nil
         let fake = evaluate(quantized, on: test)
         var report = report(fp32: fp32, fake: fake, calibrationImages: calibration.count)
+        report.adaRound = rounding
         let int8 = try quantized.convertToInt8()
         try addEngine(Int8GraphEngine(int8).evaluate(on: test), fake: fake, to: &report, write: int8.write(to:))
         return report
+    }
+
+    /// AdaRound's settings from the flags (announced on the progress line).
+    func adaRoundOptions(images: Int) -> AdaRoundOptions {
+        var options = AdaRoundOptions()
+        options.iterations = adaroundIterations ?? options.iterations
+        runtime.progress.finish("AdaRound: \(options.iterations) steps per layer on \(images) images")
+        return options
     }
 
     /// The report of a calibrated model: its top-1 beside the FP32 model's, and the settings.

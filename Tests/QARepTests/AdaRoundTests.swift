@@ -122,3 +122,44 @@ struct AdaRoundTests {
         #expect(throws: QuantizationError.self) { try ptq.adaRound(on: data.subset(0..<32), options: options) }
     }
 }
+
+@Suite("AdaRound on a captured graph")
+struct GraphAdaRoundTests {
+    @Test("a ResNet-8 at W3A8: every convolution and the linear layer report, the rounded weights convert to the simulation's codes, the engine agrees")
+    func resnet() throws {
+        let data = syntheticBands(count: 160, seed: 53)
+        let model = try ResNet(depth: 8, seed: 54)
+        settleBatchNorms(model, on: data.subset(0..<96))
+        var qconfig = QConfig.tensorRT
+        qconfig.weight.bits = 3
+        let prepared = try QuantizedGraph(model, example: images(data.subset(0..<1)), qconfig: QConfigMapping(qconfig), mode: .ptq)
+        try prepared.calibrate(on: data.subset(0..<64))
+        let float = noGrad { model(images(data.subset(96..<160))) }
+        var options = AdaRoundOptions()
+        options.iterations = 100
+        let reports = try prepared.adaRound(on: data.subset(0..<64), options: options)
+        #expect(reports.count == 10 && reports.filter(\.applied).count >= 5, "\(reports.map { ($0.layer, $0.nearestError, $0.adaRoundError) })")
+        // The float model is untouched: AdaRound changed the prepared copies only.
+        #expect(noGrad { model(images(data.subset(96..<160))) }.data == float.data)
+        // Every applied layer's float weight is on its grid: its integer codes times their scales give it back.
+        let graph = try prepared.convertToInt8()
+        let units = Dictionary(uniqueKeysWithValues: prepared.namedChildren().compactMap { c in (c.module as? QuantGraphConv).map { (c.name, $0) } })
+        var checked = 0
+        for node in graph.nodes {
+            guard case .conv(let c, _) = node.op, reports.first(where: { $0.layer == node.name })?.applied == true,
+                  let unit = units[node.name] else { continue }
+            let per = c.weight.count / c.outChannels, w = unit.conv.weight.data
+            let off = w.indices.filter { abs(w[$0] - Float(c.weight[$0]) * c.weightScales[$0 / per]) > 1e-5 * max(abs(w[$0]), 1e-6) }
+            #expect(off.isEmpty, "\(node.name): \(off.count) weights off the grid")
+            checked += 1
+        }
+        #expect(checked >= 4)
+        let test = images(data.subset(96..<160))
+        let simulated = noGrad { prepared(test) }, integer = try Int8GraphEngine(graph)(test)
+        #expect(zip(simulated.argmaxRows(), integer.argmaxRows()).filter { $0 == $1 }.count >= 63)
+        // A QAT graph is refused.
+        let qat = try QuantizedGraph(model, example: images(data.subset(0..<1)), qconfig: QConfigMapping(qconfig), mode: .qat)
+        try qat.calibrate(on: data.subset(0..<32))
+        #expect(throws: QuantizationError.self) { try qat.adaRound(on: data.subset(0..<32)) }
+    }
+}

@@ -186,7 +186,10 @@ struct CommandLineTests {
         let ptqEngine = try Eval.parse(["--int8", dir + "/ptq.safetensors"] + common).execute()
         #expect(ptqEngine.int8Top1 == ptq.int8Top1 && ptqEngine.form == "int8")
         #expect { _ = try PTQ.parse(["--checkpoint", last, "--cle"] + common).execute() } throws: { "\($0)".contains("--cle") }
-        #expect { _ = try PTQ.parse(["--checkpoint", last, "--adaround"] + common).execute() } throws: { "\($0)".contains("--adaround") }
+        // AdaRound works on any captured model: one report per convolution and linear layer (resnet8: 9 and 1).
+        let rounded = try PTQ.parse(["--checkpoint", last, "--calib-images", "64", "--weight-bits", "4", "--adaround",
+                                     "--adaround-iterations", "20"] + common).execute()
+        #expect(rounded.adaRound?.count == 10 && rounded.engineAgreement ?? 0 >= 0.99)
 
         // Graph QAT distilled from the FP32 checkpoint (the teacher is a ResNet too).
         let qat = try QAT.parse(["--from", last, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "32", "--val-split", "64",

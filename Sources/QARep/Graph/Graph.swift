@@ -45,6 +45,20 @@ public struct Graph {
         return values[output]!
     }
 
+    /// The value of node `id` when the captured operations run on `x`, with
+    /// every module in evaluation mode (restored after): what the float model
+    /// computes there.
+    func value(of id: Int, on x: Tensor) -> Tensor {
+        let modules = nodes.compactMap(\.op.module)
+        let wasTraining = modules.map(\.training)
+        modules.forEach { $0.eval() }
+        defer { for (m, t) in zip(modules, wasTraining) { m.train(t) } }
+        var values = [Tensor?](repeating: nil, count: id + 1)
+        values[0] = x
+        for node in nodes[1..<(id + 1)] { values[node.id] = node.op.apply(node.inputs.map { values[$0]! }) }
+        return values[id]!
+    }
+
     /// One line per node: `id name = kind(inputs) shape`.
     public var description: String {
         nodes.map { n in

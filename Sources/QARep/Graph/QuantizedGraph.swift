@@ -237,9 +237,12 @@ public final class QuantizedGraph: Module, Layer {
         }
     }
 
-    public func callAsFunction(_ x: Tensor) -> Tensor {
+    public func callAsFunction(_ x: Tensor) -> Tensor { values(x, steps: steps.count)[graph.output]! }
+
+    /// Every value the first `count` steps write when the graph runs on `x`.
+    func values(_ x: Tensor, steps count: Int) -> [Int: Tensor] {
         var values: [Int: Tensor] = [:]
-        for step in steps {
+        for step in steps.prefix(count) {
             let inputs = step.inputs.map { values[$0]! }
             var y: Tensor
             switch step.kind {
@@ -252,7 +255,7 @@ public final class QuantizedGraph: Module, Layer {
             if let fq = quantizeAfter[step.output] { y = fq(y) }
             values[step.output] = y
         }
-        return values[graph.output]!
+        return values
     }
 
     /// Runs captured nodes in order; `inputs` holds the values they read from outside.
