@@ -36,7 +36,6 @@ public struct PTQ: ParsableCommand {
         }
     }
 
-
     /// What `qarep ptq --json` prints.
     public struct Report: Codable, Sendable {
         /// FP32 top-1 of the checkpoint, and of its fake-quantized model.

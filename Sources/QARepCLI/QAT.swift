@@ -205,8 +205,8 @@ public struct QAT: ParsableCommand {
         if runtime.json { return try printJSON(r) }
         var rows: [(String, Double)] = r.top1.map { [("FP32", $0)] } ?? []
         rows.append(("QAT fake-quant", r.qatTop1))
-        if let t = r.int8Top1 { rows.append(("QAT INT8 engine", t)) }
+        if let t = r.int8Top1 { rows.append(("QAT engine", t)) }
         for (name, v) in rows { print(String(format: "%-16@ top-1 %@", name, percent(v))) }
-        if let c = r.checkpoint { print("checkpoint: \(c)" + (r.int8Model.map { ", INT8 model: \($0)" } ?? "")) }
+        if let c = r.checkpoint { print("checkpoint: \(c)" + (r.int8Model.map { ", integer model: \($0)" } ?? "")) }
     }
 }

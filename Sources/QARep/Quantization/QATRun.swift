@@ -177,7 +177,9 @@ public final class QATRun {
         options.method.start(model.fakeQuantizers)
         let state = QATState(options: options, training: training, form: model.hasPostBN ? .postBN : .folded, source: source,
                              threads: KernelThreads.count)
-        let teacher = try options.distillation.map { _ in try frozenTeacher(copying: fp32.deployed(), into: RepVGGNet(config: fp32.config).deployed()) }
+        let teacher = try options.distillation.map { _ in
+            try frozenTeacher(copying: fp32.deployed(), into: RepVGGNet(config: fp32.config).deployed())
+        }
         try self.init(model: model, state: state, directory: directory, origin: dataOrigin, teacher: teacher, progress: progress)
     }
 
@@ -208,7 +210,9 @@ public final class QATRun {
     public static func resume(from directory: String, progress: ProgressReporter = ProgressReporter()) throws -> QATRun {
         let path = try CheckpointedRun<QuantizedNet>.lastCheckpoint(in: directory)
         let (model, state, file) = try loadCheckpoint(path)
-        let teacher = try state.options.distillation.map { _ in try rereadTeacher(state.source) { try Checkpoint.loadModel(state.source).deployed() } }
+        let teacher = try state.options.distillation.map { _ in
+            try rereadTeacher(state.source) { try Checkpoint.loadModel(state.source).deployed() }
+        }
         let run = try QATRun(model: model, state: state, directory: directory, teacher: teacher, progress: progress)
         try run.optimizer.loadStateDict(Checkpoint.optimizerState(file, source: (path as NSString).lastPathComponent))
         run.applyFreezes(epoch: state.epoch)
