@@ -159,6 +159,7 @@ enum ConfigName: String, ExpressibleByArgument, CaseIterable, Codable {
 
 extension BlockKind: ExpressibleByArgument {}
 extension QATMethod: ExpressibleByArgument {}
+extension QuantizedNet.Form: ExpressibleByArgument {}
 extension WeightDecayMode: ExpressibleByArgument {}
 extension Calibrator.Method: ExpressibleByArgument {}
 

@@ -8,7 +8,9 @@ public struct QAT: ParsableCommand {
         commandName: "qat",
         abstract: "Quantization-aware training from an FP32 checkpoint; writes DIR/last.safetensors, DIR/best.safetensors (QAT), DIR/metrics.jsonl and DIR/int8.safetensors.",
         discussion: """
-            QARepVGG keeps its post-BN as a BN during QAT, with BN folding simulated in the fake-quantized weights. A ResNet \
+            QARepVGG keeps its post-BN as a BN during QAT, with BN folding simulated in the fake-quantized weights. --form \
+            multi-branch trains every branch of every block instead (RepVGG and QARepVGG alike): each step merges the \
+            branches, each BN with its running statistics, into the 3x3 kernel that is fake-quantized. A ResNet \
             checkpoint (qarep train --model resnet20) is captured as a graph and keeps every BN the same way; its INT8 model \
             is the native graph file DIR/int8.safetensors. Defaults \
             follow the paper: 10 epochs, 3 of warm-up, LR 0.01, then cosine. --resume DIR continues with the run's own data, \
@@ -25,6 +27,8 @@ public struct QAT: ParsableCommand {
     @Option(help: "Freeze activation ranges from this epoch (0-based) on.") var freezeObserversAfter: Int?
     @Option(help: "How scales evolve after calibration: observers (moving-average activation ranges, min-max weights) or lsq (every scale learned, Esser et al. 2020; symmetric activations only).")
     var method: QATMethod?
+    @Option(help: "What QAT trains: post-bn (the paper's: branches merged, QARepVGG's post-BN kept as a BN), multi-branch (rep-aware: every branch and its BN trained, merged on each step into the 3x3 kernel that is fake-quantized; RepVGG-family models only) or folded (default post-bn).")
+    var form: QuantizedNet.Form?
     @Flag(help: "Distill from the FP32 checkpoint: its logits teach the quantized model (KL divergence at --distill-temperature, mixed with the cross-entropy by --distill-weight).")
     var distill = false
     @Option(help: "Distillation temperature (default 4).") var distillTemperature: Float?
@@ -107,7 +111,11 @@ public struct QAT: ParsableCommand {
             let calibration = train.subset(0..<min(quantization.calibrationImages, train.count))
             run = try QATRun(from: fp32, source: from!, options: options, calibration: calibration,
                              trainImages: train.count, directory: out, dataOrigin: origin, progress: progress)
-            let form = run.model.hasPostBN ? "post-BN kept as a BN" : "fully folded"
+            let form = switch run.model.form {
+            case .postBN: "post-BN kept as a BN"
+            case .folded: "fully folded"
+            case .multiBranch: "multi-branch, rep-aware"
+            }
             progress.finish("QAT of \(fp32.config.name) \(fp32.config.block.rawValue) (\(form)) for \(options.epochs) epochs, calibrated on \(calibration.count) images")
         }
         run.controls = try sgd.runControls()
@@ -131,6 +139,7 @@ public struct QAT: ParsableCommand {
         options.freezeBNAfter = freezeBnAfter
         options.freezeObserversAfter = freezeObserversAfter
         options.method = method ?? .observers
+        options.form = form ?? .postBN
         options.qconfig = quantization.qconfig
         options.distillation = distillation
         return options
@@ -145,6 +154,7 @@ public struct QAT: ParsableCommand {
         check.compare("--freeze-bn-after", freezeBnAfter, options.freezeBNAfter)
         check.compare("--freeze-observers-after", freezeObserversAfter, options.freezeObserversAfter)
         check.compare("--method", method, options.method)
+        check.compare("--form", form, options.form)
         if distill { check.compare("--distill", distillation, options.distillation) }
         check.refuse("--config", given: model.config != nil, "the model comes from the run")
         check.refuse("--block", given: model.block != nil, "the model comes from the run")

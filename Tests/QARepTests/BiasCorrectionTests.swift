@@ -30,7 +30,7 @@ struct BiasCorrectionTests {
     @Test("the first layer's mean output with quantized weights and the corrected bias equals the float layer's")
     func firstLayerMeans() throws {
         let (_, data, quantized) = try setup()
-        let unit = quantized.stage0, conv = unit.conv
+        let unit = quantized.stage0, conv = try #require(unit.conv)
         let originalBias = conv.bias!.detached()
         let x = noGrad { unit.inputQuant(batch(data)) }
         let corrections = try quantized.correctBias(on: data)
@@ -94,7 +94,7 @@ struct CrossLayerEqualizationTests {
         #expect(first > 2 && remaining < 1.02, "range ratio \(first) before, \(remaining) after")
         #expect(maxRelativeError(noGrad { net(x).data }, before, floor: 1e-3) < 1e-5)
         // Output channel c of a unit and input channel c of the next now share one range.
-        let (w1, w2) = (net.units[2].conv.weight, net.units[3].conv.weight)
+        let (w1, w2) = (net.units[2].conv!.weight, net.units[3].conv!.weight)
         let channels = w1.shape[0], per1 = w1.count / channels, per2 = w2.count / (w2.shape[0] * channels)
         for c in 0..<channels {
             var r1: Float = 0, r2: Float = 0

@@ -151,6 +151,13 @@ struct CommandLineTests {
         }
         let int8 = try Eval.parse(["--int8", try #require(qat.int8Model)] + common).execute()
         #expect(int8.int8Top1 == qat.int8Top1 && int8.form == "int8")
+        // Rep-aware QAT: every branch trained; its checkpoint exports like any other, and resume keeps the form.
+        let repAware = try QAT.parse(["--from", last, "--form", "multi-branch", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "32",
+                                      "--val-split", "64", "--calib-images", "64", "--out", dir + "/qat-mb"] + common).execute()
+        #expect(repAware.epochs == 1 && repAware.engineAgreement ?? 0 >= 0.99, "engine agreement \(repAware.engineAgreement ?? 0)")
+        #expect { _ = try QAT.parse(["--resume", dir + "/qat-mb", "--form", "post-bn"] + common).execute() } throws: { "\($0)".contains("--form") }
+        try Export.parse(["--from", dir + "/qat-mb/last.safetensors", "--format", "onnx", "--out", dir + "/qat-mb.onnx"]).run()
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir + "/qat-mb.onnx")).count > 1000)
 
         try Export.parse(["--from", dir + "/qat/last.safetensors", "--format", "onnx", "--out", dir + "/qat.onnx"]).run()
         let onnx = try Data(contentsOf: URL(fileURLWithPath: dir + "/qat.onnx"))
@@ -201,6 +208,8 @@ struct CommandLineTests {
         #expect(qat.engineAgreement ?? 0 >= 0.99, "engine agreement \(qat.engineAgreement ?? 0)")
         let qatEngine = try Eval.parse(["--int8", try #require(qat.int8Model)] + common).execute()
         #expect(qatEngine.int8Top1 == qat.int8Top1)
+        #expect { _ = try QAT.parse(["--from", last, "--form", "multi-branch", "--epochs", "1", "--warmup-epochs", "0", "--calib-images", "64",
+                                     "--out", dir + "/qat-mb"] + common).execute() } throws: { "\($0)".contains("multi-branch form applies to RepVGG") }
 
         for (from, name) in [(dir + "/qat/last.safetensors", "qat"), (dir + "/ptq.safetensors", "ptq")] {
             try Export.parse(["--from", from, "--format", "onnx", "--out", dir + "/\(name).onnx"]).run()
@@ -302,7 +311,8 @@ private let numericOptions: [(command: [String], flag: String, bad: [String])] =
     }
     add(["train"], training + limits)
     add(["qat", "--from", "x"], training.filter { $0.0 != "--epochs" && $0.0 != "--warmup-epochs" } + quantization + limits
-        + [("--freeze-bn-after", ["-1"]), ("--freeze-observers-after", ["-1"]), ("--epochs", ["0"]), ("--warmup-epochs", ["-1"])])
+        + [("--freeze-bn-after", ["-1"]), ("--freeze-observers-after", ["-1"]), ("--epochs", ["0"]), ("--warmup-epochs", ["-1"]),
+           ("--form", ["bogus", "PostBN"])])
     add(["ptq", "--checkpoint", "x"], quantization + limits)
     add(["eval", "--checkpoint", "x"], limits)
     add(["bench"], [("--batch", ["0", "-1"]), ("--repeats", ["0"]), ("--train-steps", ["0"]), ("--threads", ["0"])])

@@ -228,11 +228,11 @@ func expectSameCodes(_ model: QuantizedNet, _ int8: Int8Model, sourceLocation: S
     }
 }
 
-/// A small QARepVGG trained a few steps on synthetic images so its BN
-/// statistics are not trivial, and those images.
-func smallTrainedQARepVGG(dataSeed: UInt64 = 21, modelSeed: UInt64 = 2) throws -> (RepVGGNet, FashionMNIST) {
+/// A small QARepVGG (or another block kind) trained a few steps on
+/// synthetic images so its BN statistics are not trivial, and those images.
+func smallTrainedQARepVGG(dataSeed: UInt64 = 21, modelSeed: UInt64 = 2, block: BlockKind = .qarepvgg) throws -> (RepVGGNet, FashionMNIST) {
     let data = syntheticBands(count: 256, seed: dataSeed)
-    let model = try RepVGGNet(config: ModelConfig(widths: [8, 8, 16, 16, 16], blocks: [1, 1, 2, 1, 1], block: .qarepvgg), seed: modelSeed)
+    let model = try RepVGGNet(config: ModelConfig(widths: [8, 8, 16, 16, 16], blocks: [1, 1, 2, 1, 1], block: block), seed: modelSeed)
     randomizeBatchNorms(model, seed: modelSeed + 1)
     let trainer = Trainer(model: model, optimizer: SGD(groups: ParameterGroup.standard(model, weightDecay: 1e-4), learningRate: 0.05),
                           config: TrainingConfig(epochs: 1, batchSize: 32, schedule: .constant(0.05), seed: 1),

@@ -63,11 +63,15 @@ public final class GraphQATRun<Model: CheckpointableModel> {
     /// QAT with `options.qconfig` on every layer, calibrates, and sets the
     /// scales moving (moving averages, or LSQ with `options.method`).
     /// - Throws: `GraphError` for an operation the quantizer cannot handle;
-    ///   `QuantizationError` for invalid options.
+    ///   `QuantizationError` for invalid options, or a form other than
+    ///   `.postBN` (a graph keeps its BNs; it has no branches to keep).
     public convenience init(from fp32: Model, source: String, options: QATOptions, calibration: any Dataset,
                             trainImages: Int, directory: String?, dataOrigin: DataOrigin? = nil,
                             progress: ProgressReporter = ProgressReporter()) throws {
         try options.validate()
+        guard options.form == .postBN else {
+            throw QuantizationError("graph QAT keeps every BN (the post-bn form); the \(options.form.rawValue) form applies to RepVGG-family models")
+        }
         let training = try options.settings.trainingConfig(trainImages: trainImages)
         let inputShape = [calibration.channels, calibration.height, calibration.width]
         let model = try Self.prepare(fp32, inputShape: inputShape, options: options)

@@ -11,20 +11,11 @@ extension QuantizedGraph {
     ///   never calibrated, no images, LSQ scales, or bad options.
     @discardableResult
     public func adaRound(on images: any Dataset, options: AdaRoundOptions = AdaRoundOptions()) throws -> [AdaRoundLayerReport] {
-        try options.validate()
         guard mode == .ptq else { throw QuantizationError("AdaRound applies to a PTQ graph (batch norms folded); this one is prepared for QAT") }
-        guard images.count > 0 else { throw QuantizationError("AdaRound needs at least one image, got 0") }
-        guard activationQuantizers.allSatisfy({ $0.fakeQuantEnabled && $0.observers.allSatisfy(\.hasObserved) }) else {
-            throw QuantizationError("AdaRound needs a calibrated model: calibrate first")
-        }
-        guard !weightQuantizers.contains(where: \.learnsScale) else {
-            throw QuantizationError("AdaRound rounds against min-max scales; this model learns its weight scales (LSQ)")
-        }
+        let batches = try options.calibrationBatches(images, activations: activationQuantizers, weights: weightQuantizers)
         let wasTraining = training
         eval()
         defer { train(wasTraining) }
-        let loader = DataLoader(dataset: images, batchSize: options.batchSize, shuffle: false, augment: false, seed: 0)
-        let batches = loader.batches(epoch: 0).map { Tensor($0.images, shape: [$0.count, $0.channels, $0.height, $0.width]) }
         var reports: [AdaRoundLayerReport] = []
         var options = options
         for (index, step) in steps.enumerated() {

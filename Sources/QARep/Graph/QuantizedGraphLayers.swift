@@ -24,11 +24,11 @@ public final class QuantGraphConv: Module {
     }
 
     func callAsFunction(_ xq: Tensor, inputQuant: FakeQuantize) -> Tensor {
-        fakeQuantizedConvolution(xq, inputQuant: inputQuant, conv: conv, weightQuant: weightQuant, postBN: postBN, relu: relu)
+        fakeQuantizedConvolution(xq, inputQuant: inputQuant, source: conv, weightQuant: weightQuant, postBN: postBN, relu: relu)
     }
 
     /// The deployable weight and bias, any post-BN folded in.
-    public func foldedWeights() -> (weight: [Float], bias: [Float]) { foldedConvolutionWeights(conv: conv, postBN: postBN) }
+    public func foldedWeights() -> (weight: [Float], bias: [Float]) { foldedConvolutionWeights(source: conv, postBN: postBN) }
 }
 
 /// A linear layer of a prepared graph: `ReLU?( linear(xq; FQ_w(W)) + b )`.

@@ -54,6 +54,25 @@ public struct AdaRoundOptions: Sendable, Equatable {
     }
 }
 
+extension AdaRoundOptions {
+    /// The checks both model kinds make before AdaRound, and the calibration
+    /// images as batches: valid options, at least one image, calibrated
+    /// activation quantizers, and min-max (not learned) weight scales.
+    /// - Throws: `QuantizationError` naming the first check that fails.
+    func calibrationBatches(_ images: any Dataset, activations: [FakeQuantize], weights: [FakeQuantize]) throws -> [Tensor] {
+        try validate()
+        guard images.count > 0 else { throw QuantizationError("AdaRound needs at least one image, got 0") }
+        guard activations.allSatisfy({ $0.fakeQuantEnabled && $0.observers.allSatisfy(\.hasObserved) }) else {
+            throw QuantizationError("AdaRound needs a calibrated model: calibrate first")
+        }
+        guard !weights.contains(where: \.learnsScale) else {
+            throw QuantizationError("AdaRound rounds against min-max scales; this model learns its weight scales (LSQ)")
+        }
+        let loader = DataLoader(dataset: images, batchSize: batchSize, shuffle: false, augment: false, seed: 0)
+        return loader.batches(epoch: 0).map { Tensor($0.images, shape: [$0.count, $0.channels, $0.height, $0.width]) }
+    }
+}
+
 /// What AdaRound did to one layer: its reconstruction error (the loss's first
 /// term, on all calibration images) with nearest rounding and with the
 /// learned rounding, the fraction of weights that round the other way, and
@@ -182,31 +201,22 @@ extension QuantizedNet {
     /// on the calibration images keeps nearest rounding. Run bias correction
     /// after it, not before.
     /// - Returns: one report per layer (units, then `linear`).
-    /// - Throws: `QuantizationError` for a model with post-BNs (QAT's form),
-    ///   one never calibrated, no images, or bad options.
+    /// - Throws: `QuantizationError` for a model not in the folded form (PTQ's:
+    ///   no post-BNs, no branches), one never calibrated, no images, or bad options.
     @discardableResult
     public func adaRound(on images: any Dataset, options: AdaRoundOptions = AdaRoundOptions()) throws -> [AdaRoundLayerReport] {
-        try options.validate()
-        guard !hasPostBN else { throw QuantizationError("AdaRound applies to the folded (PTQ) form; this model keeps post-BNs") }
-        guard images.count > 0 else { throw QuantizationError("AdaRound needs at least one image, got 0") }
-        let activations = units.map(\.inputQuant) + [linear.featureQuant, linear.inputQuant]
-        guard activations.allSatisfy({ $0.fakeQuantEnabled && $0.observers.allSatisfy(\.hasObserved) }) else {
-            throw QuantizationError("AdaRound needs a calibrated model: calibrate first")
-        }
-        guard !(units.map(\.weightQuant) + [linear.weightQuant]).contains(where: \.learnsScale) else {
-            throw QuantizationError("AdaRound rounds against min-max scales; this model learns its weight scales (LSQ)")
-        }
+        let convs = try foldedConvolutions(for: "AdaRound")
+        let batches = try options.calibrationBatches(images, activations: units.map(\.inputQuant) + [linear.featureQuant, linear.inputQuant],
+                                                     weights: units.map(\.weightQuant) + [linear.weightQuant])
         let wasTraining = training
         eval()
         defer { train(wasTraining) }
-        let loader = DataLoader(dataset: images, batchSize: options.batchSize, shuffle: false, augment: false, seed: 0)
-        let batches = loader.batches(epoch: 0).map { Tensor($0.images, shape: [$0.count, $0.channels, $0.height, $0.width]) }
         var quantized = batches, float = batches
         var reports: [AdaRoundLayerReport] = []
         var options = options
         for (i, unit) in units.enumerated() {
             // The bias as a constant: learning the rounding must leave no gradient on the model.
-            let conv = unit.conv, bias = conv.bias!.detached()
+            let conv = convs[i], bias = conv.bias!.detached()
             let inputs = noGrad { quantized.map { unit.inputQuant($0) } }
             let layer = { (x: Tensor, w: Tensor) in conv2d(x, weight: w, bias: bias, stride: conv.stride, padding: conv.padding).relu() }
             let next = noGrad { float.map { layer($0, conv.weight) } }
@@ -220,7 +230,7 @@ extension QuantizedNet {
             float = next
             quantized = noGrad {
                 inputs.map {
-                    fakeQuantizedConvolution($0, inputQuant: unit.inputQuant, conv: conv, weightQuant: unit.weightQuant, postBN: nil, relu: true)
+                    fakeQuantizedConvolution($0, inputQuant: unit.inputQuant, source: conv, weightQuant: unit.weightQuant, postBN: nil, relu: true)
                 }
             }
         }

@@ -12,11 +12,11 @@ extension QuantizedNet {
     /// difference is subtracted from the bias. The converted INT8 model
     /// quantizes the corrected bias.
     /// - Returns: the largest correction of each layer (units, then the head).
-    /// - Throws: `QuantizationError` if the model still has a post-BN (PTQ
-    ///   corrects the folded form), was never calibrated, or `images` is empty.
+    /// - Throws: `QuantizationError` unless the model is in the folded form
+    ///   (PTQ's: no post-BNs, no branches), if it was never calibrated, or `images` is empty.
     @discardableResult
     public func correctBias(on images: any Dataset, batchSize: Int = 128) throws -> [Float] {
-        guard !hasPostBN else { throw QuantizationError("bias correction applies to the folded (PTQ) form; this model keeps post-BNs") }
+        let convs = try foldedConvolutions(for: "bias correction")
         guard images.count > 0 else { throw QuantizationError("bias correction needs at least one image, got 0") }
         let activations = units.map(\.inputQuant) + [linear.featureQuant, linear.inputQuant]
         guard activations.allSatisfy({ $0.fakeQuantEnabled && $0.observers.allSatisfy(\.hasObserved) }) else {
@@ -29,8 +29,7 @@ extension QuantizedNet {
         return noGrad {
             var xs = loader.batches(epoch: 0).map { Tensor($0.images, shape: [$0.count, $0.channels, $0.height, $0.width]) }
             var corrections: [Float] = []
-            for unit in units {
-                let conv = unit.conv
+            for (unit, conv) in zip(units, convs) {
                 let inputs = xs.map { unit.inputQuant($0) }
                 let shift = meanShift(inputs, float: conv.weight, quantized: unit.weightQuant(conv.weight)) {
                     conv2d($0, weight: $1, stride: conv.stride, padding: conv.padding)
@@ -39,7 +38,7 @@ extension QuantizedNet {
                 corrections.append(shift.map(abs).max() ?? 0)
                 // The unit's own forward pass (folded: no post-BN) on the inputs already quantized.
                 xs = inputs.map {
-                    fakeQuantizedConvolution($0, inputQuant: unit.inputQuant, conv: conv, weightQuant: unit.weightQuant,
+                    fakeQuantizedConvolution($0, inputQuant: unit.inputQuant, source: conv, weightQuant: unit.weightQuant,
                                              postBN: nil, relu: true)
                 }
             }

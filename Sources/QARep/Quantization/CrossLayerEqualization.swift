@@ -15,11 +15,11 @@ extension QuantizedNet {
     /// calibration: it changes the activation ranges, never the float outputs.
     /// - Returns: the largest remaining `max(r1/r2, r2/r1)` over all channels
     ///   after the last sweep (1 when fully equalized).
-    /// - Throws: `QuantizationError` if the model keeps post-BNs (QAT form)
-    ///   or was already calibrated.
+    /// - Throws: `QuantizationError` unless the model is in the folded form
+    ///   (PTQ's: no post-BNs, no branches), or if it was already calibrated.
     @discardableResult
     public func equalizeCrossLayer(sweeps: Int = 20) throws -> Float {
-        guard !hasPostBN else { throw QuantizationError("cross-layer equalization applies to the folded (PTQ) form; this model keeps post-BNs") }
+        let convs = try foldedConvolutions(for: "cross-layer equalization")
         guard !fakeQuantizers.contains(where: { !$0.tracksCurrentValues && $0.observers.contains(where: \.hasObserved) }) else {
             throw QuantizationError("cross-layer equalization changes activation ranges: equalize before calibrating")
         }
@@ -27,10 +27,10 @@ extension QuantizedNet {
         var imbalance: Float = 1
         for _ in 0..<sweeps {
             imbalance = 1
-            for (first, second) in zip(units, units.dropFirst()) {
-                imbalance = max(imbalance, equalize(first.conv.weight, first.conv.bias!, with: second.conv.weight))
+            for (first, second) in zip(convs, convs.dropFirst()) {
+                imbalance = max(imbalance, equalize(first.weight, first.bias!, with: second.weight))
             }
-            imbalance = max(imbalance, equalize(units.last!.conv.weight, units.last!.conv.bias!, with: linear.weight))
+            imbalance = max(imbalance, equalize(convs.last!.weight, convs.last!.bias!, with: linear.weight))
         }
         return imbalance
     }

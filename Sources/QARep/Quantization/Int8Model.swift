@@ -194,13 +194,13 @@ extension QuantizedNet {
         let list = units
         for (i, unit) in list.enumerated() {
             let (w, b) = unit.foldedWeights()
-            let O = unit.conv.outChannels
+            let geometry = unit.source, O = geometry.outChannels
             let (wq, ws) = quantizeWeights(w, channels: O, scheme: unit.weightQuant.scheme, quantizer: unit.weightQuant)
             let inQ = unit.inputQuant
             let outQ = i + 1 < list.count ? list[i + 1].inputQuant : linear.featureQuant
             convs.append(Int8Conv(
-                name: unitNames[i], inChannels: unit.conv.inChannels, outChannels: O, kernelSize: unit.conv.kernelSize,
-                stride: unit.conv.stride, padding: unit.conv.padding, weight: wq, weightScales: ws,
+                name: unitNames[i], inChannels: geometry.inChannels, outChannels: O, kernelSize: geometry.kernelSize,
+                stride: geometry.stride, padding: geometry.padding, weight: wq, weightScales: ws,
                 bias: quantizeBias(b, inputScale: inQ.scales[0], weightScales: ws),
                 inputScale: inQ.scales[0], inputZeroPoint: inQ.zeroPoints[0],
                 outputScale: outQ.scales[0], outputZeroPoint: outQ.zeroPoints[0], weightBits: unit.weightQuant.scheme.bits))

@@ -21,6 +21,10 @@ public struct QATOptions: Sendable, Equatable {
     public var method = QATMethod.observers
     /// With settings: the FP32 model teaches the quantized one on logits.
     public var distillation: DistillationSettings?
+    /// The form QAT trains: `.postBN` (the paper's: branches merged,
+    /// QARepVGG's post-BN kept), `.multiBranch` (rep-aware: every branch
+    /// trained through the kernel it folds into) or `.folded`.
+    public var form = QuantizedNet.Form.postBN
 
     public init() {}
 
@@ -87,7 +91,7 @@ public enum QATMethod: String, Codable, Sendable, CaseIterable {
 }
 
 extension QATOptions: Codable {
-    private enum CodingKeys: String, CodingKey { case qconfig, calibrationImages, freezeBNAfter, freezeObserversAfter, method, distillation }
+    private enum CodingKeys: String, CodingKey { case qconfig, calibrationImages, freezeBNAfter, freezeObserversAfter, method, distillation, form }
 
     /// One flat object: the training settings' keys beside the quantization's.
     public init(from decoder: any Decoder) throws {
@@ -99,6 +103,7 @@ extension QATOptions: Codable {
         freezeObserversAfter = try c.decodeIfPresent(Int.self, forKey: .freezeObserversAfter)
         method = try c.decodeIfPresent(QATMethod.self, forKey: .method) ?? .observers
         distillation = try c.decodeIfPresent(DistillationSettings.self, forKey: .distillation)
+        form = try c.decodeIfPresent(QuantizedNet.Form.self, forKey: .form) ?? .postBN
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -110,6 +115,7 @@ extension QATOptions: Codable {
         try c.encodeIfPresent(freezeObserversAfter, forKey: .freezeObserversAfter)
         try c.encode(method, forKey: .method)
         try c.encodeIfPresent(distillation, forKey: .distillation)
+        try c.encode(form, forKey: .form)
     }
 }
 
@@ -172,10 +178,10 @@ public final class QATRun {
         try options.validate()
         let training = try options.settings.trainingConfig(trainImages: trainImages)
         try CheckpointedRun<QuantizedNet>.prepare(directory)
-        let model = try QuantizedNet(from: fp32, form: .postBN, qconfig: options.qconfig)
+        let model = try QuantizedNet(from: fp32, form: options.form, qconfig: options.qconfig)
         try model.calibrate(on: calibration)
         options.method.start(model.fakeQuantizers)
-        let state = QATState(options: options, training: training, form: model.hasPostBN ? .postBN : .folded, source: source,
+        let state = QATState(options: options, training: training, form: model.form, source: source,
                              threads: KernelThreads.count)
         let teacher = try options.distillation.map { _ in
             try frozenTeacher(copying: fp32.deployed(), into: RepVGGNet(config: fp32.config).deployed())
@@ -243,7 +249,7 @@ public final class QATRun {
         // The structure from a fresh model; every value comes from the file.
         let model = try QuantizedNet(from: RepVGGNet(config: config), form: state.form,
                                      qconfig: state.options.qconfig.with(calibrator: .movingAverage()))
-        guard model.hasPostBN == (state.form == .postBN) else {
+        guard model.form == state.form else {
             throw CheckpointError("\(name): the checkpoint's form \(state.form.rawValue) does not fit block kind \(config.block.rawValue)")
         }
         // LSQ quantizers first, so their step floors have somewhere to load into.

@@ -9,26 +9,36 @@
 /// folded convolution `W * t`, `(b - mean) * t + beta`, whose weight is
 /// fake-quantized exactly as the deployed INT8 convolution will be.
 ///
-/// Keys: `rbr_reparam.{weight,bias}`, `bn.*`, `input_fake_quant.*`, `weight_fake_quant.*`.
+/// `W` and `b` come from the unit's `source`: one convolution, or, in
+/// rep-aware QAT, the block's branches merged on every call
+/// (`MergedBranches`), so the trained parameters stay those of the
+/// multi-branch block while the kernel quantized is the deployed one.
+///
+/// Keys: `rbr_reparam.{weight,bias}` (one convolution) or `branches.*`
+/// (merged branches), `bn.*`, `input_fake_quant.*`, `weight_fake_quant.*`.
 public final class QuantConvUnit: Module, Layer {
     @Key("input_fake_quant") public var inputQuant: FakeQuantize
-    @Key("rbr_reparam") public var conv: Conv2d
+    @Key("rbr_reparam") public var source: any ConvolutionSource
     @Key("weight_fake_quant") public var weightQuant: FakeQuantize
     @Key("bn") public var postBN: BatchNorm2d?
 
     /// Activation observers from `qconfig.calibrator`; per-channel min-max
     /// weight observers that track the current weight.
-    public init(conv: Conv2d, postBN: BatchNorm2d?, qconfig: QConfig) {
-        precondition(conv.bias != nil, "QuantConvUnit needs a convolution with bias")
-        _conv.wrappedValue = conv
+    /// - Parameter source: a `Conv2d` with bias, or `MergedBranches`.
+    public init(source: any ConvolutionSource, postBN: BatchNorm2d?, qconfig: QConfig) {
+        precondition(!(source is Conv2d) || (source as! Conv2d).bias != nil, "QuantConvUnit needs a convolution with bias")
+        _source = Key(wrappedValue: source, source is MergedBranches ? "branches" : "rbr_reparam")
         _postBN.wrappedValue = postBN
         _inputQuant.wrappedValue = FakeQuantize(scheme: qconfig.activation, calibrator: qconfig.calibrator)
         _weightQuant.wrappedValue = FakeQuantize(scheme: qconfig.weight, calibrator: .minmax,
-                                                 channels: conv.outChannels, tracksCurrentValues: true)
+                                                 channels: source.outChannels, tracksCurrentValues: true)
     }
 
+    /// The unit's one convolution; nil when it merges branches instead.
+    public var conv: Conv2d? { source as? Conv2d }
+
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        fakeQuantizedConvolution(inputQuant(x), inputQuant: inputQuant, conv: conv, weightQuant: weightQuant,
+        fakeQuantizedConvolution(inputQuant(x), inputQuant: inputQuant, source: source, weightQuant: weightQuant,
                                  postBN: postBN, relu: true)
     }
 
@@ -38,13 +48,13 @@ public final class QuantConvUnit: Module, Layer {
     /// quantized to int32 units of `s_in * s_w` as the engine has it. Their
     /// values are `dequantize` of the converted model's codes, element by element.
     public func deployedTensors() -> (weight: Tensor, bias: Tensor) {
-        deployedConvolutionTensors(conv: conv, postBN: postBN, weightQuant: weightQuant, inputQuant: inputQuant)
+        deployedConvolutionTensors(source: source, postBN: postBN, weightQuant: weightQuant, inputQuant: inputQuant)
     }
 
     /// The deployable weight and bias: the post-BN folded in (if any), by the
     /// same operations as the simulation, so conversion quantizes exactly
     /// the values the simulation does.
-    public func foldedWeights() -> (weight: [Float], bias: [Float]) { foldedConvolutionWeights(conv: conv, postBN: postBN) }
+    public func foldedWeights() -> (weight: [Float], bias: [Float]) { foldedConvolutionWeights(source: source, postBN: postBN) }
 }
 
 // The arithmetic of a fake-quantized convolution with an optional post-BN,
@@ -53,34 +63,28 @@ public final class QuantConvUnit: Module, Layer {
 /// `conv(xq)` under fake quantization (see `QuantConvUnit`): in BN training,
 /// the fold simulated with the running scale and undone after the
 /// convolution; otherwise exactly the deployed convolution. ReLU when `relu`.
-func fakeQuantizedConvolution(_ xq: Tensor, inputQuant: FakeQuantize, conv: Conv2d, weightQuant: FakeQuantize,
+func fakeQuantizedConvolution(_ xq: Tensor, inputQuant: FakeQuantize, source: any ConvolutionSource, weightQuant: FakeQuantize,
                               postBN: BatchNorm2d?, relu: Bool) -> Tensor {
     if let bn = postBN, bn.training && !bn.freezeStatistics {
         // Batch statistics: fold with the running scale, undo it after the
         // convolution, and let the BN normalize with the batch's own.
-        let t = postBNScale(bn)
-        let y = conv2d(xq, weight: weightQuant(scaleChannels(conv.weight, by: t)), stride: conv.stride, padding: conv.padding)
+        let (w, b) = source.kernelAndBias()
+        let t = runningStatisticsScale(bn)
+        let y = conv2d(xq, weight: weightQuant(scaleChannels(w, by: t)), stride: source.stride, padding: source.padding)
         let invT = Tensor(repeating: 1, shape: [bn.channels]) / t
-        return bn(channelAffine(y, scale: invT, shift: conv.bias), relu: relu)
+        return bn(channelAffine(y, scale: invT, shift: b), relu: relu)
     }
     // Running statistics (or no BN): exactly the deployed convolution.
-    let (wq, bq) = deployedConvolutionTensors(conv: conv, postBN: postBN, weightQuant: weightQuant, inputQuant: inputQuant)
-    let y = conv2d(xq, weight: wq, bias: bq, stride: conv.stride, padding: conv.padding)
+    let (wq, bq) = deployedConvolutionTensors(source: source, postBN: postBN, weightQuant: weightQuant, inputQuant: inputQuant)
+    let y = conv2d(xq, weight: wq, bias: bq, stride: source.stride, padding: source.padding)
     return relu ? y.relu() : y
-}
-
-/// Per-channel `gamma / sqrt(running_var + eps)` of the post-BN as a
-/// tensor with a gradient to gamma (running_var is a constant).
-func postBNScale(_ bn: BatchNorm2d) -> Tensor {
-    let std = Tensor(bn.runningVar.data.map { ($0 + bn.eps).squareRoot() }, shape: [bn.channels])
-    return bn.weight / std
 }
 
 /// The folded weight fake-quantized and the bias quantized to int32 units of
 /// `s_in * s_w` once the input is quantized.
-func deployedConvolutionTensors(conv: Conv2d, postBN: BatchNorm2d?, weightQuant: FakeQuantize,
+func deployedConvolutionTensors(source: any ConvolutionSource, postBN: BatchNorm2d?, weightQuant: FakeQuantize,
                                 inputQuant: FakeQuantize) -> (weight: Tensor, bias: Tensor) {
-    let (w, b) = foldedConvolutionTensors(conv: conv, postBN: postBN)
+    let (w, b) = foldedConvolutionTensors(source: source, postBN: postBN)
     return quantizedWeightAndBias(w, b, weightQuant: weightQuant, inputQuant: inputQuant)
 }
 
@@ -95,16 +99,16 @@ func quantizedWeightAndBias(_ w: Tensor, _ b: Tensor, weightQuant: FakeQuantize,
 
 /// Weight and bias with the post-BN (running statistics) folded in, as
 /// differentiable tensors: `W * t`, `(b - mean) * t + beta`.
-func foldedConvolutionTensors(conv: Conv2d, postBN: BatchNorm2d?) -> (weight: Tensor, bias: Tensor) {
-    guard let bn = postBN else { return (conv.weight, conv.bias!) }
-    let t = postBNScale(bn)
-    return (scaleChannels(conv.weight, by: t), (conv.bias! - bn.runningMean.detached()) * t + bn.bias)
+func foldedConvolutionTensors(source: any ConvolutionSource, postBN: BatchNorm2d?) -> (weight: Tensor, bias: Tensor) {
+    let (w, b) = source.kernelAndBias()
+    guard let bn = postBN else { return (w, b) }
+    return foldBatchNorm(weight: w, bias: b, bn: bn)
 }
 
 /// `foldedConvolutionTensors` as plain arrays.
-func foldedConvolutionWeights(conv: Conv2d, postBN: BatchNorm2d?) -> (weight: [Float], bias: [Float]) {
+func foldedConvolutionWeights(source: any ConvolutionSource, postBN: BatchNorm2d?) -> (weight: [Float], bias: [Float]) {
     noGrad {
-        let (w, b) = foldedConvolutionTensors(conv: conv, postBN: postBN)
+        let (w, b) = foldedConvolutionTensors(source: source, postBN: postBN)
         return (w.data, b.data)
     }
 }

@@ -1,10 +1,15 @@
 /// A RepVGG-family network prepared for quantization: every block a
 /// `QuantConvUnit` (fake quantization on each convolution's input and
 /// weight), then a `QuantLinearHead`. Built for PTQ from the fully folded
-/// model, or for QAT with QARepVGG's post-BN kept as a trainable BN.
+/// model; for QAT with QARepVGG's post-BN kept as a trainable BN, or in the
+/// multi-branch form, where every block keeps its branches and the kernel it
+/// folds into is fake-quantized (rep-aware QAT).
 public final class QuantizedNet: Module, Layer {
     public let config: ModelConfig
     public let qconfig: QConfig
+    /// The form the units were built in (`.postBN` asked of a kind without
+    /// a post-BN, or of a deployed model, gives `.folded`).
+    public let form: Form
     @Key("stage0") public var stage0: QuantConvUnit
     @Key("stage1") public var stage1: [QuantConvUnit]
     @Key("stage2") public var stage2: [QuantConvUnit]
@@ -12,34 +17,47 @@ public final class QuantizedNet: Module, Layer {
     @Key("stage4") public var stage4: [QuantConvUnit]
     public let linear: QuantLinearHead
 
-    public enum Form: String, Codable, Sendable {
+    public enum Form: String, Codable, Sendable, CaseIterable {
         /// Every block folded completely: what PTQ quantizes.
         case folded
         /// Branches merged, QARepVGG's post-BN kept as a BN: what QAT trains.
         case postBN = "post-bn"
+        /// Every branch kept and trained, merged (each branch BN with its
+        /// running statistics) into the kernel that is fake-quantized on
+        /// every step; QARepVGG's post-BN kept as a BN: rep-aware QAT.
+        case multiBranch = "multi-branch"
     }
 
     /// Prepares `model` (multi-branch or deployed) for quantization.
     /// - Parameters:
-    ///   - form: `.postBN` keeps QARepVGG's post-BN (ignored for kinds without one).
+    ///   - form: `.postBN` keeps QARepVGG's post-BN (ignored for kinds
+    ///     without one); `.multiBranch` needs the training form.
     ///   - qconfig: schemes, and the activation observers' calibrator.
+    /// - Throws: `QuantizationError` for an invalid qconfig, or the
+    ///   multi-branch form of a deployed model.
     public init(from model: RepVGGNet, form: Form, qconfig: QConfig = .tensorRT) throws {
         try qconfig.validate()
         config = model.config
         self.qconfig = qconfig
+        let blocks = model.stages.joined()
+        if form == .multiBranch && !blocks.allSatisfy({ $0 is RepVGGBlock }) {
+            throw QuantizationError("the multi-branch form needs the training-form model; this one is deployed (folded blocks)")
+        }
+        let keepsBN = form != .folded && blocks.contains { ($0 as? RepVGGBlock)?.postBN != nil }
+        self.form = form == .multiBranch ? .multiBranch : keepsBN ? .postBN : .folded
         let units: [[QuantConvUnit]] = model.stages.map { stage in
             stage.map { layer in
-                if let block = layer as? RepVGGBlock {
-                    let keepBN = form == .postBN && block.postBN != nil
-                    let (w, b) = keepBN ? block.mergedBranches() : block.reparameterized()
-                    let conv = Conv2d(weight: Tensor(w, shape: [block.outChannels, block.inChannels, 3, 3], requiresGrad: true),
-                                      bias: Tensor(b, shape: [block.outChannels], requiresGrad: true), stride: block.stride, padding: 1)
-                    return QuantConvUnit(conv: conv, postBN: keepBN ? block.postBN!.copy() : nil, qconfig: qconfig)
+                guard let block = layer as? RepVGGBlock else {
+                    return QuantConvUnit(source: (layer as! ReparamBlock).conv.copy(), postBN: nil, qconfig: qconfig)
                 }
-                let reparam = (layer as! ReparamBlock).conv
-                let conv = Conv2d(weight: reparam.weight.detachedParameter(), bias: reparam.bias!.detachedParameter(),
-                                  stride: reparam.stride, padding: reparam.padding)
-                return QuantConvUnit(conv: conv, postBN: nil, qconfig: qconfig)
+                let postBN = keepsBN ? block.postBN?.copy() : nil
+                if form == .multiBranch {
+                    return QuantConvUnit(source: MergedBranches(of: block, copying: true), postBN: postBN, qconfig: qconfig)
+                }
+                let (w, b) = keepsBN ? block.mergedBranches() : block.reparameterized()
+                let conv = Conv2d(weight: Tensor(w, shape: [block.outChannels, block.inChannels, 3, 3], requiresGrad: true),
+                                  bias: Tensor(b, shape: [block.outChannels], requiresGrad: true), stride: block.stride, padding: 1)
+                return QuantConvUnit(source: conv, postBN: postBN, qconfig: qconfig)
             }
         }
         _stage0.wrappedValue = units[0][0]
@@ -60,6 +78,17 @@ public final class QuantizedNet: Module, Layer {
 
     /// Whether any unit still has a BN to fold.
     public var hasPostBN: Bool { units.contains { $0.postBN != nil } }
+
+    /// Each unit's one convolution, for the PTQ tools that edit them in
+    /// place (bias correction, cross-layer equalization, AdaRound).
+    /// - Throws: `QuantizationError` naming `tool` unless the model is in the folded form.
+    func foldedConvolutions(for tool: String) throws -> [Conv2d] {
+        let convs = units.compactMap(\.conv)
+        guard form == .folded, !hasPostBN, convs.count == units.count else {
+            throw QuantizationError("\(tool) applies to the folded (PTQ) form; this model is in the \(form.rawValue) form")
+        }
+        return convs
+    }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
         linear(units.reduce(x) { $1($0) })

@@ -19,6 +19,21 @@ public func foldBatchNorm(weight: [Float], bias: [Float]?, outChannels: Int, bn:
     return (w, b)
 }
 
+/// `foldBatchNorm` as tensor operations, with gradients to `weight`,
+/// `bias` and the BN's `weight` and `bias` (its running statistics are constants).
+func foldBatchNorm(weight: Tensor, bias: Tensor?, bn: BatchNorm2d) -> (weight: Tensor, bias: Tensor) {
+    let t = runningStatisticsScale(bn)
+    let centered = bias.map { $0 - bn.runningMean.detached() } ?? Tensor(bn.runningMean.data.map { 0 - $0 }, shape: [bn.channels])
+    return (scaleChannels(weight, by: t), centered * t + bn.bias)
+}
+
+/// Per-channel `gamma / sqrt(running_var + eps)` as a tensor with a gradient
+/// to gamma (the running variance is a constant).
+func runningStatisticsScale(_ bn: BatchNorm2d) -> Tensor {
+    let std = Tensor(bn.runningVar.data.map { ($0 + bn.eps).squareRoot() }, shape: [bn.channels])
+    return bn.weight / std
+}
+
 /// A `[O, I, 1, 1]` kernel padded to `[O, I, 3, 3]` with zeros around the centre.
 public func padPointwiseKernel(_ k: [Float], outChannels: Int, inChannels: Int) -> [Float] {
     var out = [Float](repeating: 0, count: outChannels * inChannels * 9)
@@ -36,30 +51,12 @@ public func identityKernel(channels: Int) -> [Float] {
 extension RepVGGBlock {
     /// The branches merged into one 3x3 convolution with bias, the post-BN
     /// (QARepVGG) left out: what QAT trains, with the post-BN kept as a BN.
+    /// `MergedBranches.kernelAndBias()` on the block's own branches.
     public func mergedBranches() -> (weight: [Float], bias: [Float]) {
-        let (O, I) = (outChannels, inChannels)
-        var (w, b) = foldBatchNorm(weight: dense.conv.weight.data, bias: nil, outChannels: O, bn: dense.bn)
-        let k1: [Float], b1: [Float]
-        if let convBN = pointwise as? ConvBN {
-            (k1, b1) = foldBatchNorm(weight: convBN.conv.weight.data, bias: nil, outChannels: O, bn: convBN.bn)
-        } else {
-            k1 = (pointwise as! Conv2d).weight.data
-            b1 = [Float](repeating: 0, count: O)
+        noGrad {
+            let (w, b) = MergedBranches(of: self, copying: false).kernelAndBias()
+            return (w.data, b.data)
         }
-        let k1p = padPointwiseKernel(k1, outChannels: O, inChannels: I)
-        for i in 0..<w.count { w[i] += k1p[i] }
-        for o in 0..<O { b[o] += b1[o] }
-        if hasIdentity {
-            let kid = identityKernel(channels: O)
-            if let identityBN {
-                let (k, bb) = foldBatchNorm(weight: kid, bias: nil, outChannels: O, bn: identityBN)
-                for i in 0..<w.count { w[i] += k[i] }
-                for o in 0..<O { b[o] += bb[o] }
-            } else {
-                for i in 0..<w.count { w[i] += kid[i] }
-            }
-        }
-        return (w, b)
     }
 
     /// The whole block as one 3x3 convolution with bias (post-BN folded too).

@@ -29,4 +29,19 @@ extension Tensor {
             accumulateGrad { acc in for r in 0..<(o * i) { acc[r * area + center] += g[r] } }
         }
     }
+
+    /// The inverse of `kernelCenter()`: an `[O, I]` or `[O, I, 1, 1]` kernel
+    /// placed at the centre of an `[O, I, size, size]` one (odd `size`),
+    /// zeros around it; RepVGG pads its 1x1 branch to 3x3 this way.
+    public func paddedKernel(to size: Int) -> Tensor {
+        precondition(size % 2 == 1 && (rank == 2 || (rank == 4 && shape[2] == 1 && shape[3] == 1)),
+                     "paddedKernel needs an [O, I] or [O, I, 1, 1] kernel and an odd size, got \(shape) and \(size)")
+        let (o, i) = (shape[0], shape[1])
+        let area = size * size, center = (size / 2) * size + size / 2
+        var out = [Float](repeating: 0, count: o * i * area)
+        for r in 0..<(o * i) { out[r * area + center] = data[r] }
+        return Tensor.result(out, shape: [o, i, size, size], inputs: [self]) { [self] g in
+            accumulateGrad { acc in for r in 0..<(o * i) { acc[r] += g[r * area + center] } }
+        }
+    }
 }

@@ -1,0 +1,121 @@
+import Foundation
+import QARep
+import Testing
+
+/// Rep-aware QAT (`QuantizedNet.Form.multiBranch`): every block keeps its
+/// branches, and the kernel they merge into is what gets fake-quantized.
+@Suite("Rep-aware QAT: the multi-branch form", .serialized)
+struct RepAwareQATTests {
+    @Test("merged branches give every branch parameter its gradient, as finite differences do", arguments: BlockKind.allCases)
+    func mergedBranchGradients(kind: BlockKind) {
+        var rng = SplitMix64(seed: 5)
+        let block = RepVGGBlock(kind: kind, inChannels: 4, outChannels: 4, stride: 1, rng: &rng)
+        randomizeBatchNorms(block, seed: 6)
+        let branches = MergedBranches(of: block, copying: true)
+        // Every parameter of the block but the post-BN's is a parameter of the branches.
+        let blockKeys = Set(block.parameters().map(\.key).filter { !$0.hasPrefix("bn.") })
+        #expect(Set(branches.parameters().map(\.key)) == blockKeys)
+        let x = randomTensor([2, 4, 5, 5], seed: 7)
+        let results = compareGradients(branches.parameters().map { ($0.key, $0.tensor) }) {
+            let (w, b) = branches.kernelAndBias()
+            return conv2d(x, weight: w, bias: b, stride: 1, padding: 1)
+        }
+        for r in results {
+            #expect(r.error < 1e-2, "\(r)")
+            #expect(maxAbs(r.analytic) > 0, "\(r.name) gets no gradient")
+        }
+        // The copy is independent of the block it came from.
+        branches.dense.conv.weight.assign([Float](repeating: 0, count: branches.dense.conv.weight.count))
+        #expect(maxAbs(block.dense.conv.weight.data) > 0)
+    }
+
+    @Test("before any step, the multi-branch form computes exactly what the merged form does", arguments: [BlockKind.repvgg, .qarepvgg])
+    func sameAsMergedForm(kind: BlockKind) throws {
+        let (fp32, data) = try smallTrainedQARepVGG(block: kind)
+        let calibration = data.subset(0..<64)
+        let multi = try QuantizedNet(from: fp32, form: .multiBranch), merged = try QuantizedNet(from: fp32, form: .postBN)
+        #expect(multi.form == .multiBranch && merged.form == (kind == .qarepvgg ? .postBN : .folded))
+        #expect(multi.units.allSatisfy { $0.conv == nil } && multi.hasPostBN == merged.hasPostBN)
+        try multi.calibrate(on: calibration)
+        try merged.calibrate(on: calibration)
+        multi.eval(); merged.eval()
+        let batch = try #require(Array(DataLoader(dataset: calibration, batchSize: 16, shuffle: false, augment: false, seed: 0).batches(epoch: 0)).first)
+        let x = Tensor(batch.images, shape: [batch.count, batch.channels, batch.height, batch.width])
+        noGrad { #expect(multi(x).data == merged(x).data) }
+        #expect(try multi.convertToInt8() == merged.convertToInt8())
+    }
+
+    @Test("rep-aware QAT trains every branch with fixed branch statistics; its eval mode equals the converted integer model",
+          arguments: [BlockKind.repvgg, .qarepvgg])
+    func trainsEveryBranch(kind: BlockKind) throws {
+        let (fp32, data) = try smallTrainedQARepVGG(block: kind)
+        var options = QATOptions()
+        options.epochs = 1; options.warmupEpochs = 0; options.batchSize = 32; options.calibrationImages = 64
+        options.form = .multiBranch
+        let run = try QATRun(from: fp32, source: "test", options: options, calibration: data.subset(0..<64),
+                             trainImages: data.count, directory: nil, progress: ProgressReporter(enabled: false))
+        #expect(run.model.form == .multiBranch && run.state.form == .multiBranch)
+        let before = run.model.stateDict().map { (key: $0.key, data: $0.tensor.data) }
+        try run.run(train: data, test: nil)
+        let after = Dictionary(uniqueKeysWithValues: run.model.stateDict().map { ($0.key, $0.tensor.data) })
+        let branchEntries = before.filter { $0.key.contains(".branches.") }
+        #expect(branchEntries.count > 0)
+        for (key, data) in branchEntries {
+            // QARepVGG's post-BN normalizes with batch statistics in training,
+            // which removes any per-channel shift before it: the 3x3 branch's BN
+            // bias gets no gradient (as in FP32 training of the same block).
+            if kind == .qarepvgg && key.hasSuffix("rbr_dense.bn.bias") { continue }
+            if key.hasSuffix("running_mean") || key.hasSuffix("running_var") {
+                #expect(after[key] == data, "\(key): branch BN statistics stay fixed")
+            } else {
+                #expect(after[key] != data, "\(key) did not train")
+            }
+        }
+
+        let int8 = try run.model.convertToInt8()
+        run.model.eval()
+        expectSameCodes(run.model, int8)
+        let evalData = syntheticBands(count: 200, seed: 22)
+        let fake = evaluate(run.model, on: evalData), engine = evaluate(int8, on: evalData)
+        let same = zip(fake.predictions, engine.predictions).filter { $0 == $1 }.count
+        #expect(Double(same) / Double(evalData.count) >= 0.99, "agreement \(same)/\(evalData.count)")
+    }
+
+    @Test("rep-aware QAT resumes from its checkpoint bit-identically to a run never stopped")
+    func resumes() throws {
+        let (fp32, data) = try smallTrainedQARepVGG(block: .repvgg)
+        var options = QATOptions()
+        options.epochs = 2; options.warmupEpochs = 1; options.batchSize = 32; options.calibrationImages = 64
+        options.form = .multiBranch
+        let quiet = ProgressReporter(enabled: false)
+        let dirA = temporaryDirectory("mba"), dirB = temporaryDirectory("mbb")
+        defer { try? FileManager.default.removeItem(atPath: dirA); try? FileManager.default.removeItem(atPath: dirB) }
+        let straight = try QATRun(from: fp32, source: "t", options: options, calibration: data.subset(0..<64),
+                                  trainImages: data.count, directory: dirA, progress: quiet)
+        try straight.run(train: data, test: nil)
+        let first = try QATRun(from: fp32, source: "t", options: options, calibration: data.subset(0..<64),
+                               trainImages: data.count, directory: dirB, progress: quiet)
+        try first.run(train: data, test: nil, until: 1)
+        let resumed = try QATRun.resume(from: dirB, progress: quiet)
+        #expect(resumed.model.form == .multiBranch && resumed.state.options.form == .multiBranch)
+        try resumed.run(train: data, test: nil)
+        for (a, b) in zip(straight.model.stateDict(), resumed.model.stateDict()) {
+            #expect(a.key == b.key && a.tensor.data == b.tensor.data, "\(a.key) differs after resume")
+        }
+        #expect(try Int8Model.read(from: dirA + "/int8.safetensors") == Int8Model.read(from: dirB + "/int8.safetensors"))
+        // The checkpoint loads as the multi-branch model it is.
+        let loaded = try QATRun.loadModel(from: dirB + "/last.safetensors")
+        #expect(loaded.form == .multiBranch && loaded.stateDict().map(\.key) == resumed.model.stateDict().map(\.key))
+    }
+
+    @Test("a deployed model has no branches to keep, and PTQ's tools refuse the multi-branch form")
+    func refusals() throws {
+        let (fp32, data) = try smallTrainedQARepVGG(block: .repvgg)
+        #expect { _ = try QuantizedNet(from: fp32.deployed(), form: .multiBranch) } throws: { "\($0)".contains("deployed") }
+        let multi = try QuantizedNet(from: fp32, form: .multiBranch)
+        #expect { try multi.equalizeCrossLayer() } throws: { "\($0)".contains("folded (PTQ) form") }
+        try multi.calibrate(on: data.subset(0..<64))
+        #expect { _ = try multi.correctBias(on: data.subset(0..<64)) } throws: { "\($0)".contains("multi-branch form") }
+        #expect { _ = try multi.adaRound(on: data.subset(0..<64)) } throws: { "\($0)".contains("multi-branch form") }
+    }
+}
