@@ -24,31 +24,37 @@ public enum ONNXExport {
         GraphBuilder.floatValue("input", dims: [nil, channels, nil, nil], symbols: [0: "N", 2: "H", 3: "W"])
     }
 
-    /// ONNX's QuantizeLinear saturates to all of int8 or uint8, so codes of a
-    /// narrower activation scheme would not round-trip; sub-8-bit weights are
-    /// exact in int8 initializers and export as they are.
-    static func requireByteActivations(_ scheme: QuantScheme) throws {
-        guard scheme.bits == 8 else {
-            throw QuantizationError("ONNX export needs 8-bit activations (QuantizeLinear saturates to the whole byte); this model's are \(scheme.bits)-bit")
+    /// QuantizeLinear then DequantizeLinear of `x` with one per-tensor scale
+    /// and zero point of `scheme`. QuantizeLinear saturates to all of int8 or
+    /// uint8, so a narrower scheme first clips `x` to the float range its
+    /// codes cover, `[(qmin - z) s, (qmax - z) s]`: rounding that gives
+    /// exactly `clamp(round(x / s) + z, qmin, qmax)`, the engine's codes.
+    /// (Sub-8-bit weights need nothing: their codes are exact in int8.)
+    static func quantizeDequantize(_ x: String, _ prefix: String, scale: Float, zeroPoint: Int32, scheme: QuantScheme,
+                                   builder g: inout GraphBuilder) -> String {
+        let s = g.floats(prefix + ".scale", [scale], dims: [])
+        let z = scheme.signed ? g.int8(prefix + ".zero_point", [Int8(zeroPoint)], dims: [])
+                              : g.uint8(prefix + ".zero_point", [UInt8(zeroPoint)], dims: [])
+        var input = x
+        if scheme.bits < 8 {
+            let low = g.floats(prefix + ".clip_min", [Float(scheme.qmin - zeroPoint) * scale], dims: [])
+            let high = g.floats(prefix + ".clip_max", [Float(scheme.qmax - zeroPoint) * scale], dims: [])
+            input = g.node("Clip", [x, low, high], name: prefix + ".clip")
         }
+        let q = g.node("QuantizeLinear", [input, s, z], name: prefix + ".quantize")
+        return g.node("DequantizeLinear", [q, s, z], name: prefix + ".dequantize")
     }
 
     /// The INT8 model as a QDQ graph.
-    /// - Throws: `QuantizationError` for an invalid model or activations narrower than 8 bits.
+    /// Activations narrower than 8 bits pass a Clip to their codes' range
+    /// before each QuantizeLinear (`quantizeDequantize`).
+    /// - Throws: `QuantizationError` for an invalid model.
     public static func int8(_ model: Int8Model) throws -> Data {
         try model.validate()
-        try requireByteActivations(model.activation)
         var g = GraphBuilder()
         let signed = model.activation.signed
-        func zeroPoint(_ name: String, _ z: Int32) -> String {
-            signed ? g.int8(name, [Int8(z)], dims: []) : g.uint8(name, [UInt8(z)], dims: [])
-        }
-        /// QuantizeLinear then DequantizeLinear with one per-tensor scale.
         func qdq(_ x: String, _ prefix: String, scale: Float, zero: Int32) -> String {
-            let s = g.floats(prefix + ".scale", [scale], dims: [])
-            let z = zeroPoint(prefix + ".zero_point", zero)
-            let q = g.node("QuantizeLinear", [x, s, z], name: prefix + ".quantize")
-            return g.node("DequantizeLinear", [q, s, z], name: prefix + ".dequantize")
+            quantizeDequantize(x, prefix, scale: scale, zeroPoint: zero, scheme: model.activation, builder: &g)
         }
         var x = "input"
         for c in model.convs {
@@ -81,7 +87,7 @@ public enum ONNXExport {
         let onnx = g.model(name: "qarep-\(model.config.name)-\(model.config.block.rawValue)-int8",
                            input: imageInput(channels: model.convs[0].inChannels),
                            output: GraphBuilder.floatValue("logits", dims: [nil, h.classes]),
-                           docString: "QARep INT8 model in QDQ form (int8 per-channel weights, int32 biases, \(signed ? "int8 symmetric" : "uint8 asymmetric") activations)")
+                           docString: "QARep INT8 model in QDQ form (int8 per-channel weights, int32 biases, \(signed ? "int8 symmetric" : "uint8 asymmetric") activations\(model.activation.bits < 8 ? " of \(model.activation.bits) bits, clipped to their range" : ""))")
         return try onnx.serializedData()
     }
 

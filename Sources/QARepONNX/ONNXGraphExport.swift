@@ -11,9 +11,10 @@ extension ONNXExport {
     /// are exported as float operators. Max pooling, ReLU and flatten repeat
     /// their input's QDQ, which changes no value and lets runtimes keep them
     /// in integers.
-    /// - Throws: for a graph that is not an image model, or activations narrower than 8 bits.
+    /// Activations narrower than 8 bits are clipped to their codes' range
+    /// before each QuantizeLinear.
+    /// - Throws: for a graph that is not an image model.
     public static func int8(_ model: Int8Graph) throws -> Data {
-        try requireByteActivations(model.activation)
         guard model.inputShape.count == 4 else { throw GraphError("ONNX export needs an image input [N, C, H, W], got \(model.inputShape)") }
         var g = GraphBuilder()
         let signed = model.activation.signed
@@ -21,11 +22,7 @@ extension ONNXExport {
         var shapes: [Int: [Int]] = [:]
 
         func qdq(_ x: String, _ prefix: String, _ p: QuantParams) -> String {
-            let s = g.floats(prefix + ".scale", [p.scale], dims: [])
-            let z = signed ? g.int8(prefix + ".zero_point", [Int8(p.zeroPoint)], dims: [])
-                           : g.uint8(prefix + ".zero_point", [UInt8(p.zeroPoint)], dims: [])
-            let q = g.node("QuantizeLinear", [x, s, z], name: prefix + ".quantize")
-            return g.node("DequantizeLinear", [q, s, z], name: prefix + ".dequantize")
+            quantizeDequantize(x, prefix, scale: p.scale, zeroPoint: p.zeroPoint, scheme: model.activation, builder: &g)
         }
         /// Per-channel int8 weights (axis 0) and int32 biases in units of `s_in * s_w`, dequantized.
         func quantizedParameters(_ name: String, weight: [Int8], dims: [Int], scales: [Float], bias: [Int32],
@@ -73,7 +70,7 @@ extension ONNXExport {
         let onnx = g.model(name: "qarep-graph-int8", input: imageInput(channels: model.inputShape[1]),
                            output: GraphBuilder.floatValue("logits", dims: outputDims),
                            docString: "QARep INT8 graph in QDQ form (int8 per-channel weights, int32 biases, "
-                               + "\(signed ? "int8 symmetric" : "uint8 asymmetric") activations)")
+                               + "\(signed ? "int8 symmetric" : "uint8 asymmetric") activations\(model.activation.bits < 8 ? " of \(model.activation.bits) bits, clipped to their range" : ""))")
         return try onnx.serializedData()
     }
 

@@ -99,12 +99,36 @@ struct LowBitEngineTests {
         }
     }
 
-    @Test("ONNX export refuses activations narrower than a byte, naming the width")
-    func onnxNeedsByteActivations() throws {
+    @Test("ONNX export clips activations narrower than a byte to their codes' range before each QuantizeLinear",
+          arguments: [false, true])
+    func onnxSubByteActivations(unsigned: Bool) throws {
         let (fp32, data) = try smallTrainedQARepVGG()
+        let narrow = qconfig(8, 4, signed: !unsigned)
         let w4a8 = try postTrainingQuantize(fp32, calibration: data.subset(0..<64), qconfig: qconfig(4, 8)).convertToInt8()
-        #expect(try !ONNXExport.int8(w4a8).isEmpty, "4-bit weights are exact in int8 initializers")
-        let w8a4 = try postTrainingQuantize(fp32, calibration: data.subset(0..<64), qconfig: qconfig(8, 4)).convertToInt8()
-        #expect { try ONNXExport.int8(w8a4) } throws: { "\($0)".contains("4-bit") }
+        let bytes = try Onnx_ModelProto(serializedBytes: ONNXExport.int8(w4a8))
+        #expect(!bytes.graph.node.contains { $0.opType == "Clip" }, "8-bit activations need no clip; 4-bit weights are exact in int8")
+
+        let w8a4 = try postTrainingQuantize(fp32, calibration: data.subset(0..<64), qconfig: narrow).convertToInt8()
+        let model = try Onnx_ModelProto(serializedBytes: ONNXExport.int8(w8a4))
+        let inits = Dictionary(uniqueKeysWithValues: model.graph.initializer.map { ($0.name, $0) })
+        func scalar(_ name: String) throws -> Float {
+            let raw = try #require(inits[name]).rawData
+            return Float(bitPattern: raw.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
+        }
+        let quantizers = model.graph.node.filter { $0.opType == "QuantizeLinear" }
+        #expect(quantizers.count == w8a4.convs.count + 2)
+        for q in quantizers {
+            let clip = try #require(model.graph.node.first { $0.output.first == q.input[0] }, "\(q.name) has an input")
+            #expect(clip.opType == "Clip", "\(q.name) reads a Clip")
+            let prefix = String(q.name.dropLast(".quantize".count))
+            let conv = w8a4.convs.first { $0.name + ".input" == prefix }
+            let (s, z) = conv.map { ($0.inputScale, $0.inputZeroPoint) }
+                ?? (prefix == "linear.feature" ? (w8a4.head.featureScale, w8a4.head.featureZeroPoint)
+                                                : (w8a4.head.inputScale, w8a4.head.inputZeroPoint))
+            // Signed 4-bit codes are [-8, 7]; unsigned [0, 15] around the zero point.
+            #expect(try scalar(prefix + ".clip_min") == Float(w8a4.activation.qmin - z) * s)
+            #expect(try scalar(prefix + ".clip_max") == Float(w8a4.activation.qmax - z) * s)
+            #expect(try scalar(prefix + ".scale") == s)
+        }
     }
 }

@@ -54,11 +54,13 @@ struct QuantizationPipelineTests {
         #expect(abs(fake.top1 - engine.top1) <= 0.01)
     }
 
-    @Test("QAT resumes without recalibrating, at an epoch boundary or mid-epoch: bit-identical to a run never stopped", arguments: [false, true])
-    func qatResume(midEpoch: Bool) throws {
+    @Test("QAT resumes without recalibrating, at an epoch boundary or mid-epoch, in the merged or multi-branch form: bit-identical to a run never stopped",
+          arguments: [(false, QuantizedNet.Form.postBN), (true, .postBN), (true, .multiBranch)])
+    func qatResume(midEpoch: Bool, form: QuantizedNet.Form) throws {
         let (fp32, data) = try smallTrainedModel()
         var options = QATOptions()
         options.epochs = 2; options.warmupEpochs = 1; options.batchSize = 32; options.calibrationImages = 64
+        options.form = form
         let quiet = ProgressReporter(enabled: false)
         let dirA = temporaryDirectory("qa"), dirB = temporaryDirectory("qb")
         defer { try? FileManager.default.removeItem(atPath: dirA); try? FileManager.default.removeItem(atPath: dirB) }
@@ -77,7 +79,9 @@ struct QuantizationPipelineTests {
         #expect(!FileManager.default.fileExists(atPath: dirB + "/int8.safetensors"), "no INT8 model before the last epoch")
         let resumed = try QATRun.resume(from: dirB, progress: quiet)
         #expect(resumed.trainer.epoch == 1 && resumed.trainer.step == (midEpoch ? 11 : 8))
+        #expect(resumed.model.form == form && resumed.state.options.form == form)
         try resumed.run(train: data, test: nil)
+        #expect(straight.model.stateDict().map(\.key) == resumed.model.stateDict().map(\.key))
         for (a, b) in zip(straight.model.stateDict(), resumed.model.stateDict()) {
             #expect(a.tensor.data == b.tensor.data, "\(a.key) differs after resume")
         }

@@ -81,33 +81,6 @@ struct RepAwareQATTests {
         #expect(Double(same) / Double(evalData.count) >= 0.99, "agreement \(same)/\(evalData.count)")
     }
 
-    @Test("rep-aware QAT resumes from its checkpoint bit-identically to a run never stopped")
-    func resumes() throws {
-        let (fp32, data) = try smallTrainedQARepVGG(block: .repvgg)
-        var options = QATOptions()
-        options.epochs = 2; options.warmupEpochs = 1; options.batchSize = 32; options.calibrationImages = 64
-        options.form = .multiBranch
-        let quiet = ProgressReporter(enabled: false)
-        let dirA = temporaryDirectory("mba"), dirB = temporaryDirectory("mbb")
-        defer { try? FileManager.default.removeItem(atPath: dirA); try? FileManager.default.removeItem(atPath: dirB) }
-        let straight = try QATRun(from: fp32, source: "t", options: options, calibration: data.subset(0..<64),
-                                  trainImages: data.count, directory: dirA, progress: quiet)
-        try straight.run(train: data, test: nil)
-        let first = try QATRun(from: fp32, source: "t", options: options, calibration: data.subset(0..<64),
-                               trainImages: data.count, directory: dirB, progress: quiet)
-        try first.run(train: data, test: nil, until: 1)
-        let resumed = try QATRun.resume(from: dirB, progress: quiet)
-        #expect(resumed.model.form == .multiBranch && resumed.state.options.form == .multiBranch)
-        try resumed.run(train: data, test: nil)
-        for (a, b) in zip(straight.model.stateDict(), resumed.model.stateDict()) {
-            #expect(a.key == b.key && a.tensor.data == b.tensor.data, "\(a.key) differs after resume")
-        }
-        #expect(try Int8Model.read(from: dirA + "/int8.safetensors") == Int8Model.read(from: dirB + "/int8.safetensors"))
-        // The checkpoint loads as the multi-branch model it is.
-        let loaded = try QATRun.loadModel(from: dirB + "/last.safetensors")
-        #expect(loaded.form == .multiBranch && loaded.stateDict().map(\.key) == resumed.model.stateDict().map(\.key))
-    }
-
     @Test("a deployed model has no branches to keep, and PTQ's tools refuse the multi-branch form")
     func refusals() throws {
         let (fp32, data) = try smallTrainedQARepVGG(block: .repvgg)
