@@ -24,6 +24,12 @@ public enum ONNXExport {
         GraphBuilder.floatValue("input", dims: [nil, channels, nil, nil], symbols: [0: "N", 2: "H", 3: "W"])
     }
 
+    /// How the doc string names the activations: their sign scheme and any width under 8 bits.
+    static func activationsDescription(_ scheme: QuantScheme) -> String {
+        (scheme.signed ? "int8 symmetric" : "uint8 asymmetric") + " activations"
+            + (scheme.bits < 8 ? " of \(scheme.bits) bits, clipped to their range" : "")
+    }
+
     /// QuantizeLinear then DequantizeLinear of `x` with one per-tensor scale
     /// and zero point of `scheme`. QuantizeLinear saturates to all of int8 or
     /// uint8, so a narrower scheme first clips `x` to the float range its
@@ -52,7 +58,6 @@ public enum ONNXExport {
     public static func int8(_ model: Int8Model) throws -> Data {
         try model.validate()
         var g = GraphBuilder()
-        let signed = model.activation.signed
         func qdq(_ x: String, _ prefix: String, scale: Float, zero: Int32) -> String {
             quantizeDequantize(x, prefix, scale: scale, zeroPoint: zero, scheme: model.activation, builder: &g)
         }
@@ -87,7 +92,7 @@ public enum ONNXExport {
         let onnx = g.model(name: "qarep-\(model.config.name)-\(model.config.block.rawValue)-int8",
                            input: imageInput(channels: model.convs[0].inChannels),
                            output: GraphBuilder.floatValue("logits", dims: [nil, h.classes]),
-                           docString: "QARep INT8 model in QDQ form (int8 per-channel weights, int32 biases, \(signed ? "int8 symmetric" : "uint8 asymmetric") activations\(model.activation.bits < 8 ? " of \(model.activation.bits) bits, clipped to their range" : ""))")
+                           docString: "QARep INT8 model in QDQ form (int8 per-channel weights, int32 biases, \(activationsDescription(model.activation)))")
         return try onnx.serializedData()
     }
 

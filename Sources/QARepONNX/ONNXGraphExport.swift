@@ -17,7 +17,6 @@ extension ONNXExport {
     public static func int8(_ model: Int8Graph) throws -> Data {
         guard model.inputShape.count == 4 else { throw GraphError("ONNX export needs an image input [N, C, H, W], got \(model.inputShape)") }
         var g = GraphBuilder()
-        let signed = model.activation.signed
         var names: [Int: String] = [:]
         var shapes: [Int: [Int]] = [:]
 
@@ -70,7 +69,7 @@ extension ONNXExport {
         let onnx = g.model(name: "qarep-graph-int8", input: imageInput(channels: model.inputShape[1]),
                            output: GraphBuilder.floatValue("logits", dims: outputDims),
                            docString: "QARep INT8 graph in QDQ form (int8 per-channel weights, int32 biases, "
-                               + "\(signed ? "int8 symmetric" : "uint8 asymmetric") activations\(model.activation.bits < 8 ? " of \(model.activation.bits) bits, clipped to their range" : ""))")
+                               + "\(activationsDescription(model.activation)))")
         return try onnx.serializedData()
     }
 

@@ -83,11 +83,10 @@ public final class QuantizedNet: Module, Layer {
     /// place (bias correction, cross-layer equalization, AdaRound).
     /// - Throws: `QuantizationError` naming `tool` unless the model is in the folded form.
     func foldedConvolutions(for tool: String) throws -> [Conv2d] {
-        let convs = units.compactMap(\.conv)
-        guard form == .folded, !hasPostBN, convs.count == units.count else {
+        guard form == .folded else {
             throw QuantizationError("\(tool) applies to the folded (PTQ) form; this model is in the \(form.rawValue) form")
         }
-        return convs
+        return units.compactMap(\.conv)
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {

@@ -34,13 +34,6 @@ func runningStatisticsScale(_ bn: BatchNorm2d) -> Tensor {
     return bn.weight / std
 }
 
-/// A `[O, I, 1, 1]` kernel padded to `[O, I, 3, 3]` with zeros around the centre.
-public func padPointwiseKernel(_ k: [Float], outChannels: Int, inChannels: Int) -> [Float] {
-    var out = [Float](repeating: 0, count: outChannels * inChannels * 9)
-    for r in 0..<(outChannels * inChannels) { out[r * 9 + 4] = k[r] }
-    return out
-}
-
 /// The identity as a `[C, C, 3, 3]` kernel: 1 at the centre of channel c's own tap.
 public func identityKernel(channels: Int) -> [Float] {
     var out = [Float](repeating: 0, count: channels * channels * 9)
