@@ -278,11 +278,14 @@ struct QuantizationOptions: ParsableArguments {
     @Option(help: "Bit width of weights and activations, 2-8; the integer engine runs 8 (default 8).") var bits: Int?
     @Option(help: "Bit width of the weights alone, 2-8 (default --bits).") var weightBits: Int?
     @Option(help: "Bit width of the activations alone, 2-8 (default --bits).") var activationBits: Int?
+    @Option(help: "Bit width of the first convolution's and the classifier's weights and inputs, 2-8, as the LSQ paper keeps them at 8 (default: the others'; RepVGG-family models).")
+    var firstLastBits: Int?
     @Flag(help: "Unsigned asymmetric activations instead of signed symmetric.") var unsignedActivations = false
 
     func validate() throws {
         if let n = calibImages, n <= 0 { throw ValidationError("--calib-images must be at least 1, got \(n)") }
-        for (flag, value) in [("--bits", bits), ("--weight-bits", weightBits), ("--activation-bits", activationBits)] {
+        for (flag, value) in [("--bits", bits), ("--weight-bits", weightBits), ("--activation-bits", activationBits),
+                              ("--first-last-bits", firstLastBits)] {
             if let b = value, !(2...8).contains(b) { throw ValidationError("\(flag) must be between 2 and 8, got \(b)") }
         }
         if let p = percentile {
@@ -295,8 +298,10 @@ struct QuantizationOptions: ParsableArguments {
     var bitWidth: Int { bits ?? 8 }
     var weightBitWidth: Int { weightBits ?? bitWidth }
     var activationBitWidth: Int { activationBits ?? bitWidth }
-    /// `W8A8`, `W4A8`, ...
-    var widthLabel: String { "W\(weightBitWidth)A\(activationBitWidth)" }
+    /// `W8A8`, `W4A8`, ..., `W4A4 (first/last 8)`.
+    var widthLabel: String {
+        "W\(weightBitWidth)A\(activationBitWidth)" + (firstLastBits.map { " (first/last \($0))" } ?? "")
+    }
     var calibrationImages: Int { calibImages ?? 512 }
 
     /// The activation calibrator with its settings.
@@ -307,6 +312,7 @@ struct QuantizationOptions: ParsableArguments {
         var q = (unsignedActivations ? QConfig.unsignedActivations : .tensorRT).with(calibrator: calibratorSettings)
         q.weight.bits = weightBitWidth
         q.activation.bits = activationBitWidth
+        q.firstLastBits = firstLastBits
         return q
     }
 
@@ -320,6 +326,7 @@ struct QuantizationOptions: ParsableArguments {
         check.compare("--bits", bits, saved.qconfig.weight.bits)
         check.compare("--weight-bits", weightBits, saved.qconfig.weight.bits)
         check.compare("--activation-bits", activationBits, saved.qconfig.activation.bits)
+        check.compare("--first-last-bits", firstLastBits, saved.qconfig.firstLastBits)
         check.compare("--unsigned-activations", unsignedActivations ? true : nil, !saved.qconfig.activation.signed)
     }
 }

@@ -53,6 +53,8 @@ public struct PTQ: ParsableCommand {
         public var bits: Int
         public var weightBits: Int
         public var activationBits: Int
+        /// With `--first-last-bits`: the first convolution's and the classifier's width.
+        public var firstLastBits: Int?
         public var images: Int
         public var int8Model: String?
         /// With `--bias-correction`: the largest bias change of each layer (units, then the head).
@@ -93,7 +95,8 @@ public struct PTQ: ParsableCommand {
     func executeGraph<Model: CheckpointableModel>(_: Model.Type) throws -> Report {
         let name = (checkpoint as NSString).lastPathComponent
         for (flag, given) in [("--bias-correction", biasCorrection), ("--cle", cle), ("--show-ranges", showRanges),
-                              ("--config", model.config != nil), ("--block", model.block != nil)] where given {
+                              ("--config", model.config != nil), ("--block", model.block != nil),
+                              ("--first-last-bits", quantization.firstLastBits != nil)] where given {
             throw CommandError("\(flag) works on RepVGG-family models; \(name) holds a \(Model.family) model")
         }
         runtime.apply()
@@ -133,6 +136,7 @@ public struct PTQ: ParsableCommand {
                             weightBits: quantization.weightBitWidth, activationBits: quantization.activationBitWidth,
                             images: fp32.count, crossLayerEqualization: cle)
         if case .percentile(let p) = qconfig.calibrator { report.percentile = p }
+        report.firstLastBits = qconfig.firstLastBits
         return report
     }
 

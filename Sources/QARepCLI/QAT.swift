@@ -180,6 +180,9 @@ public struct QAT: ParsableCommand {
             if model.config != nil || model.block != nil {
                 throw CommandError("--config and --block describe RepVGG-family models; \(name) holds a \(Model.family) model")
             }
+            if quantization.firstLastBits != nil {
+                throw CommandError("--first-last-bits works on RepVGG-family models; \(name) holds a \(Model.family) model")
+            }
             runtime.apply()
             let origin: DataOrigin
             (train, validation, test, origin) = try data.load()

@@ -24,8 +24,8 @@ public struct ReportCommand: ParsableCommand {
 
     public func validate() throws {
         if confirm < 0 { throw ValidationError("--confirm must be >= 0, got \(confirm)") }
-        if quantization.weightBits != nil || quantization.activationBits != nil {
-            throw ValidationError("--weight-bits and --activation-bits do not apply to report, which analyses 8 bits and --bits for both")
+        if quantization.weightBits != nil || quantization.activationBits != nil || quantization.firstLastBits != nil {
+            throw ValidationError("--weight-bits, --activation-bits and --first-last-bits do not apply to report, which analyses 8 bits and --bits for both")
         }
         if out == nil && !runtime.json { throw ValidationError("--out DIR (for report.html) or --json is needed: the report has to go somewhere") }
     }

@@ -58,12 +58,12 @@ public enum ONNXExport {
     public static func int8(_ model: Int8Model) throws -> Data {
         try model.validate()
         var g = GraphBuilder()
-        func qdq(_ x: String, _ prefix: String, scale: Float, zero: Int32) -> String {
-            quantizeDequantize(x, prefix, scale: scale, zeroPoint: zero, scheme: model.activation, builder: &g)
+        func qdq(_ x: String, _ prefix: String, scale: Float, zero: Int32, bits: Int?) -> String {
+            quantizeDequantize(x, prefix, scale: scale, zeroPoint: zero, scheme: model.activationScheme(bits: bits), builder: &g)
         }
         var x = "input"
         for c in model.convs {
-            x = qdq(x, c.name + ".input", scale: c.inputScale, zero: c.inputZeroPoint)
+            x = qdq(x, c.name + ".input", scale: c.inputScale, zero: c.inputZeroPoint, bits: c.inputBits)
             let w = g.int8(c.name + ".weight", c.weight, dims: [c.outChannels, c.inChannels, c.kernelSize, c.kernelSize])
             let ws = g.floats(c.name + ".weight_scale", c.weightScales, dims: [c.outChannels])
             let wz = g.int8(c.name + ".weight_zero_point", [Int8](repeating: 0, count: c.outChannels), dims: [c.outChannels])
@@ -76,9 +76,9 @@ public enum ONNXExport {
             x = g.node("Relu", [y], name: c.name + ".relu")
         }
         let h = model.head
-        x = qdq(x, "linear.feature", scale: h.featureScale, zero: h.featureZeroPoint)
+        x = qdq(x, "linear.feature", scale: h.featureScale, zero: h.featureZeroPoint, bits: h.featureBits)
         x = g.node("GlobalAveragePool", [x], name: "pool")
-        x = qdq(x, "linear.input", scale: h.inputScale, zero: h.inputZeroPoint)
+        x = qdq(x, "linear.input", scale: h.inputScale, zero: h.inputZeroPoint, bits: h.inputBits)
         x = g.node("Flatten", [x], name: "flatten", ["axis": .int(1)])
         let w = g.int8("linear.weight", h.weight, dims: [h.classes, h.inFeatures])
         let ws = g.floats("linear.weight_scale", h.weightScales, dims: [h.classes])

@@ -68,6 +68,21 @@ struct CommandLineTests {
         #expect(report.fakeQuantTop1 == evaluate(quantized, on: try FashionMNIST.load(split: .test, root: data)).top1)
     }
 
+    @Test("ptq --bits 4 --first-last-bits 8 keeps the first convolution and the classifier at 8 bits; the file and the report say so")
+    func firstLastBitsFlag() throws {
+        let data = try syntheticDataRoot()
+        defer { try? FileManager.default.removeItem(atPath: data) }
+        let out = temporaryDirectory() + "-edges.safetensors"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let report = try PTQ.parse(["--checkpoint", shippedCheckpoints + "/tiny-qarepvgg.safetensors", "--bits", "4",
+                                    "--first-last-bits", "8", "--out", out, "--calib-images", "64", "--data-root", data, "--quiet"]).execute()
+        #expect(report.firstLastBits == 8 && report.weightBits == 4 && report.activationBits == 4)
+        #expect(try #require(report.engineAgreement) >= 0.99)
+        let int8 = try Int8Model.read(from: out)
+        #expect(int8.convs[0].weightBits == 8 && int8.convs[0].inputBits == 8 && int8.convs[1].weightBits == 4)
+        #expect(int8.head.weightBits == 8 && int8.head.inputBits == 8 && int8.convs.last?.outputBits == 8)
+    }
+
     @Test("ptq --bias-correction corrects every layer (tiny: 7 blocks and the head) and its report says by how much")
     func biasCorrectionFlag() throws {
         let data = try syntheticDataRoot()
@@ -193,6 +208,8 @@ struct CommandLineTests {
         let ptqEngine = try Eval.parse(["--int8", dir + "/ptq.safetensors"] + common).execute()
         #expect(ptqEngine.int8Top1 == ptq.int8Top1 && ptqEngine.form == "int8")
         #expect { _ = try PTQ.parse(["--checkpoint", last, "--cle"] + common).execute() } throws: { "\($0)".contains("--cle") }
+        #expect { _ = try PTQ.parse(["--checkpoint", last, "--first-last-bits", "8"] + common).execute() }
+            throws: { "\($0)".contains("--first-last-bits") }
         // AdaRound works on any captured model: one report per convolution and linear layer (resnet8: 9 and 1).
         let rounded = try PTQ.parse(["--checkpoint", last, "--calib-images", "64", "--weight-bits", "4", "--adaround",
                                      "--adaround-iterations", "20"] + common).execute()
@@ -303,7 +320,7 @@ private let numericOptions: [(command: [String], flag: String, bad: [String])] =
         ("--label-smoothing", ["-0.1", "1", "nan"]), ("--seed", ["-1"]), ("--checkpoint-every", ["0", "-10"]),
         ("--val-split", ["-1"]),
     ]
-    let quantization: [(String, [String])] = [("--calib-images", ["0", "-1"]), ("--bits", ["1", "9", "0"]),
+    let quantization: [(String, [String])] = [("--calib-images", ["0", "-1"]), ("--bits", ["1", "9", "0"]), ("--first-last-bits", ["1", "9"]),
                                               ("--percentile", ["0", "-1", "100.5", "nan"])]
     var cases: [([String], String, [String])] = []
     func add(_ command: [String], _ options: [(String, [String])]) {

@@ -73,6 +73,69 @@ struct LowBitEngineTests {
         #expect(try Int8Model.read(from: dir + "/old.safetensors") == w8)
     }
 
+    @Test("first and last layers at 8 bits (W4A4 elsewhere): the simulation, the integer model, its file and its ONNX graph all keep them wider",
+          arguments: [false, true])
+    func firstAndLastLayersWider(unsigned: Bool) throws {
+        let (fp32, data) = try smallTrainedQARepVGG()
+        var q = qconfig(4, 4, signed: !unsigned)
+        q.firstLastBits = 8
+        let model = try postTrainingQuantize(fp32, calibration: data.subset(0..<64), qconfig: q)
+        let units = model.units, head = model.linear
+        #expect(units[0].inputQuant.scheme.bits == 8 && units[0].weightQuant.scheme.bits == 8)
+        #expect(units.dropFirst().allSatisfy { $0.inputQuant.scheme.bits == 4 && $0.weightQuant.scheme.bits == 4 })
+        #expect([head.featureQuant, head.inputQuant, head.weightQuant].allSatisfy { $0.scheme.bits == 8 })
+
+        let int8 = try model.convertToInt8()
+        let first = int8.convs[0], last = int8.convs[int8.convs.count - 1]
+        #expect(int8.activation.bits == 4 && first.weightBits == 8 && first.inputBits == 8 && first.outputBits == nil)
+        #expect(first.weight.contains { abs($0) == 127 }, "the first layer's codes use all 8 bits")
+        #expect(int8.convs.dropFirst().allSatisfy { $0.weightBits == 4 && $0.weight.allSatisfy { abs($0) <= 7 } })
+        #expect(int8.convs.dropFirst().dropLast().allSatisfy { $0.inputBits == nil && $0.outputBits == nil })
+        #expect(last.outputBits == 8 && int8.head.featureBits == 8 && int8.head.inputBits == 8 && int8.head.weightBits == 8)
+        expectSameCodes(model, int8)
+        let evalData = syntheticBands(count: 200, seed: 41)
+        let fake = evaluate(model, on: evalData), engine = evaluate(int8, on: evalData)
+        let same = zip(fake.predictions, engine.predictions).filter { $0 == $1 }.count
+        #expect(same >= 196, "engine agrees with the simulation on \(same)/200")
+        var rng = SplitMix64(seed: 45)
+        let x = Tensor.uniform([3, 1, 28, 28], bound: 2, rng: &rng, requiresGrad: false)
+        let logits = try IntegerKernelPath.available.map { try Int8Engine(int8, threads: 2, path: $0).logits(x).data }
+        #expect(logits.allSatisfy { $0 == logits[0] }, "every kernel path: \(IntegerKernelPath.available)")
+
+        // The file keeps every width; a layer that reads other codes than its producer writes is refused.
+        let dir = temporaryDirectory(); defer { try? FileManager.default.removeItem(atPath: dir) }
+        try int8.write(to: dir + "/edges.safetensors")
+        #expect(try Int8Model.read(from: dir + "/edges.safetensors") == int8)
+        var broken = int8
+        broken.convs[1].inputBits = 8
+        #expect { try broken.validate() } throws: { "\($0)".contains("inconsistent widths") && "\($0)".contains("stage1.0") }
+        broken = int8
+        broken.head.featureBits = nil
+        #expect { try broken.validate() } throws: { "\($0)".contains("inconsistent widths") && "\($0)".contains("head") }
+
+        // ONNX: only the 4-bit tensors are clipped (the inputs of every layer but the first).
+        let onnx = try Onnx_ModelProto(serializedBytes: ONNXExport.int8(int8))
+        let clipped = Set(onnx.graph.node.filter { $0.opType == "Clip" }.map { String($0.name.dropLast(".clip".count)) })
+        #expect(clipped == Set(int8.convs.dropFirst().map { $0.name + ".input" }))
+    }
+
+    @Test("QConfig.firstLastBits: saved and read back, absent in older files, 2 to 8 bits, refused by graph capture")
+    func firstLastBitsSetting() throws {
+        var q = qconfig(4, 4)
+        q.firstLastBits = 8
+        let json = try JSONEncoder().encode(q)
+        #expect(try JSONDecoder().decode(QConfig.self, from: json) == q)
+        #expect(try JSONDecoder().decode(QConfig.self, from: JSONEncoder().encode(qconfig(4, 4))).firstLastBits == nil)
+        #expect(q.forFirstAndLastLayers == qconfig(8, 8))
+        q.firstLastBits = 9
+        #expect { try q.validate() } throws: { "\($0)".contains("between 2 and 8, got 9") }
+        q.firstLastBits = 8
+        let data = syntheticBands(count: 8, seed: 42)
+        let model = try ResNet(depth: 8, seed: 43)
+        #expect { _ = try QuantizedGraph(model, example: images(data.subset(0..<1)), qconfig: QConfigMapping(q), mode: .ptq) }
+            throws: { "\($0)".contains("RepVGG-family") }
+    }
+
     @Test("a captured ResNet at W4A4 and W3A6: graph engine follows the simulation, the graph file keeps the widths")
     func graphBelow8Bits() throws {
         let data = syntheticBands(count: 160, seed: 42)

@@ -57,7 +57,10 @@ extension Int8Graph {
                 shape = inputShape
             case .conv(let c, _):
                 try arity(1...1); try quantizedOutput()
-                try Int8Model.validate(c, activation: activation)
+                guard [c.inputBits, c.outputBits].allSatisfy({ ($0 ?? activation.bits) == activation.bits }) else {
+                    throw fail("a graph's activations are all \(activation.bits)-bit codes")
+                }
+                try Int8Model.validate(c, input: activation, output: activation)
                 let p = try codes(0)
                 guard p == QuantParams(scale: c.inputScale, zeroPoint: c.inputZeroPoint) else {
                     throw fail("reads scale \(c.inputScale) zero point \(c.inputZeroPoint); its input is written with \(p.scale), \(p.zeroPoint)")

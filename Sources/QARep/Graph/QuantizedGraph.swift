@@ -98,6 +98,9 @@ public final class QuantizedGraph: Module, Layer {
         func settings(_ name: String) throws -> QConfig? {
             guard let q = mapping.qconfig(for: name) else { return nil }
             try q.validate()
+            if let bits = q.firstLastBits {
+                throw GraphError("\(name): first and last layers at \(bits) bits apply to RepVGG-family models; in a graph, set a layer's weight width with a QConfigMapping override")
+            }
             if let a = activation, a != q.activation {
                 throw GraphError("\(name): every quantized tensor needs one activation scheme; \(q.activation) differs from \(a)")
             }

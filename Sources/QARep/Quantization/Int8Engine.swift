@@ -27,9 +27,12 @@ public final class Int8Engine {
         }
     }
 
-    /// The activation codes, `[qmin, qmax]` of the model's scheme: all of a
-    /// byte at 8 bits, fewer at lower widths (the containers stay 8-bit).
-    var codeRange: QuantRange { QuantRange(min: model.activation.qmin, max: model.activation.qmax) }
+    /// The codes of a tensor `bits` wide (`nil`: the model's width), `[qmin, qmax]`:
+    /// all of a byte at 8 bits, fewer at lower widths (the containers stay 8-bit).
+    func codeRange(bits: Int?) -> QuantRange {
+        let scheme = model.activationScheme(bits: bits)
+        return QuantRange(min: scheme.qmin, max: scheme.qmax)
+    }
 
     /// Logits `[N, classes]` of normalized float images `[N, C, H, W]`.
     public func logits(_ images: Tensor) -> Tensor {
@@ -44,7 +47,7 @@ public final class Int8Engine {
         let (N, C) = (images.shape[0], images.shape[1])
         var (H, W) = (images.shape[2], images.shape[3])
         let first = model.convs[0]
-        let range = codeRange
+        let range = codeRange(bits: first.inputBits)
         var x: [A] = images.data.map {
             A(truncatingIfNeeded: quantize($0, scale: first.inputScale, zeroPoint: first.inputZeroPoint, range: range))
         }
@@ -58,7 +61,8 @@ public final class Int8Engine {
                     quantizedConv2d(input: xp.baseAddress!, geometry: g, weights: weights, bias: conv.bias,
                                     multipliers: conv.multipliers, inputZeroPoint: conv.inputZeroPoint,
                                     outputZeroPoint: conv.outputZeroPoint, outputMin: conv.outputZeroPoint,
-                                    outputMax: range.max, output: buf.baseAddress!, threads: threads, path: path)
+                                    outputMax: codeRange(bits: conv.outputBits).max, output: buf.baseAddress!,
+                                    threads: threads, path: path)
                 }
                 count = N * conv.outChannels * g.outPlane
             }
@@ -104,7 +108,7 @@ public final class Int8Engine {
     private func runChained<A: QuantizedActivation>(_: A.Type, _ images: Tensor) -> [Float] {
         let n = images.shape[0]
         let plan = plan(batch: n, height: images.shape[2], width: images.shape[3])
-        let first = model.convs[0], range = codeRange
+        let first = model.convs[0], range = codeRange(bits: first.inputBits)
         let codes: [A] = images.data.map {
             A(truncatingIfNeeded: quantize($0, scale: first.inputScale, zeroPoint: first.inputZeroPoint, range: range))
         }
@@ -120,7 +124,8 @@ public final class Int8Engine {
                 quantizedConv2dBytes(paddedInput: input, layout: plan.layouts[i], windowOffsets: plan.windows[i],
                                      inputZeroCode: zeroCode(conv.inputZeroPoint), weights: weights, bias: conv.bias,
                                      multipliers: conv.multipliers, outputZeroPoint: conv.outputZeroPoint,
-                                     outputMin: conv.outputZeroPoint, outputMax: range.max, outputSigned: A.isSigned,
+                                     outputMin: conv.outputZeroPoint, outputMax: codeRange(bits: conv.outputBits).max,
+                                     outputSigned: A.isSigned,
                                      output: out.baseAddress!, outputOffsets: plan.outputs[i], threads: threads)
             }
             input = output
@@ -145,7 +150,7 @@ public final class Int8Engine {
     /// the int8 linear layer; the int32 accumulators become float logits.
     private func head<A: QuantizedActivation>(_ x: [A], batch N: Int, channels C: Int, plane P: Int) -> [Float] {
         let h = model.head
-        let range = codeRange
+        let range = codeRange(bits: h.inputBits)
         let poolMultiplier = Float(Double(h.featureScale) / (Double(P) * Double(h.inputScale)))
         var pooled = [Int32](repeating: 0, count: N * C)
         for r in 0..<(N * C) {

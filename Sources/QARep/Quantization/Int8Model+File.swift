@@ -6,8 +6,9 @@ import Foundation
 /// `linear.weight_scale` (F32); `__metadata__` holds `format` = `qarep`,
 /// `kind` = `int8`, `model` (config JSON) and `int8` (the activation scheme,
 /// its bit width included, and the layer list with geometry, scales, zero
-/// points and weight bit widths, JSON). Codes narrower than 8 bits are stored
-/// in I8 tensors.
+/// points and weight bit widths, JSON, and the activation widths of the
+/// layers whose codes differ from the scheme's). Codes narrower than 8 bits
+/// are stored in I8 tensors.
 extension Int8Model {
     struct LayerRecord: Codable {
         var name: String
@@ -15,11 +16,14 @@ extension Int8Model {
         var inputScale: Float, inputZeroPoint: Int32, outputScale: Float, outputZeroPoint: Int32
         /// Absent in files written before sub-8-bit weights: 8.
         var weightBits: Int?
+        /// Absent where they are the activation scheme's width.
+        var inputBits: Int?, outputBits: Int?
     }
     struct HeadRecord: Codable {
         var featureScale: Float, featureZeroPoint: Int32, inputScale: Float, inputZeroPoint: Int32
         var inFeatures: Int, classes: Int
         var weightBits: Int?
+        var featureBits: Int?, inputBits: Int?
     }
     struct Layout: Codable {
         var activation: QuantScheme
@@ -45,10 +49,11 @@ extension Int8Model {
             activation: activation,
             layers: convs.map { LayerRecord(name: $0.name, inChannels: $0.inChannels, outChannels: $0.outChannels, kernelSize: $0.kernelSize,
                                             stride: $0.stride, padding: $0.padding, inputScale: $0.inputScale, inputZeroPoint: $0.inputZeroPoint,
-                                            outputScale: $0.outputScale, outputZeroPoint: $0.outputZeroPoint, weightBits: $0.weightBits) },
+                                            outputScale: $0.outputScale, outputZeroPoint: $0.outputZeroPoint, weightBits: $0.weightBits,
+                                            inputBits: $0.inputBits, outputBits: $0.outputBits) },
             head: HeadRecord(featureScale: head.featureScale, featureZeroPoint: head.featureZeroPoint, inputScale: head.inputScale,
                              inputZeroPoint: head.inputZeroPoint, inFeatures: head.inFeatures, classes: head.classes,
-                             weightBits: head.weightBits))
+                             weightBits: head.weightBits, featureBits: head.featureBits, inputBits: head.inputBits))
         var metadata = try Checkpoint.header(kind: Self.kind, config: config)
         metadata["int8"] = try Checkpoint.jsonString(layout)
         try SafeTensorsFile(tensors: tensors, metadata: metadata).write(to: path)
@@ -85,7 +90,8 @@ extension Int8Model {
                                   stride: l.stride, padding: l.padding, weight: try typed(wk) { try w.int8() },
                                   weightScales: try typed(sk) { try s.floats() }, bias: try typed(bk) { try b.int32() },
                                   inputScale: l.inputScale, inputZeroPoint: l.inputZeroPoint,
-                                  outputScale: l.outputScale, outputZeroPoint: l.outputZeroPoint, weightBits: l.weightBits ?? 8))
+                                  outputScale: l.outputScale, outputZeroPoint: l.outputZeroPoint, weightBits: l.weightBits ?? 8,
+                                  inputBits: l.inputBits, outputBits: l.outputBits))
         }
         let h = layout.head
         let hw = try tensor("linear.weight", [h.classes, h.inFeatures]), hb = try tensor("linear.bias", [h.classes])
@@ -97,7 +103,8 @@ extension Int8Model {
         let head = Int8Head(featureScale: h.featureScale, featureZeroPoint: h.featureZeroPoint, inputScale: h.inputScale,
                             inputZeroPoint: h.inputZeroPoint, inFeatures: h.inFeatures, classes: h.classes,
                             weight: try typed("linear.weight") { try hw.int8() }, weightScales: try typed("linear.weight_scale") { try hs.floats() },
-                            bias: try typed("linear.bias") { try hb.int32() }, weightBits: h.weightBits ?? 8)
+                            bias: try typed("linear.bias") { try hb.int32() }, weightBits: h.weightBits ?? 8,
+                            featureBits: h.featureBits, inputBits: h.inputBits)
         let model = Int8Model(config: config, activation: layout.activation, convs: convs, head: head)
         do { try model.validate() } catch let e as QuantizationError { throw CheckpointError("\(name): \(e.description)") }
         return model

@@ -24,6 +24,10 @@ public struct Int8Conv: Sendable, Equatable {
     public var outputScale: Float, outputZeroPoint: Int32
     /// The width of the weight codes, 2 to 8.
     public var weightBits: Int = 8
+    /// The widths of the input and output activation codes where they differ
+    /// from the model's activation scheme (a first layer kept at 8 bits);
+    /// `nil`: the scheme's width.
+    public var inputBits: Int? = nil, outputBits: Int? = nil
 
     /// `M[o] = s_in * s_w[o] / s_out`.
     public var multipliers: [Float] { weightScales.map { inputScale * $0 / outputScale } }
@@ -45,6 +49,10 @@ public struct Int8Head: Sendable, Equatable {
     public var bias: [Int32]
     /// The width of the weight codes, 2 to 8.
     public var weightBits: Int = 8
+    /// The widths of the feature and pooled input codes where they differ
+    /// from the model's activation scheme (a classifier kept at 8 bits);
+    /// `nil`: the scheme's width.
+    public var featureBits: Int? = nil, inputBits: Int? = nil
 }
 
 /// A deployable integer RepVGG-family classifier: the input quantization, the
@@ -63,12 +71,20 @@ public struct Int8Model: Sendable, Equatable {
     /// real model, small enough that sizes computed from them cannot overflow.
     static let maxChannels = 1 << 20, maxKernel = 64
 
+    /// The activation scheme at `bits` (`nil`: its own width): the codes of one tensor.
+    public func activationScheme(bits: Int?) -> QuantScheme {
+        var scheme = activation
+        scheme.bits = bits ?? activation.bits
+        return scheme
+    }
+
     /// Checks every invariant the engine relies on; the message names the layer.
     public func validate() throws {
         do { try activation.validate() } catch let e as QuantizationError { throw QuantizationError("INT8 model: activations: \(e)") }
         guard !convs.isEmpty else { throw QuantizationError("INT8 model has no convolutions") }
         for (i, c) in convs.enumerated() {
-            try Self.validate(c, activation: activation)
+            try Self.validate(c, input: try scheme(c.inputBits, "layer \(c.name) input"),
+                              output: try scheme(c.outputBits, "layer \(c.name) output"))
             if i > 0 {
                 let p = convs[i - 1]
                 guard p.outChannels == c.inChannels else {
@@ -77,9 +93,19 @@ public struct Int8Model: Sendable, Equatable {
                 guard p.outputScale == c.inputScale, p.outputZeroPoint == c.inputZeroPoint else {
                     throw QuantizationError("INT8 model: inconsistent scales: \(p.name) writes scale \(p.outputScale) zero point \(p.outputZeroPoint), \(c.name) reads scale \(c.inputScale) zero point \(c.inputZeroPoint)")
                 }
+                guard activationScheme(bits: p.outputBits) == activationScheme(bits: c.inputBits) else {
+                    throw QuantizationError("INT8 model: inconsistent widths: \(p.name) writes \(activationScheme(bits: p.outputBits).bits)-bit codes, \(c.name) reads \(activationScheme(bits: c.inputBits).bits)-bit codes")
+                }
             }
         }
         try validateHead()
+    }
+
+    /// The activation scheme at `bits`, checked; `what` names the tensor.
+    private func scheme(_ bits: Int?, _ what: String) throws -> QuantScheme {
+        let scheme = activationScheme(bits: bits)
+        do { try scheme.validate() } catch let e as QuantizationError { throw QuantizationError("INT8 model: \(what): \(e)") }
+        return scheme
     }
 
     static func checkScale(_ s: Float, _ what: String) throws {
@@ -100,8 +126,9 @@ public struct Int8Model: Sendable, Equatable {
         guard w.allSatisfy({ (-qmax...qmax).contains($0) }) else { throw error("weights must be \(bits)-bit codes in [\(-qmax), \(qmax)]") }
     }
 
-    /// The invariants of one convolution the integer kernels rely on.
-    static func validate(_ c: Int8Conv, activation: QuantScheme) throws {
+    /// The invariants of one convolution the integer kernels rely on, with
+    /// its input and output activation schemes.
+    static func validate(_ c: Int8Conv, input: QuantScheme, output: QuantScheme) throws {
         // Bounds first, so that no product below can overflow on a corrupt file.
         guard (1...Self.maxChannels).contains(c.inChannels), (1...Self.maxChannels).contains(c.outChannels),
               (1...Self.maxKernel).contains(c.kernelSize), (1...Self.maxKernel).contains(c.stride),
@@ -123,14 +150,14 @@ public struct Int8Model: Sendable, Equatable {
         try checkScale(c.inputScale, "layer \(c.name) input scale")
         try checkScale(c.outputScale, "layer \(c.name) output scale")
         for s in c.weightScales { try checkScale(s, "layer \(c.name) weight scale") }
-        try checkZero(c.inputZeroPoint, "layer \(c.name) input zero point", activation: activation)
-        try checkZero(c.outputZeroPoint, "layer \(c.name) output zero point", activation: activation)
+        try checkZero(c.inputZeroPoint, "layer \(c.name) input zero point", activation: input)
+        try checkZero(c.outputZeroPoint, "layer \(c.name) output zero point", activation: output)
     }
 
     private func validateHead() throws {
         func checkScale(_ s: Float, _ what: String) throws { try Self.checkScale(s, what) }
-        func checkZero(_ z: Int32, _ what: String) throws { try Self.checkZero(z, what, activation: activation) }
         let last = convs.last!, h = head
+        let features = try scheme(h.featureBits, "head features"), input = try scheme(h.inputBits, "head input")
         guard (1...Self.maxChannels).contains(h.classes) else { throw QuantizationError("INT8 model: head has \(h.classes) classes") }
         guard h.inFeatures == last.outChannels, h.weight.count == h.classes * h.inFeatures,
               h.weightScales.count == h.classes, h.bias.count == h.classes else {
@@ -140,8 +167,11 @@ public struct Int8Model: Sendable, Equatable {
         guard h.featureScale == last.outputScale, h.featureZeroPoint == last.outputZeroPoint else {
             throw QuantizationError("INT8 model: inconsistent scales: \(last.name) writes scale \(last.outputScale), the head reads \(h.featureScale)")
         }
+        guard activationScheme(bits: last.outputBits) == features else {
+            throw QuantizationError("INT8 model: inconsistent widths: \(last.name) writes \(activationScheme(bits: last.outputBits).bits)-bit codes, the head reads \(features.bits)-bit codes")
+        }
         try checkScale(h.inputScale, "head input scale")
-        try checkZero(h.inputZeroPoint, "head input zero point")
+        try Self.checkZero(h.inputZeroPoint, "head input zero point", activation: input)
         for s in h.weightScales { try checkScale(s, "head weight scale") }
     }
 }
@@ -190,6 +220,10 @@ extension QuantizedNet {
         guard activationQuants.allSatisfy({ $0.observers.allSatisfy(\.hasObserved) }) else {
             throw QuantizationError("the model has not been calibrated: run calibration (PTQ) or QAT first")
         }
+        // A tensor at the activation scheme's width records none (`nil`), as files without per-layer widths have it.
+        func distinctWidth(_ quantizer: FakeQuantize) -> Int? {
+            quantizer.scheme.bits == qconfig.activation.bits ? nil : quantizer.scheme.bits
+        }
         var convs: [Int8Conv] = []
         let list = units
         for (i, unit) in list.enumerated() {
@@ -203,7 +237,8 @@ extension QuantizedNet {
                 stride: geometry.stride, padding: geometry.padding, weight: wq, weightScales: ws,
                 bias: quantizeBias(b, inputScale: inQ.scales[0], weightScales: ws),
                 inputScale: inQ.scales[0], inputZeroPoint: inQ.zeroPoints[0],
-                outputScale: outQ.scales[0], outputZeroPoint: outQ.zeroPoints[0], weightBits: unit.weightQuant.scheme.bits))
+                outputScale: outQ.scales[0], outputZeroPoint: outQ.zeroPoints[0], weightBits: unit.weightQuant.scheme.bits,
+                inputBits: distinctWidth(inQ), outputBits: distinctWidth(outQ)))
         }
         let classes = linear.weight.shape[0], features = linear.weight.shape[1]
         let (hw, hs) = quantizeWeights(linear.weight.data, channels: classes, scheme: linear.weightQuant.scheme, quantizer: linear.weightQuant)
@@ -211,7 +246,8 @@ extension QuantizedNet {
                             inputScale: linear.inputQuant.scales[0], inputZeroPoint: linear.inputQuant.zeroPoints[0],
                             inFeatures: features, classes: classes, weight: hw, weightScales: hs,
                             bias: quantizeBias(linear.bias.data, inputScale: linear.inputQuant.scales[0], weightScales: hs),
-                            weightBits: linear.weightQuant.scheme.bits)
+                            weightBits: linear.weightQuant.scheme.bits,
+                            featureBits: distinctWidth(linear.featureQuant), inputBits: distinctWidth(linear.inputQuant))
         let model = Int8Model(config: config, activation: qconfig.activation, convs: convs, head: head)
         try model.validate()
         return model

@@ -77,9 +77,15 @@ public struct QConfig: Sendable, Equatable {
     public var activation: QuantScheme
     /// How activation ranges are calibrated (QAT then tracks them by moving averages).
     public var calibrator: Calibrator
+    /// The width of the first convolution's and the classifier's weights and
+    /// inputs, when it differs from the others': the LSQ paper keeps the
+    /// first and last layers at 8 bits while the rest run at 4 or fewer.
+    /// `nil`: every layer at `weight.bits` and `activation.bits`.
+    public var firstLastBits: Int?
 
-    public init(weight: QuantScheme = .int8Weights, activation: QuantScheme = .int8Activations, calibrator: Calibrator = .minmax) {
-        self.weight = weight; self.activation = activation; self.calibrator = calibrator
+    public init(weight: QuantScheme = .int8Weights, activation: QuantScheme = .int8Activations, calibrator: Calibrator = .minmax,
+                firstLastBits: Int? = nil) {
+        self.weight = weight; self.activation = activation; self.calibrator = calibrator; self.firstLastBits = firstLastBits
     }
 
     public static let tensorRT = QConfig()
@@ -100,8 +106,20 @@ public struct QConfig: Sendable, Equatable {
         return c
     }
 
+    /// The setting of the first and last layers: both schemes at
+    /// `firstLastBits` where it is set, this one otherwise.
+    public var forFirstAndLastLayers: QConfig {
+        guard let bits = firstLastBits else { return self }
+        var c = withBits(bits)
+        c.firstLastBits = nil
+        return c
+    }
+
     public func validate() throws {
         try weight.validate(); try activation.validate(); try calibrator.validate()
+        if let b = firstLastBits, !(2...8).contains(b) {
+            throw QuantizationError("the first and last layers' bit width must be between 2 and 8, got \(b)")
+        }
         guard weight.signed && weight.symmetric else {
             throw QuantizationError("weights must be signed symmetric (the integer engine has no weight zero point)")
         }
@@ -110,13 +128,15 @@ public struct QConfig: Sendable, Equatable {
 }
 
 extension QConfig: Codable {
-    private enum CodingKeys: String, CodingKey { case weight, activation, calibrator }
+    private enum CodingKeys: String, CodingKey { case weight, activation, calibrator, firstLastBits }
 
-    /// Files written before the calibrator was part of the qconfig have none: min-max.
+    /// Files written before the calibrator was part of the qconfig have none:
+    /// min-max; files from before `firstLastBits` have every layer at one width.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         self.init(weight: try c.decode(QuantScheme.self, forKey: .weight),
                   activation: try c.decode(QuantScheme.self, forKey: .activation),
-                  calibrator: try c.decodeIfPresent(Calibrator.self, forKey: .calibrator) ?? .minmax)
+                  calibrator: try c.decodeIfPresent(Calibrator.self, forKey: .calibrator) ?? .minmax,
+                  firstLastBits: try c.decodeIfPresent(Int.self, forKey: .firstLastBits))
     }
 }

@@ -45,8 +45,10 @@ public final class QuantizedNet: Module, Layer {
         }
         let keepsBN = form != .folded && blocks.contains { ($0 as? RepVGGBlock)?.postBN != nil }
         self.form = form == .multiBranch ? .multiBranch : keepsBN ? .postBN : .folded
-        let units: [[QuantConvUnit]] = model.stages.map { stage in
-            stage.map { layer in
+        let units: [[QuantConvUnit]] = model.stages.enumerated().map { s, stage in
+            // stage0 is the first layer; `firstLastBits` may keep it wider.
+            let qconfig = s == 0 ? qconfig.forFirstAndLastLayers : qconfig
+            return stage.map { layer in
                 guard let block = layer as? RepVGGBlock else {
                     return QuantConvUnit(source: (layer as! ReparamBlock).conv.copy(), postBN: nil, qconfig: qconfig)
                 }
@@ -65,7 +67,7 @@ public final class QuantizedNet: Module, Layer {
         _stage2.wrappedValue = units[2]
         _stage3.wrappedValue = units[3]
         _stage4.wrappedValue = units[4]
-        linear = QuantLinearHead(linear: model.linear, qconfig: qconfig)
+        linear = QuantLinearHead(linear: model.linear, qconfig: qconfig.forFirstAndLastLayers)
     }
 
     /// Units in order, stage 0 first.
