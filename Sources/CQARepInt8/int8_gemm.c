@@ -392,14 +392,15 @@ AVX2 static void store_tile_avx2(const int32_t t[NR][MR], const block_params *b,
     store_codes_avx2(codes, b, tp, e);
 }
 
-// Eight lanes of requantize1 in one register: the same Double product,
-// round-to-nearest-even, zero point and clamp as requantize4, twice as wide.
-VNNI512 static inline __m256i requantize8(__m256i v, __m512d m, __m512d z, __m512d lo, __m512d hi) {
+// Eight lanes of requantize1 in one register: the same Double product and
+// round-to-nearest-even. The clamp to [lo, hi] after adding z is a clamp to
+// [lo - z, hi - z] before rounding (rounding is monotone and keeps integers),
+// so one conversion with the rounding mode embedded rounds, and the zero
+// point is an integer add: four double operations instead of six.
+VNNI512 static inline __m256i requantize8(__m256i v, __m512d m, __m512d lo_z, __m512d hi_z, __m256i z) {
     __m512d d = _mm512_mul_pd(_mm512_cvtepi32_pd(v), m);
-    d = _mm512_roundscale_pd(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    d = _mm512_add_pd(d, z);
-    d = _mm512_min_pd(_mm512_max_pd(d, lo), hi);
-    return _mm512_cvtpd_epi32(d);
+    d = _mm512_min_pd(_mm512_max_pd(d, lo_z), hi_z);
+    return _mm256_add_epi32(_mm512_cvt_roundpd_epi32(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), z);
 }
 
 // The VNNI path's epilogue: half the requantization instructions of the
@@ -408,14 +409,15 @@ VNNI512 static inline __m256i requantize8(__m256i v, __m512d m, __m512d z, __m51
 VNNI512 static void store_tile_avx512(const int32_t t[NR][MR], const block_params *b, const tile_pixels *tp,
                                       const qarep_i8_epilogue *e) {
     if (!e->multiplier) { store_raw(t, b, tp, e); return; }
-    const __m512d z = _mm512_set1_pd(e->zero_point), lo = _mm512_set1_pd(e->min), hi = _mm512_set1_pd(e->max);
+    const __m512d lo_z = _mm512_set1_pd(e->min - e->zero_point), hi_z = _mm512_set1_pd(e->max - e->zero_point);
+    const __m256i z = _mm256_set1_epi32(e->zero_point);
     const __m512d m0 = _mm512_loadu_pd(b->multiplier), m1 = _mm512_loadu_pd(b->multiplier + 8);
     const __m512i bias = _mm512_loadu_si512((const void *)b->bias);
     __m128i codes[NR];
     for (int q = 0; q < tp->count; q++) {
         const __m512i a = _mm512_add_epi32(_mm512_loadu_si512((const void *)t[q]), bias);
-        const __m256i r0 = requantize8(_mm512_castsi512_si256(a), m0, z, lo, hi);
-        const __m256i r1 = requantize8(_mm512_extracti64x4_epi64(a, 1), m1, z, lo, hi);
+        const __m256i r0 = requantize8(_mm512_castsi512_si256(a), m0, lo_z, hi_z, z);
+        const __m256i r1 = requantize8(_mm512_extracti64x4_epi64(a, 1), m1, lo_z, hi_z, z);
         codes[q] = _mm512_cvtepi32_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(r0), r1, 1));
     }
     store_codes_avx2(codes, b, tp, e);
@@ -462,13 +464,6 @@ static void drive(const operands *op, int64_t out_channels, const int64_t *pixel
                 a[p] = source + pixel_offsets[p0 + (p < count ? p : count - 1)] * op->element_bytes;
             tile_pixels tp;
             locate_pixels(epilogue, first_pixel + p0, count, &tp);
-            // The next tile's activations: a plain GEMM streams them from
-            // memory once, and the hardware prefetcher sees six streams.
-            for (int64_t p = p0 + NR; p < p0 + 2 * NR && p < pixel_count; p++)
-                for (int64_t tap = 0; tap < op->taps; tap++) {
-                    const char *row = source + (pixel_offsets[p] + op->tap_offsets[tap]) * op->element_bytes;
-                    for (int64_t byte = 0; byte < op->segment * op->element_bytes; byte += 64) __builtin_prefetch(row + byte);
-                }
             for (int64_t blk = g0; blk < g1; blk++) {
                 const void *w = weights + blk * op->block_bytes;
 #if QAREP_X86

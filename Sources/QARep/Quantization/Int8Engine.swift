@@ -69,7 +69,17 @@ public final class Int8Engine {
             x = y
             (H, W, channels) = (g.outHeight, g.outWidth, conv.outChannels)
         }
-        return head(x, batch: N, channels: channels, plane: H * W)
+        // NCHW codes: each image's channel is one run of the plane.
+        let plane = H * W
+        var sums = [Int32](repeating: 0, count: N * channels)
+        x.withUnsafeBufferPointer { codes in
+            for r in 0..<(N * channels) {
+                var sum: Int32 = 0
+                for i in 0..<plane { sum &+= Int32(codes[r * plane + i]) }
+                sums[r] = sum
+            }
+        }
+        return head(sums, codeOffset: 0, batch: N, channels: channels, plane: plane)
     }
 
     /// Each layer's byte layout, window origins and output offsets (into the
@@ -130,41 +140,50 @@ public final class Int8Engine {
             }
             input = output
         }
-        // The last layer's NHWC bytes back to NCHW codes for the head.
+        // The last layer's NHWC bytes, summed over each image's pixels for
+        // the head: a pixel's channels are consecutive, so the adds run
+        // across channels. A signed code is its byte minus 128.
         let g = plan.layouts.last!.geometry
         let (channels, pixels) = (g.outChannels, g.outPlane)
-        let shift: Int32 = A.isSigned ? 128 : 0
-        var features = [A](repeating: A(truncatingIfNeeded: 0), count: n * channels * pixels)
-        for image in 0..<n {
-            for p in 0..<pixels {
-                for c in 0..<channels {
-                    features[(image * channels + c) * pixels + p] =
-                        A(truncatingIfNeeded: Int32(input[(image * pixels + p) * channels + c]) - shift)
+        var sums = [Int32](repeating: 0, count: n * channels)
+        input.withUnsafeBufferPointer { bytes in
+            sums.withUnsafeMutableBufferPointer { sums in
+                for image in 0..<n {
+                    let sum = sums.baseAddress! + image * channels
+                    for p in 0..<pixels {
+                        let row = bytes.baseAddress! + (image * pixels + p) * channels
+                        for c in 0..<channels { sum[c] &+= Int32(row[c]) }
+                    }
                 }
             }
         }
-        return head(features, batch: n, channels: channels, plane: pixels)
+        return head(sums, codeOffset: A.isSigned ? -128 : 0, batch: n, channels: channels, plane: pixels)
     }
 
     /// Average pooling on codes, requantized to the linear input scale, then
     /// the int8 linear layer; the int32 accumulators become float logits.
-    private func head<A: QuantizedActivation>(_ x: [A], batch N: Int, channels C: Int, plane P: Int) -> [Float] {
+    /// `sums[n * C + c]` is the sum over the plane of image n's channel c,
+    /// each code counted as `stored + codeOffset`.
+    private func head(_ sums: [Int32], codeOffset: Int32, batch N: Int, channels C: Int, plane P: Int) -> [Float] {
         let h = model.head
         let range = codeRange(bits: h.inputBits)
         let poolMultiplier = Float(Double(h.featureScale) / (Double(P) * Double(h.inputScale)))
-        var pooled = [Int32](repeating: 0, count: N * C)
-        for r in 0..<(N * C) {
-            var sum: Int32 = 0
-            for i in 0..<P { sum += Int32(x[r * P + i]) - h.featureZeroPoint }
-            pooled[r] = requantize(sum, multiplier: poolMultiplier, zeroPoint: h.inputZeroPoint,
-                                   min: range.min, max: range.max) - h.inputZeroPoint
+        // sum_p (code_p - z_feat) = sum_p stored_p + P * (codeOffset - z_feat)
+        let shift = Int32(P) &* (codeOffset &- h.featureZeroPoint)
+        let pooled = sums.map {
+            requantize($0 &+ shift, multiplier: poolMultiplier, zeroPoint: h.inputZeroPoint,
+                       min: range.min, max: range.max) - h.inputZeroPoint
         }
         var logits = [Float](repeating: 0, count: N * h.classes)
-        for n in 0..<N {
-            for k in 0..<h.classes {
-                var acc = h.bias[k]
-                for c in 0..<C { acc += pooled[n * C + c] * Int32(h.weight[k * C + c]) }
-                logits[n * h.classes + k] = Float(Double(acc) * Double(h.inputScale) * Double(h.weightScales[k]))
+        pooled.withUnsafeBufferPointer { pooled in
+            h.weight.withUnsafeBufferPointer { weight in
+                for n in 0..<N {
+                    for k in 0..<h.classes {
+                        var acc = h.bias[k]
+                        for c in 0..<C { acc &+= pooled[n * C + c] &* Int32(weight[k * C + c]) }
+                        logits[n * h.classes + k] = Float(Double(acc) * Double(h.inputScale) * Double(h.weightScales[k]))
+                    }
+                }
             }
         }
         return logits
