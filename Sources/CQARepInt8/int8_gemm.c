@@ -8,12 +8,18 @@
 
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define QAREP_X86 1
 #define AVX2 __attribute__((target("avx2")))
 #define VNNI512 __attribute__((target("avx512f,avx512bw,avx512vnni,avx2")))
+#define AMX __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vnni,avx2")))
 #else
 #define QAREP_X86 0
 #endif
@@ -41,6 +47,24 @@ int qarep_i8_vnni512_available(void) {
         __builtin_cpu_init();
         cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                  __builtin_cpu_supports("avx512vnni") ? 1 : 0;
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+int qarep_i8_amx_available(void) {
+#if QAREP_X86 && defined(__linux__)
+    static int cached = -1;
+    if (cached < 0) {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        // CPUID.(7, 0):EDX bit 24 is AMX-TILE, bit 25 AMX-INT8.
+        const int cpu = qarep_i8_vnni512_available() && __get_cpuid_count(7, 0, &a, &b, &c, &d)
+                        && (d >> 24 & 1) && (d >> 25 & 1);
+        // Linux hands out the 8 KiB of tile state only to a process that asks
+        // (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA); a kernel without AMX support refuses.
+        cached = cpu && syscall(SYS_arch_prctl, 0x1023, 18) == 0 ? 1 : 0;
     }
     return cached;
 #else
@@ -424,8 +448,6 @@ VNNI512 static void store_tile_avx512(const int32_t t[NR][MR], const block_param
 }
 #endif
 
-// MARK: - Driver
-
 // The operands of either packing: int16 weights and `x - z` (pairs of k), or
 // int8 weights and unsigned bytes (quads of k). Offsets count elements.
 typedef struct {
@@ -437,7 +459,103 @@ typedef struct {
     int64_t taps, segment;
 } operands;
 
-enum { KERNEL_SCALAR, KERNEL_AVX2, KERNEL_VNNI512 };
+// MARK: - AMX
+
+#if QAREP_X86
+// The tile configuration (palette 1): every tile 16 rows of 64 bytes.
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t columns[16];
+    uint8_t rows[16];
+} amx_config;
+
+// 32 pixels by 32 channels per step with AMX tiles: tmm4 and tmm5 hold 16
+// pixels each, 64 bytes of k per row (the pixels' activations gathered into
+// rows of the zero-padded reduction); tmm6 and tmm7 hold 64 k of 16 channels,
+// which is 1 KiB of the VNNI packing as it stands ([k/4][16][4]); tdpbusd
+// adds u8 x s8 products into the int32 tiles tmm0-3 exactly as vpdpbusd does.
+// The VNNI epilogue then requantizes six pixels at a time.
+AMX static void drive_amx(const operands *op, int64_t blocks, const block_params *params, const int64_t *pixel_offsets,
+                          int64_t first_pixel, int64_t pixel_count, const qarep_i8_epilogue *e) {
+    const int64_t k = op->taps * op->segment, kp = (k + 63) & ~(int64_t)63;
+    // 64 bytes of slack after the last row: the copies below store whole vectors.
+    uint8_t *a = aligned_alloc(64, (size_t)(32 * kp + 64));
+    if (!a) abort();
+    int32_t c[4][16][MR] __attribute__((aligned(64)));
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++) { cfg.columns[i] = 64; cfg.rows[i] = 16; }
+    _tile_loadconfig(&cfg);
+    const uint8_t *source = op->source;
+    const int8_t *weights = op->weights;
+    for (int64_t p0 = 0; p0 < pixel_count; p0 += 32) {
+        const int count = pixel_count - p0 < 32 ? (int)(pixel_count - p0) : 32;
+        // Rows past the last pixel repeat it; their sums are not stored. Each
+        // tap's segment is copied in whole 64-byte stores, the last load
+        // masked to the segment: what a store writes past the segment is
+        // overwritten by the next tap, or lands in the row's padding, where
+        // the weights are zero, so it adds nothing.
+        for (int r = 0; r < (count > 16 ? 32 : 16); r++) {
+            const uint8_t *window = source + pixel_offsets[p0 + (r < count ? r : count - 1)];
+            uint8_t *row = a + r * kp;
+            for (int64_t tap = 0; tap < op->taps; tap++) {
+                const uint8_t *src = window + op->tap_offsets[tap];
+                uint8_t *dst = row + tap * op->segment;
+                for (int64_t i = 0; i < op->segment; i += 64) {
+                    const int64_t left = op->segment - i;
+                    const __mmask64 m = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
+                    _mm512_storeu_si512((void *)(dst + i), _mm512_maskz_loadu_epi8(m, src + i));
+                }
+            }
+        }
+        for (int64_t blk = 0; blk < blocks; blk += 2) {
+            const int8_t *b0 = weights + blk * op->block_bytes;
+            const int8_t *b1 = blk + 1 < blocks ? b0 + op->block_bytes : b0;
+            _tile_zero(0); _tile_zero(1);
+            if (count > 16) {
+                _tile_zero(2); _tile_zero(3);
+                for (int64_t kc = 0; kc < kp; kc += 64) {
+                    _tile_loadd(4, a + kc, kp);
+                    _tile_loadd(5, a + 16 * kp + kc, kp);
+                    _tile_loadd(6, b0 + kc * MR, 64);
+                    _tile_loadd(7, b1 + kc * MR, 64);
+                    _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7);
+                    _tile_dpbusd(2, 5, 6); _tile_dpbusd(3, 5, 7);
+                }
+                _tile_stored(2, c[2], 64); _tile_stored(3, c[3], 64);
+            } else {
+                // 16 pixels or fewer: one activation tile.
+                for (int64_t kc = 0; kc < kp; kc += 64) {
+                    _tile_loadd(4, a + kc, kp);
+                    _tile_loadd(6, b0 + kc * MR, 64);
+                    _tile_loadd(7, b1 + kc * MR, 64);
+                    _tile_dpbusd(0, 4, 6); _tile_dpbusd(1, 4, 7);
+                }
+            }
+            _tile_stored(0, c[0], 64); _tile_stored(1, c[1], 64);
+            for (int q0 = 0; q0 < count;) {
+                // Groups of at most NR pixels that stay inside one 16-pixel tile.
+                const int half = q0 / 16, row = q0 % 16;
+                int n = count - q0 < NR ? count - q0 : NR;
+                if (row + n > 16) n = 16 - row;
+                tile_pixels tp;
+                locate_pixels(e, first_pixel + p0 + q0, n, &tp);
+                store_tile_avx512((const int32_t (*)[MR])c[2 * half][row], &params[blk], &tp, e);
+                if (blk + 1 < blocks) store_tile_avx512((const int32_t (*)[MR])c[2 * half + 1][row], &params[blk + 1], &tp, e);
+                q0 += n;
+            }
+        }
+    }
+    _tile_release();
+    free(a);
+}
+#endif
+
+// MARK: - Driver
+
+
+enum { KERNEL_SCALAR, KERNEL_AVX2, KERNEL_VNNI512, KERNEL_AMX };
 
 static void drive(const operands *op, int64_t out_channels, const int64_t *pixel_offsets, int64_t first_pixel,
                   int64_t pixel_count, const qarep_i8_epilogue *epilogue, int kernel) {
@@ -446,6 +564,20 @@ static void drive(const operands *op, int64_t out_channels, const int64_t *pixel
     block_params *params = malloc(sizeof(block_params) * (size_t)blocks);
     if (!params) abort();
     for (int64_t blk = 0; blk < blocks; blk++) prepare_block(&params[blk], blk * MR, out_channels, epilogue);
+#if QAREP_X86
+    // AMX pays for its row gathering and tile set-up only on enough work:
+    // two channel blocks (one would leave half of each step idle), four tiles
+    // of reduction and 64 pixels. Measured with qarep bench on tiny and
+    // a0-half: AMX everywhere ran tiny 10-35% slower than VNNI; with these
+    // bounds every figure was faster. Smaller layers run the VNNI tile.
+    if (kernel == KERNEL_AMX && blocks >= 2 && ((op->taps * op->segment + 63) & ~(int64_t)63) >= 256
+        && pixel_count >= 64) {
+        drive_amx(op, blocks, params, pixel_offsets, first_pixel, pixel_count, epilogue);
+        free(params);
+        return;
+    }
+    if (kernel == KERNEL_AMX) kernel = KERNEL_VNNI512;
+#endif
     const qarep_i8_source s16 = {op->source, op->tap_offsets, op->taps, op->segment};
     const qarep_u8_source s8 = {op->source, op->tap_offsets, op->taps, op->segment};
     const char *source = op->source, *weights = op->weights;
@@ -503,10 +635,12 @@ void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_
 
 void qarep_u8s8_gemm(const int8_t *weights, int64_t out_channels, const qarep_u8_source *source,
                      const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
-                     const qarep_i8_epilogue *epilogue) {
-    const operands op = {weights, source->taps * source->segment * MR, source->source, 1,
+                     const qarep_i8_epilogue *epilogue, int use_amx) {
+    // Each block's reduction is padded to a multiple of 64 bytes: whole AMX tiles.
+    const int64_t padded = (source->taps * source->segment + 63) & ~(int64_t)63;
+    const operands op = {weights, padded * MR, source->source, 1,
                          source->tap_offsets, source->taps, source->segment};
-    drive(&op, out_channels, pixel_offsets, first_pixel, pixel_count, epilogue, KERNEL_VNNI512);
+    drive(&op, out_channels, pixel_offsets, first_pixel, pixel_count, epilogue, use_amx ? KERNEL_AMX : KERNEL_VNNI512);
 }
 
 // MARK: - Layout conversion

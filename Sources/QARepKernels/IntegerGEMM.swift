@@ -20,6 +20,13 @@ import Dispatch
 
 /// Which integer kernel runs.
 public enum IntegerKernelPath: Sendable, Equatable, CaseIterable {
+    /// AMX tiles (`tdpbusd`: 16 pixels by 64 bytes of unsigned activations
+    /// times 64 by 16 channels of int8 weights, summed into int32 tiles, with
+    /// nothing narrowed), then the VNNI path's epilogue; convolutions only,
+    /// where the CPU has AMX-INT8 and Linux grants the tile state. Layers
+    /// too small to pay for the tiles (under 32 output channels, 256 bytes of
+    /// reduction or 64 pixels per thread) run the VNNI kernel; the bits are the same.
+    case amx
     /// AVX-512 VNNI (`vpdpbusd`, unsigned activation bytes times int8 weights,
     /// four products summed straight into int32); convolutions only, where
     /// the CPU has it. `int16GEMM` and `requantize` run their AVX2 code on it.
@@ -30,12 +37,21 @@ public enum IntegerKernelPath: Sendable, Equatable, CaseIterable {
     case portable
 
     /// The fastest path this CPU runs.
-    public static var best: IntegerKernelPath { vnni512Available ? .avx512vnni : avx2Available ? .avx2 : .portable }
+    public static var best: IntegerKernelPath {
+        amxAvailable ? .amx : vnni512Available ? .avx512vnni : avx2Available ? .avx2 : .portable
+    }
 
     /// Every path this CPU runs, fastest first.
     public static var available: [IntegerKernelPath] {
-        allCases.filter { $0 != .avx512vnni || vnni512Available }.filter { $0 != .avx2 || avx2Available }
+        allCases.filter { $0 != .amx || amxAvailable }.filter { $0 != .avx512vnni || vnni512Available }
+            .filter { $0 != .avx2 || avx2Available }
     }
+
+    /// Whether this CPU runs AMX-INT8 (and AVX-512 VNNI) and the OS lets this process use the tiles.
+    public static var amxAvailable: Bool { qarep_i8_amx_available() != 0 }
+
+    /// Whether the convolution runs on the VNNI byte layout (the VNNI and AMX paths).
+    public var usesBytes: Bool { self == .avx512vnni || self == .amx }
 
     /// Whether this CPU runs AVX2.
     public static var avx2Available: Bool { qarep_i8_avx2_available() != 0 }
@@ -46,6 +62,7 @@ public enum IntegerKernelPath: Sendable, Equatable, CaseIterable {
     /// The flag of the int16 kernels: 1 for AVX2 (which every AVX-512 CPU has).
     var flag: Int32 {
         if self == .avx512vnni { precondition(Self.vnni512Available, "the VNNI integer kernel needs a CPU with AVX-512 VNNI") }
+        if self == .amx { precondition(Self.amxAvailable, "the AMX integer kernel needs a CPU with AMX-INT8") }
         if self == .avx2 { precondition(Self.avx2Available, "the AVX2 integer kernel needs a CPU with AVX2") }
         return self == .portable ? 0 : 1
     }
@@ -79,7 +96,8 @@ public struct PackedInt8Weights: Sendable {
     /// The packed values, `ceil(O / 16) * 16 * paddedInputSize` of them.
     public let storage: [Int16]
     /// The VNNI packing: int8, blocks of 16 channels, each `[K'' / 4][16][4]`
-    /// with channels padded to a multiple of 4 (`K'' = kh * kw * quadInChannels`);
+    /// with channels padded to a multiple of 4 and `K'' = kh * kw * quadInChannels`
+    /// rounded up to a multiple of 64 (`vnniReduction`: whole AMX tiles);
     /// padding is zero. Built only where the CPU runs the VNNI kernel.
     public let vnniStorage: [Int8]
     /// Sum of each output channel's weights (for the VNNI kernel's zero-code correction).
@@ -94,6 +112,8 @@ public struct PackedInt8Weights: Sendable {
     public var paddedInputSize: Int { kernelH * kernelW * paddedInChannels }
     /// `inChannels` rounded up to a multiple of 4: the bytes of one tap in the VNNI packing.
     public var quadInChannels: Int { (inChannels + 3) & ~3 }
+    /// K'' of one block of the VNNI packing: `kernelH * kernelW * quadInChannels` rounded up to 64.
+    public var vnniReduction: Int { (kernelH * kernelW * quadInChannels + 63) & ~63 }
 
     /// Packs OIHW convolution weights `[outChannels, inChannels, kernelH, kernelW]`.
     public init(convolution weights: UnsafeBufferPointer<Int8>, outChannels: Int, inChannels: Int,
@@ -124,7 +144,7 @@ public struct PackedInt8Weights: Sendable {
             (0..<(inChannels * taps)).reduce(Int32(0)) { $0 + Int32(weights[o * inChannels * taps + $1]) }
         }
         if IntegerKernelPath.vnni512Available {
-            let cq = (inChannels + 3) & ~3, kq = taps * cq
+            let cq = (inChannels + 3) & ~3, kq = (taps * cq + 63) & ~63
             var quads = [Int8](repeating: 0, count: blocks * mr * kq)
             for o in 0..<outChannels {
                 for c in 0..<inChannels {

@@ -76,11 +76,10 @@ public func quantizedConv2d<Input: QuantizedActivation, Output: QuantizedActivat
     checkQuantizedConv(Input.self, Output.self, g, outChannels: weights.outChannels, inputSize: weights.inputSize,
                        bias: bias, multipliers: multipliers, inputZeroPoint: inputZeroPoint,
                        outputZeroPoint: outputZeroPoint, outputMin: outputMin, outputMax: outputMax)
-    if path == .avx512vnni {
-        precondition(IntegerKernelPath.vnni512Available, "the VNNI integer kernel needs a CPU with AVX-512 VNNI")
+    if path.usesBytes {
         return quantizedConv2dVNNI(input: input, geometry: g, weights: weights, bias: bias, multipliers: multipliers,
                                    inputZeroPoint: inputZeroPoint, outputZeroPoint: outputZeroPoint,
-                                   outputMin: outputMin, outputMax: outputMax, output: output, threads: threads)
+                                   outputMin: outputMin, outputMax: outputMax, output: output, threads: threads, path: path)
     }
     let flag = path.flag
     let layout = PaddedNHWC(g)
@@ -168,7 +167,7 @@ private func quantizedConv2dVNNI<Input: QuantizedActivation, Output: QuantizedAc
     input: UnsafePointer<Input>, geometry g: ConvGeometry, weights: PackedInt8Weights,
     bias: [Int32], multipliers: [Float], inputZeroPoint: Int32,
     outputZeroPoint: Int32, outputMin: Int32, outputMax: Int32,
-    output: UnsafeMutablePointer<Output>, threads: Int
+    output: UnsafeMutablePointer<Output>, threads: Int, path: IntegerKernelPath
 ) {
     let layout = QuantizedBytesLayout(g)
     let padded = UnsafeMutablePointer<UInt8>.allocate(capacity: layout.count)
@@ -178,7 +177,7 @@ private func quantizedConv2dVNNI<Input: QuantizedActivation, Output: QuantizedAc
                          inputZeroCode: QuantizedBytesLayout.zeroCode(zeroPoint: inputZeroPoint, signed: Input.isSigned),
                          weights: weights, bias: bias, multipliers: multipliers, outputZeroPoint: outputZeroPoint,
                          outputMin: outputMin, outputMax: outputMax, outputSigned: Output.isSigned,
-                         output: UnsafeMutableRawPointer(output), outputOffsets: nil, threads: threads)
+                         output: UnsafeMutableRawPointer(output), outputOffsets: nil, threads: threads, path: path)
 }
 
 /// The zero-padded NHWC bytes the VNNI kernel reads: `u = x_q + 128` for
@@ -229,9 +228,12 @@ public struct QuantizedBytesLayout: Sendable {
 public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: QuantizedBytesLayout, windowOffsets: [Int64],
                                  inputZeroCode: Int32, weights: PackedInt8Weights, bias: [Int32], multipliers: [Float],
                                  outputZeroPoint: Int32, outputMin: Int32, outputMax: Int32, outputSigned: Bool,
-                                 output: UnsafeMutableRawPointer, outputOffsets: [Int64]?, threads: Int) {
+                                 output: UnsafeMutableRawPointer, outputOffsets: [Int64]?, threads: Int,
+                                 path: IntegerKernelPath = .best) {
     let g = layout.geometry
+    precondition(path.usesBytes, "the byte layout runs on the VNNI or AMX kernel, not \(path)")
     precondition(IntegerKernelPath.vnni512Available, "the VNNI integer kernel needs a CPU with AVX-512 VNNI")
+    if path == .amx { precondition(IntegerKernelPath.amxAvailable, "the AMX integer kernel needs a CPU with AMX-INT8") }
     precondition(weights.outChannels == g.outChannels && weights.inChannels == g.inChannels
                      && weights.kernelH == g.kernelH && weights.kernelW == g.kernelW, "weights do not fit the convolution")
     precondition(windowOffsets.count == g.columns && (outputOffsets?.count ?? g.columns) == g.columns,
@@ -254,12 +256,12 @@ public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: Quan
                             epilogue.pixel_offsets = oo
                             var source = qarep_u8_source(source: paddedInput, tap_offsets: to.baseAddress,
                                                          taps: Int64(to.count), segment: Int64(layout.nhwc.segment))
-                            let k = layout.nhwc.paddedInputSize
+                            let k = layout.nhwc.paddedInputSize, amx: Int32 = path == .amx ? 1 : 0
                             PixelChunks(pixels: g.columns, paddedInputSize: k, threads: threads)
                                 .forEach(outChannels: g.outChannels, reduction: k, threads: threads, weights: w.baseAddress!,
-                                         blockElements: 16 * k, epilogue: epilogue) { w, outChannels, first, count, e in
+                                         blockElements: 16 * weights.vnniReduction, epilogue: epilogue) { w, outChannels, first, count, e in
                                     qarep_u8s8_gemm(w, Int64(outChannels), &source, po.baseAddress! + first, Int64(first),
-                                                    Int64(count), e)
+                                                    Int64(count), e, amx)
                                 }
                         }
                     }

@@ -189,6 +189,22 @@ private let qconvCases: [QConvCase] = {
                                stride: 1, padding: 1, signedInput: true, signedOutput: true, relu: true,
                                path: path, threads: 2))
     }
+    // Layers large enough for the AMX tiles (two channel blocks, a reduction of
+    // four 64-byte tiles, 64 pixels on a thread): 162 pixels (five 32-pixel
+    // steps, then 2 on one activation tile) with an odd block count; 108
+    // pixels at stride 2 (a last step of 12); 84 pixels (a last step of 20,
+    // both activation tiles). Other paths run them too.
+    for path in integerKernelPaths {
+        cases.append(QConvCase(batch: 2, inChannels: 45, outChannels: 40, height: 9, width: 9, kernel: 3,
+                               stride: 1, padding: 1, signedInput: true, signedOutput: false, relu: true,
+                               path: path, threads: 1))
+        cases.append(QConvCase(batch: 3, inChannels: 36, outChannels: 64, height: 11, width: 11, kernel: 3,
+                               stride: 2, padding: 1, signedInput: false, signedOutput: true, relu: false,
+                               path: path, threads: 1))
+        cases.append(QConvCase(batch: 1, inChannels: 32, outChannels: 32, height: 7, width: 12, kernel: 3,
+                               stride: 1, padding: 1, signedInput: true, signedOutput: true, relu: true,
+                               path: path, threads: 1))
+    }
     // One image of 4x4 pixels (a0-half's stage 3 at batch 1): one pixel chunk, so two threads
     // split the 80 output channels into 64 and 16.
     for path in integerKernelPaths {

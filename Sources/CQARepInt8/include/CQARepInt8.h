@@ -73,6 +73,10 @@ int qarep_i8_avx2_available(void);
 /// 1 when the CPU runs AVX-512 F, BW and VNNI (checked once).
 int qarep_i8_vnni512_available(void);
 
+/// 1 when the CPU runs AMX-TILE and AMX-INT8 (with AVX-512 VNNI) and Linux
+/// granted this process the tile state (asked once, on the first call).
+int qarep_i8_amx_available(void);
+
 /// Accumulators of all `out_channels` for pixels first_pixel ..< first_pixel +
 /// pixel_count, pixel first_pixel + p read at `pixel_offsets[p]`, stored by
 /// the epilogue. `use_avx2` selects the AVX2 kernel (the caller checks
@@ -82,13 +86,16 @@ void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_
                    const qarep_i8_epilogue *epilogue, int use_avx2);
 
 /// The same contract as qarep_i8_gemm for the VNNI packing: weights int8
-/// [ceil(O/16)][K''/4][16][4] (K'' = kh * kw * channels rounded up to 4) and
+/// [ceil(O/16)][K''/4][16][4] (K'' = kh * kw * channels rounded up to 4,
+/// then up to a multiple of 64 with zero weights: whole AMX tiles) and
 /// unsigned activation bytes u, so the accumulator is sum w * u. The caller
 /// folds `- u_zero * sum(w)` into the bias, which makes it sum w * (x_q - z_x)
-/// exactly. Needs qarep_i8_vnni512_available().
+/// exactly. Needs qarep_i8_vnni512_available(); `use_amx` (which needs
+/// qarep_i8_amx_available()) runs the AMX tiles instead of vpdpbusd, with the
+/// same bits.
 void qarep_u8s8_gemm(const int8_t *weights, int64_t out_channels, const qarep_u8_source *source,
                      const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
-                     const qarep_i8_epilogue *epilogue);
+                     const qarep_i8_epilogue *epilogue, int use_amx);
 
 /// Requantizes `count` accumulators of one channel into 8-bit codes with the
 /// epilogue's formula (`bias` and `multiplier` are scalars here).

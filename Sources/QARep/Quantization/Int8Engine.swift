@@ -13,7 +13,7 @@ public final class Int8Engine {
     /// The integer kernel; every path gives the same logits.
     public let path: IntegerKernelPath
 
-    /// - Parameter path: `.best` unless comparing paths. With `.avx512vnni`
+    /// - Parameter path: `.best` unless comparing paths. With `.avx512vnni` or `.amx`
     ///   activations stay in the VNNI kernel's padded NHWC bytes from the first
     ///   convolution to the last, each writing straight into the next one's input.
     public init(_ model: Int8Model, threads: Int = KernelThreads.count, path: IntegerKernelPath = .best) throws {
@@ -43,7 +43,7 @@ public final class Int8Engine {
     }
 
     private func run<A: QuantizedActivation>(_: A.Type, _ images: Tensor) -> [Float] {
-        if path == .avx512vnni { return runChained(A.self, images) }
+        if path.usesBytes { return runChained(A.self, images) }
         let (N, C) = (images.shape[0], images.shape[1])
         var (H, W) = (images.shape[2], images.shape[3])
         let first = model.convs[0]
@@ -136,7 +136,7 @@ public final class Int8Engine {
                                      multipliers: conv.multipliers, outputZeroPoint: conv.outputZeroPoint,
                                      outputMin: conv.outputZeroPoint, outputMax: codeRange(bits: conv.outputBits).max,
                                      outputSigned: A.isSigned,
-                                     output: out.baseAddress!, outputOffsets: plan.outputs[i], threads: threads)
+                                     output: out.baseAddress!, outputOffsets: plan.outputs[i], threads: threads, path: path)
             }
             input = output
         }
