@@ -471,7 +471,7 @@ typedef struct {
 
 // 32 pixels by 32 channels per step with AMX tiles: tmm4 and tmm5 hold 16
 // pixels each, 64 bytes of k per row (the pixels' activations gathered into
-// rows of the zero-padded reduction); tmm6 and tmm7 hold 64 k of 16 channels,
+// rows as long as the padded reduction); tmm6 and tmm7 hold 64 k of 16 channels,
 // which is 1 KiB of the VNNI packing as it stands ([k/4][16][4]); tdpbusd
 // adds u8 x s8 products into the int32 tiles tmm0-3 exactly as vpdpbusd does.
 // The VNNI epilogue then requantizes six pixels at a time.
@@ -553,7 +553,6 @@ AMX static void drive_amx(const operands *op, int64_t blocks, const block_params
 #endif
 
 // MARK: - Driver
-
 
 enum { KERNEL_SCALAR, KERNEL_AVX2, KERNEL_VNNI512, KERNEL_AMX };
 

@@ -24,8 +24,9 @@ public enum IntegerKernelPath: Sendable, Equatable, CaseIterable {
     /// times 64 by 16 channels of int8 weights, summed into int32 tiles, with
     /// nothing narrowed), then the VNNI path's epilogue; convolutions only,
     /// where the CPU has AMX-INT8 and Linux grants the tile state. Layers
-    /// too small to pay for the tiles (under 32 output channels, 256 bytes of
-    /// reduction or 64 pixels per thread) run the VNNI kernel; the bits are the same.
+    /// too small to pay for the tiles (one block of 16 output channels, under
+    /// 256 bytes of reduction, or under 64 pixels per thread) run the VNNI
+    /// kernel; the bits are the same.
     case amx
     /// AVX-512 VNNI (`vpdpbusd`, unsigned activation bytes times int8 weights,
     /// four products summed straight into int32); convolutions only, where
