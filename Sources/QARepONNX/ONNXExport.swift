@@ -92,7 +92,8 @@ public enum ONNXExport {
         let onnx = g.model(name: "qarep-\(model.config.name)-\(model.config.block.rawValue)-int8",
                            input: imageInput(channels: model.convs[0].inChannels),
                            output: GraphBuilder.floatValue("logits", dims: [nil, h.classes]),
-                           docString: "QARep INT8 model in QDQ form (int8 per-channel weights, int32 biases, \(activationsDescription(model.activation)))")
+                           docString: "QARep INT8 model in QDQ form (int8 per-channel weights, int32 biases, \(activationsDescription(model.activation))"
+                               + (model.convs[0].inputBits.map { "; the first and last layers' inputs at \($0) bits" } ?? "") + ")")
         return try onnx.serializedData()
     }
 

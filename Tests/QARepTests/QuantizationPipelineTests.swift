@@ -54,13 +54,18 @@ struct QuantizationPipelineTests {
         #expect(abs(fake.top1 - engine.top1) <= 0.01)
     }
 
-    @Test("QAT resumes without recalibrating, at an epoch boundary or mid-epoch, in the merged or multi-branch form: bit-identical to a run never stopped",
-          arguments: [(false, QuantizedNet.Form.postBN), (true, .postBN), (true, .multiBranch)])
-    func qatResume(midEpoch: Bool, form: QuantizedNet.Form) throws {
+    @Test("QAT resumes without recalibrating, at an epoch boundary or mid-epoch, merged, multi-branch or with 8-bit first and last layers: bit-identical to a run never stopped",
+          arguments: [(false, QuantizedNet.Form.postBN, false), (true, .postBN, false), (true, .multiBranch, false),
+                      (true, .postBN, true)])
+    func qatResume(midEpoch: Bool, form: QuantizedNet.Form, wideEdges: Bool) throws {
         let (fp32, data) = try smallTrainedModel()
         var options = QATOptions()
         options.epochs = 2; options.warmupEpochs = 1; options.batchSize = 32; options.calibrationImages = 64
         options.form = form
+        if wideEdges {
+            options.qconfig = QConfig.tensorRT.withBits(4)
+            options.qconfig.firstLastBits = 8
+        }
         let quiet = ProgressReporter(enabled: false)
         let dirA = temporaryDirectory("qa"), dirB = temporaryDirectory("qb")
         defer { try? FileManager.default.removeItem(atPath: dirA); try? FileManager.default.removeItem(atPath: dirB) }
@@ -80,6 +85,11 @@ struct QuantizationPipelineTests {
         let resumed = try QATRun.resume(from: dirB, progress: quiet)
         #expect(resumed.trainer.epoch == 1 && resumed.trainer.step == (midEpoch ? 11 : 8))
         #expect(resumed.model.form == form && resumed.state.options.form == form)
+        // The widths come back from the checkpoint: the first unit and the head at 8 bits, the rest at 4.
+        let widths = resumed.model.units.map { [$0.inputQuant.scheme.bits, $0.weightQuant.scheme.bits] }
+        #expect(widths == (0..<widths.count).map { $0 == 0 || !wideEdges ? [8, 8] : [4, 4] })
+        let head = resumed.model.linear
+        #expect([head.featureQuant, head.inputQuant, head.weightQuant].allSatisfy { $0.scheme.bits == 8 })
         try resumed.run(train: data, test: nil)
         #expect(straight.model.stateDict().map(\.key) == resumed.model.stateDict().map(\.key))
         for (a, b) in zip(straight.model.stateDict(), resumed.model.stateDict()) {
