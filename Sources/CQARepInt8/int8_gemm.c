@@ -477,7 +477,7 @@ typedef struct {
 // The VNNI epilogue then requantizes six pixels at a time.
 AMX static void drive_amx(const operands *op, int64_t blocks, const block_params *params, const int64_t *pixel_offsets,
                           int64_t first_pixel, int64_t pixel_count, const qarep_i8_epilogue *e) {
-    const int64_t k = op->taps * op->segment, kp = (k + 63) & ~(int64_t)63;
+    const int64_t kp = op->block_bytes / MR;  // the padded reduction: a block is [kp/4][16][4]
     // 64 bytes of slack after the last row: the copies below store whole vectors.
     uint8_t *a = aligned_alloc(64, (size_t)(32 * kp + 64));
     if (!a) abort();
@@ -569,8 +569,7 @@ static void drive(const operands *op, int64_t out_channels, const int64_t *pixel
     // of reduction and 64 pixels. Measured with qarep bench on tiny and
     // a0-half: AMX everywhere ran tiny 10-35% slower than VNNI; with these
     // bounds every figure was faster. Smaller layers run the VNNI tile.
-    if (kernel == KERNEL_AMX && blocks >= 2 && ((op->taps * op->segment + 63) & ~(int64_t)63) >= 256
-        && pixel_count >= 64) {
+    if (kernel == KERNEL_AMX && blocks >= 2 && op->block_bytes / MR >= 256 && pixel_count >= 64) {
         drive_amx(op, blocks, params, pixel_offsets, first_pixel, pixel_count, epilogue);
         free(params);
         return;

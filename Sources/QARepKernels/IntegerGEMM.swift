@@ -114,7 +114,9 @@ public struct PackedInt8Weights: Sendable {
     /// `inChannels` rounded up to a multiple of 4: the bytes of one tap in the VNNI packing.
     public var quadInChannels: Int { (inChannels + 3) & ~3 }
     /// K'' of one block of the VNNI packing: `kernelH * kernelW * quadInChannels` rounded up to 64.
-    public var vnniReduction: Int { (kernelH * kernelW * quadInChannels + 63) & ~63 }
+    public var vnniReduction: Int { Self.vnniReduction(taps: kernelH * kernelW, inChannels: inChannels) }
+
+    static func vnniReduction(taps: Int, inChannels: Int) -> Int { (taps * ((inChannels + 3) & ~3) + 63) & ~63 }
 
     /// Packs OIHW convolution weights `[outChannels, inChannels, kernelH, kernelW]`.
     public init(convolution weights: UnsafeBufferPointer<Int8>, outChannels: Int, inChannels: Int,
@@ -145,7 +147,7 @@ public struct PackedInt8Weights: Sendable {
             (0..<(inChannels * taps)).reduce(Int32(0)) { $0 + Int32(weights[o * inChannels * taps + $1]) }
         }
         if IntegerKernelPath.vnni512Available {
-            let cq = (inChannels + 3) & ~3, kq = (taps * cq + 63) & ~63
+            let cq = (inChannels + 3) & ~3, kq = Self.vnniReduction(taps: taps, inChannels: inChannels)
             var quads = [Int8](repeating: 0, count: blocks * mr * kq)
             for o in 0..<outChannels {
                 for c in 0..<inChannels {
