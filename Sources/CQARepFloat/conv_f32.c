@@ -216,15 +216,94 @@ AVX512 static void tile_avx512_wide(const float *w, int64_t block_size, const fl
         store_avx512(hi[p], bias1, mask1, e->relu, dst + MR * cs, cs, rows1);
     }
 }
+
+// Reductions of at most QAREP_F32_SHORT_K values (a grey image's first
+// layer: 3 taps of 3 floats) leave a tile little to do per pixel, so this
+// path turns the loops around: a block's K weight vectors stay in registers
+// for every pixel, and each pixel reads its K inputs through a per-index
+// offset table. Eight pixels at a time keep eight FMA chains in flight. The
+// sum is the same as the tile's: zero, then one FMA per index in k order.
+#define SHORT_NR 8
+
+AVX512 static inline __attribute__((always_inline)) void
+short_block_avx512(const float *w, const int K, const int64_t *k_offsets, const float *source,
+                   const int64_t *pixel_offsets, int64_t pixel_count, int rows, int64_t o0,
+                   const qarep_f32_epilogue *e) {
+    __m512 wv[QAREP_F32_SHORT_K];
+    int64_t off[QAREP_F32_SHORT_K];
+#pragma clang loop unroll(full)
+    for (int k = 0; k < K; k++) { wv[k] = _mm512_loadu_ps(w + k * MR); off[k] = k_offsets[k]; }
+    const __mmask16 mask = (__mmask16)((1u << rows) - 1);
+    const __m512 bias = e->bias ? _mm512_maskz_loadu_ps(mask, e->bias + o0) : _mm512_setzero_ps();
+    const int64_t *out = e->pixel_offsets;
+    float *const dst0 = e->output + o0 * e->channel_stride;
+    for (int64_t p0 = 0; p0 < pixel_count; p0 += SHORT_NR) {
+        const int count = pixel_count - p0 < SHORT_NR ? (int)(pixel_count - p0) : SHORT_NR;
+        // A partial group repeats its last pixel; the copies are not stored.
+        const float *a[SHORT_NR];
+        for (int p = 0; p < SHORT_NR; p++) a[p] = source + pixel_offsets[p0 + (p < count ? p : count - 1)];
+        __m512 acc[SHORT_NR];
+        for (int p = 0; p < SHORT_NR; p++) acc[p] = _mm512_setzero_ps();
+#pragma clang loop unroll(full)
+        for (int k = 0; k < K; k++)
+            for (int p = 0; p < SHORT_NR; p++) acc[p] = _mm512_fmadd_ps(wv[k], _mm512_set1_ps(a[p][off[k]]), acc[p]);
+        for (int p = 0; p < count; p++)
+            store_avx512(acc[p], bias, mask, e->relu, dst0 + out[p0 + p], e->channel_stride, rows);
+    }
+}
+
+// One instance per K, so the weight vectors and the unrolled loops are
+// registers and straight-line code.
+#define QAREP_SHORT_INSTANCE(K)                                                                              \
+    AVX512 static void short_avx512_##K(const float *w, const int64_t *k_offsets, const float *source,       \
+                                        const int64_t *pixel_offsets, int64_t pixel_count, int rows,          \
+                                        int64_t o0, const qarep_f32_epilogue *e) {                            \
+        short_block_avx512(w, K, k_offsets, source, pixel_offsets, pixel_count, rows, o0, e);                \
+    }
+QAREP_SHORT_INSTANCE(1) QAREP_SHORT_INSTANCE(2) QAREP_SHORT_INSTANCE(3) QAREP_SHORT_INSTANCE(4)
+QAREP_SHORT_INSTANCE(5) QAREP_SHORT_INSTANCE(6) QAREP_SHORT_INSTANCE(7) QAREP_SHORT_INSTANCE(8)
+QAREP_SHORT_INSTANCE(9) QAREP_SHORT_INSTANCE(10) QAREP_SHORT_INSTANCE(11) QAREP_SHORT_INSTANCE(12)
+QAREP_SHORT_INSTANCE(13) QAREP_SHORT_INSTANCE(14) QAREP_SHORT_INSTANCE(15) QAREP_SHORT_INSTANCE(16)
+#undef QAREP_SHORT_INSTANCE
+
+typedef void (*short_kernel)(const float *, const int64_t *, const float *, const int64_t *, int64_t, int, int64_t,
+                             const qarep_f32_epilogue *);
+static const short_kernel short_kernels[QAREP_F32_SHORT_K + 1] = {
+    NULL, short_avx512_1, short_avx512_2, short_avx512_3, short_avx512_4, short_avx512_5, short_avx512_6,
+    short_avx512_7, short_avx512_8, short_avx512_9, short_avx512_10, short_avx512_11, short_avx512_12,
+    short_avx512_13, short_avx512_14, short_avx512_15, short_avx512_16,
+};
+
+static void conv_short_avx512(const float *weights, int64_t out_channels, const qarep_f32_source *s,
+                              const int64_t *pixel_offsets, int64_t pixel_count, const qarep_f32_epilogue *e) {
+    const int64_t k = s->taps * s->segment;
+    int64_t k_offsets[QAREP_F32_SHORT_K];
+    for (int64_t i = 0; i < k; i++) k_offsets[i] = s->tap_offsets[i / s->segment] + i % s->segment;
+    const short_kernel kernel = short_kernels[k];
+    for (int64_t o0 = 0; o0 < out_channels; o0 += MR) {
+        const int rows = out_channels - o0 < MR ? (int)(out_channels - o0) : MR;
+        kernel(weights + (o0 / MR) * k * MR, k_offsets, s->source, pixel_offsets, pixel_count, rows, o0, e);
+    }
+}
 #endif
 
 // MARK: - Driver
+
+int qarep_f32_reads_short_windows(int64_t taps, int64_t segment, int isa) {
+    return isa == QAREP_ISA_AVX512 && taps * segment <= QAREP_F32_SHORT_K;
+}
 
 void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_source *source,
                     const int64_t *pixel_offsets, int64_t pixel_count,
                     const qarep_f32_epilogue *epilogue, int isa) {
     const int64_t block_size = source->taps * source->segment * MR;
     const int64_t blocks = (out_channels + MR - 1) / MR;
+#if QAREP_X86
+    if (isa == QAREP_ISA_AVX512 && qarep_f32_reads_short_windows(source->taps, source->segment, isa)) {
+        conv_short_avx512(weights, out_channels, source, pixel_offsets, pixel_count, epilogue);
+        return;
+    }
+#endif
     int nr = PORTABLE_NR;
 #if QAREP_X86
     if (isa == QAREP_ISA_AVX512) nr = AVX512_NR;

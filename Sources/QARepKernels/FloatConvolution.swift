@@ -230,10 +230,11 @@ public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloa
                  + "\(weights.kernelW)], convolution needs [\(g.outChannels), \(g.inChannels), \(g.kernelH), \(g.kernelW)]")
     precondition(windowOffsets.count == outputOffsets.count, "\(windowOffsets.count) windows for \(outputOffsets.count) outputs")
     let segment = g.kernelW * g.inChannels, k = g.kernelH * segment, pixels = windowOffsets.count
-    if g.kernelH > 1 && segment < 16 {
+    if g.kernelH > 1 && segment < 16 && qarep_f32_reads_short_windows(Int64(g.kernelH), Int64(segment), path.isa) == 0 {
         // Window rows this short (the first layer of a grey-image model: 3
-        // floats) leave the kernel's inner loop little to do per tile. Copy
-        // each pixel's patch into one row of K floats and run one long tap.
+        // floats) leave the tile's inner loop little to do per pixel. Unless
+        // the kernel keeps the whole reduction in registers, copy each
+        // pixel's patch into one row of K floats and run one long tap.
         let patches = UnsafeMutablePointer<Float>.allocate(capacity: max(1, pixels * k))
         defer { patches.deallocate() }
         layout.tapOffsets.withUnsafeBufferPointer { to in

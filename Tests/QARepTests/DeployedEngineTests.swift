@@ -23,6 +23,22 @@ struct DeployedEngineTests {
         }
     }
 
+    @Test("one engine reused across shapes and inputs keeps matching (buffers and their zero borders are reused)")
+    func reusedAcrossCalls() throws {
+        let model = try RepVGGNet(config: .named("tiny", block: .qarepvgg), seed: 7)
+        model.eval()
+        let deployed = model.deployed()
+        let engine = try DeployedEngine(deployed, threads: 2)
+        var rng = SplitMix64(seed: 8)
+        // Six shapes, more than the engine keeps plans for, then the first again with new values.
+        let shapes = [[4, 1, 28, 28], [1, 1, 28, 28], [2, 1, 21, 19], [3, 1, 28, 28], [5, 1, 14, 14], [4, 1, 28, 28],
+                      [1, 1, 28, 28], [4, 1, 28, 28]]
+        for shape in shapes {
+            let x = Tensor.uniform(shape, bound: 2, rng: &rng, requiresGrad: false)
+            #expect(engine.logits(x).data == noGrad { deployed(x) }.data, "input \(shape)")
+        }
+    }
+
     @Test("an odd input size runs and matches")
     func oddInput() throws {
         let model = try RepVGGNet(config: .named("tiny", block: .repvgg), seed: 5)

@@ -59,6 +59,15 @@ typedef struct {
     int64_t channel_stride;
 } qarep_f32_epilogue;
 
+/// Longest reduction (taps * segment) of the short-window path.
+#define QAREP_F32_SHORT_K 16
+
+/// 1 when qarep_f32_conv runs a convolution of this window shape on `isa`
+/// straight from the padded input, however short its segments: AVX-512 keeps
+/// a reduction of at most QAREP_F32_SHORT_K values in registers. Otherwise
+/// segments shorter than a vector are better gathered into patch rows first.
+int qarep_f32_reads_short_windows(int64_t taps, int64_t segment, int isa);
+
 /// All `out_channels` outputs of `pixel_count` pixels; pixel p reads
 /// source->source + pixel_offsets[p] and is stored at
 /// epilogue->pixel_offsets[p]. `isa` must be one the CPU runs.

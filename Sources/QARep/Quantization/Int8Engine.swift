@@ -83,14 +83,34 @@ public final class Int8Engine {
     }
 
     /// Each layer's byte layout, window origins and output offsets (into the
-    /// next layer's padded input, or plain NHWC after the last) for one input shape.
-    private struct Plan {
+    /// next layer's padded input, or plain NHWC after the last) for one input
+    /// shape, and the activation buffers. Borders and padding channels of each
+    /// layer's input hold that input's zero code; the convolutions write only
+    /// real channels of interior pixels, so the buffers are filled once, here.
+    private final class Plan {
         let layouts: [QuantizedBytesLayout]
         let windows: [[Int64]]
         let outputs: [[Int64]]
+        /// Layer i's padded input for each i, then the last layer's NHWC output.
+        let buffers: [UnsafeMutablePointer<UInt8>]
+
+        init(layouts: [QuantizedBytesLayout], windows: [[Int64]], outputs: [[Int64]], zeroCodes: [UInt8]) {
+            (self.layouts, self.windows, self.outputs) = (layouts, windows, outputs)
+            let last = layouts.last!.geometry
+            let counts = layouts.map(\.count) + [last.batch * last.outPlane * last.outChannels]
+            buffers = zip(counts, zeroCodes + [0]).map { count, code in
+                let buffer = UnsafeMutablePointer<UInt8>.allocate(capacity: count)
+                buffer.initialize(repeating: code, count: count)
+                return buffer
+            }
+        }
+
+        deinit { buffers.forEach { $0.deallocate() } }
     }
 
     private var plans: [[Int]: Plan] = [:]
+    /// Input shapes whose plans (and activation buffers) are kept at most.
+    private let keptPlans = 4
 
     private func plan(batch n: Int, height: Int, width: Int) -> Plan {
         if let plan = plans[[n, height, width]] { return plan }
@@ -108,13 +128,17 @@ public final class Int8Engine {
                                       : ((image * g.outHeight + y) * g.outWidth + x) * g.outChannels
             }
         }
-        let plan = Plan(layouts: layouts, windows: layouts.map(\.windowOffsets), outputs: outputs)
+        let zeroCodes = model.convs.map {
+            UInt8(QuantizedBytesLayout.zeroCode(zeroPoint: $0.inputZeroPoint, signed: model.activation.signed))
+        }
+        let plan = Plan(layouts: layouts, windows: layouts.map(\.windowOffsets), outputs: outputs, zeroCodes: zeroCodes)
+        if plans.count >= keptPlans { plans.removeAll() }
         plans[[n, height, width]] = plan
         return plan
     }
 
-    /// The VNNI path: the input is quantized and laid out once, then every
-    /// convolution reads and writes padded NHWC bytes.
+    /// The VNNI and AMX paths: the input is quantized and laid out once, then
+    /// every convolution reads and writes padded NHWC bytes.
     private func runChained<A: QuantizedActivation>(_: A.Type, _ images: Tensor) -> [Float] {
         let n = images.shape[0]
         let plan = plan(batch: n, height: images.shape[2], width: images.shape[3])
@@ -123,37 +147,28 @@ public final class Int8Engine {
             A(truncatingIfNeeded: quantize($0, scale: first.inputScale, zeroPoint: first.inputZeroPoint, range: range))
         }
         func zeroCode(_ zeroPoint: Int32) -> Int32 { QuantizedBytesLayout.zeroCode(zeroPoint: zeroPoint, signed: A.isSigned) }
-        var input = [UInt8](repeating: 0, count: plan.layouts[0].count)
-        plan.layouts[0].fill(&input, from: codes, zeroPoint: first.inputZeroPoint, threads: threads)
+        plan.layouts[0].fill(plan.buffers[0], from: codes, zeroPoint: first.inputZeroPoint, threads: threads)
         for (i, (conv, weights)) in zip(model.convs, packed).enumerated() {
-            let last = i == model.convs.count - 1
-            // Borders and padding channels of the next input hold its zero code.
-            var output = [UInt8](repeating: last ? 0 : UInt8(zeroCode(model.convs[i + 1].inputZeroPoint)),
-                                 count: last ? n * plan.layouts[i].geometry.outPlane * conv.outChannels : plan.layouts[i + 1].count)
-            output.withUnsafeMutableBytes { out in
-                quantizedConv2dBytes(paddedInput: input, layout: plan.layouts[i], windowOffsets: plan.windows[i],
-                                     inputZeroCode: zeroCode(conv.inputZeroPoint), weights: weights, bias: conv.bias,
-                                     multipliers: conv.multipliers, outputZeroPoint: conv.outputZeroPoint,
-                                     outputMin: conv.outputZeroPoint, outputMax: codeRange(bits: conv.outputBits).max,
-                                     outputSigned: A.isSigned,
-                                     output: out.baseAddress!, outputOffsets: plan.outputs[i], threads: threads, path: path)
-            }
-            input = output
+            quantizedConv2dBytes(paddedInput: plan.buffers[i], layout: plan.layouts[i], windowOffsets: plan.windows[i],
+                                 inputZeroCode: zeroCode(conv.inputZeroPoint), weights: weights, bias: conv.bias,
+                                 multipliers: conv.multipliers, outputZeroPoint: conv.outputZeroPoint,
+                                 outputMin: conv.outputZeroPoint, outputMax: codeRange(bits: conv.outputBits).max,
+                                 outputSigned: A.isSigned,
+                                 output: plan.buffers[i + 1], outputOffsets: plan.outputs[i], threads: threads, path: path)
         }
+        let input = UnsafePointer(plan.buffers[model.convs.count])
         // The last layer's NHWC bytes, summed over each image's pixels for
         // the head: a pixel's channels are consecutive, so the adds run
         // across channels. A signed code is its byte minus 128.
         let g = plan.layouts.last!.geometry
         let (channels, pixels) = (g.outChannels, g.outPlane)
         var sums = [Int32](repeating: 0, count: n * channels)
-        input.withUnsafeBufferPointer { bytes in
-            sums.withUnsafeMutableBufferPointer { sums in
-                for image in 0..<n {
-                    let sum = sums.baseAddress! + image * channels
-                    for p in 0..<pixels {
-                        let row = bytes.baseAddress! + (image * pixels + p) * channels
-                        for c in 0..<channels { sum[c] &+= Int32(row[c]) }
-                    }
+        sums.withUnsafeMutableBufferPointer { sums in
+            for image in 0..<n {
+                let sum = sums.baseAddress! + image * channels
+                for p in 0..<pixels {
+                    let row = input + (image * pixels + p) * channels
+                    for c in 0..<channels { sum[c] &+= Int32(row[c]) }
                 }
             }
         }

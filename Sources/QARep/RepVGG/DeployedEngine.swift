@@ -43,15 +43,34 @@ public final class DeployedEngine {
     }
 
     /// What one input shape needs, computed once per shape: each layer's
-    /// geometry, padded input layout, window origins and output offsets.
-    private struct Plan {
+    /// geometry, padded input layout, window origins and output offsets, and
+    /// the activation buffers. Each convolution writes only the interior of
+    /// the next layer's padded input, so the borders are zeroed once, here,
+    /// and stay zero for every later call.
+    private final class Plan {
         let geometries: [ConvGeometry]
         let layouts: [PaddedFloatNHWC]
         let windows: [[Int64]]
         let outputs: [[Int64]]
+        /// Layer i's padded input for each i, then the last layer's NHWC output.
+        let buffers: [UnsafeMutablePointer<Float>]
+
+        init(geometries: [ConvGeometry], layouts: [PaddedFloatNHWC], windows: [[Int64]], outputs: [[Int64]]) {
+            (self.geometries, self.layouts, self.windows, self.outputs) = (geometries, layouts, windows, outputs)
+            let last = geometries.last!
+            buffers = (layouts.map(\.count) + [last.batch * last.outPlane * last.outChannels]).map { count in
+                let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
+                buffer.initialize(repeating: 0, count: count)
+                return buffer
+            }
+        }
+
+        deinit { buffers.forEach { $0.deallocate() } }
     }
 
     private var plans: [[Int]: Plan] = [:]
+    /// Input shapes whose plans (and activation buffers) are kept at most.
+    private let keptPlans = 4
 
     private func plan(batch n: Int, height: Int, width: Int) -> Plan {
         if let plan = plans[[n, height, width]] { return plan }
@@ -74,53 +93,50 @@ public final class DeployedEngine {
             }
         }
         let plan = Plan(geometries: geometries, layouts: layouts, windows: layouts.map(\.windowOffsets), outputs: outputs)
+        if plans.count >= keptPlans { plans.removeAll() }
         plans[[n, height, width]] = plan
         return plan
     }
 
     /// Logits `[N, classes]` of normalized images `[N, C, H, W]`. The engine
-    /// keeps what each input shape needs between calls, so one engine serves
-    /// one thread at a time.
+    /// keeps what each input shape needs between calls, activation buffers
+    /// included, so one engine serves one thread at a time.
     public func logits(_ images: Tensor) -> Tensor {
         precondition(images.rank == 4 && images.shape[1] == layers[0].inChannels,
                      "float engine input must be [N, \(layers[0].inChannels), H, W], got \(images.shape)")
         let n = images.shape[0]
         let plan = plan(batch: n, height: images.shape[2], width: images.shape[3])
-        let first = plan.layouts[0]
-        var input = [Float](unsafeUninitializedCapacity: first.count) { buffer, count in
-            images.data.withUnsafeBufferPointer { first.fill(buffer.baseAddress!, from: $0.baseAddress!, threads: threads) }
-            count = first.count
-        }
-        for (i, (layer, g)) in zip(layers, plan.geometries).enumerated() {
-            let next = i + 1 < layers.count ? plan.layouts[i + 1] : nil
-            var output = [Float](unsafeUninitializedCapacity: next?.count ?? g.batch * g.outPlane * g.outChannels) { buf, count in
-                // The convolution writes every interior value; the next input's border is zero.
-                next?.zeroBorder(buf.baseAddress!)
-                count = buf.count
-            }
+        images.data.withUnsafeBufferPointer { plan.layouts[0].fill(plan.buffers[0], from: $0.baseAddress!, threads: threads) }
+        for (i, layer) in layers.enumerated() {
             layer.bias.withUnsafeBufferPointer { bias in
-                implicitConv2d(paddedInput: input, layout: plan.layouts[i], weights: layer.weights, bias: bias.baseAddress,
-                               relu: true, output: &output, outputOffsets: plan.outputs[i], channelStride: 1,
-                               windowOffsets: plan.windows[i], threads: threads)
+                implicitConv2d(paddedInput: plan.buffers[i], layout: plan.layouts[i], weights: layer.weights,
+                               bias: bias.baseAddress, relu: true, output: plan.buffers[i + 1],
+                               outputOffsets: plan.outputs[i], channelStride: 1, windowOffsets: plan.windows[i],
+                               threads: threads)
             }
-            input = output
         }
-        return noGrad { linear(Tensor(averagePoolNHWC(input, geometry: plan.geometries.last!), shape: [n, layers.last!.outChannels])) }
+        let pooled = averagePoolNHWC(plan.buffers[layers.count], geometry: plan.geometries.last!)
+        return noGrad { linear(Tensor(pooled, shape: [n, layers.last!.outChannels])) }
     }
 
     /// Global average pool of `[N, P, C]`, each channel summed in pixel order
-    /// and divided by P, as `globalAveragePool` does on NCHW.
-    private func averagePoolNHWC(_ x: [Float], geometry g: ConvGeometry) -> [Float] {
+    /// and divided by P, as `globalAveragePool` does on NCHW. The channel loop
+    /// is innermost (contiguous, vectorized); each sum still adds its pixels
+    /// in order.
+    private func averagePoolNHWC(_ x: UnsafePointer<Float>, geometry g: ConvGeometry) -> [Float] {
         let (channels, plane) = (g.outChannels, g.outPlane)
-        var pooled = [Float](repeating: 0, count: g.batch * channels)
-        for image in 0..<g.batch {
-            for c in 0..<channels {
-                var sum: Float = 0
-                for p in 0..<plane { sum += x[(image * plane + p) * channels + c] }
-                pooled[image * channels + c] = sum / Float(plane)
+        return [Float](unsafeUninitializedCapacity: g.batch * channels) { pooled, count in
+            pooled.initialize(repeating: 0)
+            for image in 0..<g.batch {
+                let sums = pooled.baseAddress! + image * channels
+                for p in 0..<plane {
+                    let row = x + (image * plane + p) * channels
+                    for c in 0..<channels { sums[c] += row[c] }
+                }
+                for c in 0..<channels { sums[c] /= Float(plane) }
             }
+            count = g.batch * channels
         }
-        return pooled
     }
 }
 
