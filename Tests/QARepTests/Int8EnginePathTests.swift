@@ -23,4 +23,25 @@ struct Int8EnginePathTests {
             #expect(logits.allSatisfy { $0 == logits[0] }, "\(shape): \(IntegerKernelPath.available)")
         }
     }
+
+    @Test("one engine reused across shapes and inputs gives a fresh engine's logits (kept buffers, their zero codes intact)",
+          arguments: [QConfig.tensorRT, QConfig.unsignedActivations])
+    func reusedAcrossCalls(_ qconfig: QConfig) throws {
+        let model = try RepVGGNet(config: .named("tiny", block: .qarepvgg), seed: 9)
+        model.eval()
+        var rng = SplitMix64(seed: 10)
+        let calibration = FashionMNIST(images: (0..<(32 * 784)).map { _ in UInt8(rng.next() % 256) },
+                                       labels: [UInt8](repeating: 0, count: 32))
+        let int8 = try postTrainingQuantize(model.deployed(), calibration: calibration, qconfig: qconfig).convertToInt8()
+        for path in IntegerKernelPath.available {
+            let engine = try Int8Engine(int8, threads: 2, path: path)
+            // More shapes than the engine keeps plans for, then the first shapes again with new values.
+            for shape in [[4, 1, 28, 28], [1, 1, 28, 28], [2, 1, 19, 23], [3, 1, 28, 28], [5, 1, 14, 14],
+                          [4, 1, 28, 28], [1, 1, 28, 28], [4, 1, 28, 28]] {
+                let x = Tensor.uniform(shape, bound: 2, rng: &rng, requiresGrad: false)
+                let fresh = try Int8Engine(int8, threads: 2, path: path).logits(x).data
+                #expect(engine.logits(x).data == fresh, "\(path) \(shape)")
+            }
+        }
+    }
 }

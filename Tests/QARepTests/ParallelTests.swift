@@ -62,3 +62,31 @@ struct ParallelTests {
         #expect(sums == [Int](repeating: 200 * 4950, count: 8))
     }
 }
+
+@Suite("Image chunks of an inference batch")
+struct ImageChunksTests {
+    @Test("chunks cover the batch once, in order, within the cache budget and at most an equal share each")
+    func coverage() throws {
+        for (batch, threads, bytesPerImage) in [(128, 2, 74_000), (128, 2, 1), (3, 2, 10), (7, 3, 200_000), (256, 2, 111_000),
+                                                (5, 2, 10_000_000)] {
+            let chunks = try #require(ImageChunks(batch: batch, threads: threads, bytesPerImage: bytesPerImage))
+            let ranges = (0..<chunks.count).map(chunks.images)
+            #expect(ranges.first?.lowerBound == 0 && ranges.last?.upperBound == batch)
+            #expect(zip(ranges, ranges.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound })
+            #expect(ranges.dropLast().allSatisfy { $0.count == chunks.size } && ranges.last?.count == chunks.last)
+            #expect(chunks.size == 1 || chunks.size * bytesPerImage <= ImageChunks.cacheBytes)
+            #expect(chunks.size <= (batch + threads - 1) / threads)
+            #expect(chunks.count >= threads, "\(batch) images, \(threads) threads: every worker gets a chunk")
+        }
+        // tiny at 28x28 (74 KB an image): 7 images a chunk, 19 chunks, the last of 2.
+        let tiny = try #require(ImageChunks(batch: 128, threads: 2, bytesPerImage: 74_000))
+        #expect(tiny.size == 7 && tiny.count == 19 && tiny.last == 2)
+    }
+
+    @Test("one worker, or fewer images than workers, runs layer by layer")
+    func layerByLayer() {
+        #expect(ImageChunks(batch: 128, threads: 1, bytesPerImage: 1000) == nil)
+        #expect(ImageChunks(batch: 1, threads: 2, bytesPerImage: 1000) == nil)
+        #expect(ImageChunks(batch: 3, threads: 4, bytesPerImage: 1000) == nil)
+    }
+}

@@ -84,43 +84,51 @@ public final class Int8Engine {
 
     /// Each layer's byte layout, window origins and output offsets (into the
     /// next layer's padded input, or plain NHWC after the last) for one input
-    /// shape, and the activation buffers. Borders and padding channels of each
-    /// layer's input hold that input's zero code; the convolutions write only
-    /// real channels of interior pixels, so the buffers are filled once, here.
+    /// shape, and activation buffers for each worker that runs the shape.
+    /// Borders and padding channels of each layer's input hold that input's
+    /// zero code; the convolutions write only real channels of interior
+    /// pixels, so the buffers are filled once, here.
     private final class Plan {
         let layouts: [QuantizedBytesLayout]
         let windows: [[Int64]]
         let outputs: [[Int64]]
-        /// Layer i's padded input for each i, then the last layer's NHWC output.
-        let buffers: [UnsafeMutablePointer<UInt8>]
+        /// Per worker: layer i's padded input for each i, then the last layer's NHWC output.
+        let buffers: [[UnsafeMutablePointer<UInt8>]]
 
-        init(layouts: [QuantizedBytesLayout], windows: [[Int64]], outputs: [[Int64]], zeroCodes: [UInt8]) {
+        init(layouts: [QuantizedBytesLayout], windows: [[Int64]], outputs: [[Int64]], zeroCodes: [UInt8], workers: Int) {
             (self.layouts, self.windows, self.outputs) = (layouts, windows, outputs)
             let last = layouts.last!.geometry
             let counts = layouts.map(\.count) + [last.batch * last.outPlane * last.outChannels]
-            buffers = zip(counts, zeroCodes + [0]).map { count, code in
-                let buffer = UnsafeMutablePointer<UInt8>.allocate(capacity: count)
-                buffer.initialize(repeating: code, count: count)
-                return buffer
+            buffers = (0..<workers).map { _ in
+                zip(counts, zeroCodes + [0]).map { count, code in
+                    let buffer = UnsafeMutablePointer<UInt8>.allocate(capacity: count)
+                    buffer.initialize(repeating: code, count: count)
+                    return buffer
+                }
             }
         }
 
-        deinit { buffers.forEach { $0.deallocate() } }
+        deinit { buffers.joined().forEach { $0.deallocate() } }
     }
 
     private var plans: [[Int]: Plan] = [:]
     /// Input shapes whose plans (and activation buffers) are kept at most.
-    private let keptPlans = 4
+    private let keptPlans = 6
 
-    private func plan(batch n: Int, height: Int, width: Int) -> Plan {
-        if let plan = plans[[n, height, width]] { return plan }
+    private func layouts(batch n: Int, height: Int, width: Int) -> [QuantizedBytesLayout] {
         var (h, w, channels) = (height, width, model.convs[0].inChannels)
-        let layouts = model.convs.map { conv -> QuantizedBytesLayout in
+        return model.convs.map { conv -> QuantizedBytesLayout in
             let g = ConvGeometry(batch: n, inChannels: channels, height: h, width: w, outChannels: conv.outChannels,
                                  kernelH: conv.kernelSize, kernelW: conv.kernelSize, stride: conv.stride, padding: conv.padding)
             (h, w, channels) = (g.outHeight, g.outWidth, conv.outChannels)
             return QuantizedBytesLayout(g)
         }
+    }
+
+    private func plan(batch n: Int, height: Int, width: Int, workers: Int) -> Plan {
+        let key = [n, height, width, workers]
+        if let plan = plans[key] { return plan }
+        let layouts = layouts(batch: n, height: height, width: width)
         let outputs = layouts.indices.map { i -> [Int64] in
             let g = layouts[i].geometry
             return outputPixelOffsets(g) { image, y, x in
@@ -131,48 +139,96 @@ public final class Int8Engine {
         let zeroCodes = model.convs.map {
             UInt8(QuantizedBytesLayout.zeroCode(zeroPoint: $0.inputZeroPoint, signed: model.activation.signed))
         }
-        let plan = Plan(layouts: layouts, windows: layouts.map(\.windowOffsets), outputs: outputs, zeroCodes: zeroCodes)
+        let plan = Plan(layouts: layouts, windows: layouts.map(\.windowOffsets), outputs: outputs, zeroCodes: zeroCodes,
+                        workers: workers)
         if plans.count >= keptPlans { plans.removeAll() }
-        plans[[n, height, width]] = plan
+        plans[key] = plan
         return plan
     }
 
-    /// The VNNI and AMX paths: the input is quantized and laid out once, then
-    /// every convolution reads and writes padded NHWC bytes.
+    /// Activation bytes of one image that a worker keeps hot while it runs a
+    /// chunk: the largest padded input and output of one layer together.
+    private func workingSetPerImage(height: Int, width: Int) -> Int {
+        let layouts = layouts(batch: 1, height: height, width: width)
+        return layouts.indices.map { i in
+            let g = layouts[i].geometry
+            return layouts[i].count + (i + 1 < layouts.count ? layouts[i + 1].count : g.outPlane * g.outChannels)
+        }.max()!
+    }
+
+    /// The VNNI and AMX paths: each image is quantized and laid out once, then
+    /// every convolution reads and writes padded NHWC bytes. Batches of at
+    /// least one image per worker run in `ImageChunks`, smaller ones layer by
+    /// layer with each convolution shared among the workers; every value is
+    /// the same either way.
     private func runChained<A: QuantizedActivation>(_: A.Type, _ images: Tensor) -> [Float] {
-        let n = images.shape[0]
-        let plan = plan(batch: n, height: images.shape[2], width: images.shape[3])
-        let first = model.convs[0], range = codeRange(bits: first.inputBits)
-        let codes: [A] = images.data.map {
-            A(truncatingIfNeeded: quantize($0, scale: first.inputScale, zeroPoint: first.inputZeroPoint, range: range))
-        }
-        func zeroCode(_ zeroPoint: Int32) -> Int32 { QuantizedBytesLayout.zeroCode(zeroPoint: zeroPoint, signed: A.isSigned) }
-        plan.layouts[0].fill(plan.buffers[0], from: codes, zeroPoint: first.inputZeroPoint, threads: threads)
-        for (i, (conv, weights)) in zip(model.convs, packed).enumerated() {
-            quantizedConv2dBytes(paddedInput: plan.buffers[i], layout: plan.layouts[i], windowOffsets: plan.windows[i],
-                                 inputZeroCode: zeroCode(conv.inputZeroPoint), weights: weights, bias: conv.bias,
-                                 multipliers: conv.multipliers, outputZeroPoint: conv.outputZeroPoint,
-                                 outputMin: conv.outputZeroPoint, outputMax: codeRange(bits: conv.outputBits).max,
-                                 outputSigned: A.isSigned,
-                                 output: plan.buffers[i + 1], outputOffsets: plan.outputs[i], threads: threads, path: path)
-        }
-        let input = UnsafePointer(plan.buffers[model.convs.count])
-        // The last layer's NHWC bytes, summed over each image's pixels for
-        // the head: a pixel's channels are consecutive, so the adds run
-        // across channels. A signed code is its byte minus 128.
-        let g = plan.layouts.last!.geometry
-        let (channels, pixels) = (g.outChannels, g.outPlane)
+        let (n, height, width) = (images.shape[0], images.shape[2], images.shape[3])
+        let channels = model.convs.last!.outChannels, imageSize = images.shape[1] * height * width
         var sums = [Int32](repeating: 0, count: n * channels)
-        sums.withUnsafeMutableBufferPointer { sums in
-            for image in 0..<n {
-                let sum = sums.baseAddress! + image * channels
-                for p in 0..<pixels {
-                    let row = input + (image * pixels + p) * channels
-                    for c in 0..<channels { sum[c] &+= Int32(row[c]) }
+        var pixels = 0
+        images.data.withUnsafeBufferPointer { x in
+            sums.withUnsafeMutableBufferPointer { sums in
+                guard let chunks = ImageChunks(batch: n, threads: threads,
+                                               bytesPerImage: workingSetPerImage(height: height, width: width)) else {
+                    let plan = plan(batch: n, height: height, width: width, workers: 1)
+                    pixels = plan.layouts.last!.geometry.outPlane
+                    run(A.self, plan, worker: 0, images: x.baseAddress!, sums: sums.baseAddress!, threads: threads)
+                    return
+                }
+                // Plans are made here, on the caller's thread: the workers only read them.
+                let full = plan(batch: chunks.size, height: height, width: width, workers: threads)
+                let last = plan(batch: chunks.last, height: height, width: width, workers: threads)
+                pixels = full.layouts.last!.geometry.outPlane
+                parallelDynamic(chunks.count, threads: threads) { worker, c in
+                    let images = chunks.images(c)
+                    run(A.self, images.count == chunks.size ? full : last, worker: worker,
+                        images: x.baseAddress! + images.lowerBound * imageSize,
+                        sums: sums.baseAddress! + images.lowerBound * channels, threads: 1)
                 }
             }
         }
         return head(sums, codeOffset: A.isSigned ? -128 : 0, batch: n, channels: channels, plane: pixels)
+    }
+
+    /// Runs the images of `plan`'s batch through every convolution on
+    /// `worker`'s buffers and adds each image's last-layer codes, summed over
+    /// its pixels, to `sums` (zero on entry).
+    private func run<A: QuantizedActivation>(_: A.Type, _ plan: Plan, worker: Int, images: UnsafePointer<Float>,
+                                             sums: UnsafeMutablePointer<Int32>, threads: Int) {
+        let buffers = plan.buffers[worker]
+        let first = model.convs[0], range = codeRange(bits: first.inputBits)
+        let g0 = plan.layouts[0].geometry
+        let count = g0.batch * g0.inChannels * g0.height * g0.width
+        let codes = [A](unsafeUninitializedCapacity: count) { codes, initialized in
+            for i in 0..<count {
+                codes[i] = A(truncatingIfNeeded: quantize(images[i], scale: first.inputScale,
+                                                          zeroPoint: first.inputZeroPoint, range: range))
+            }
+            initialized = count
+        }
+        func zeroCode(_ zeroPoint: Int32) -> Int32 { QuantizedBytesLayout.zeroCode(zeroPoint: zeroPoint, signed: A.isSigned) }
+        plan.layouts[0].fill(buffers[0], from: codes, zeroPoint: first.inputZeroPoint, threads: threads)
+        for (i, (conv, weights)) in zip(model.convs, packed).enumerated() {
+            quantizedConv2dBytes(paddedInput: buffers[i], layout: plan.layouts[i], windowOffsets: plan.windows[i],
+                                 inputZeroCode: zeroCode(conv.inputZeroPoint), weights: weights, bias: conv.bias,
+                                 multipliers: conv.multipliers, outputZeroPoint: conv.outputZeroPoint,
+                                 outputMin: conv.outputZeroPoint, outputMax: codeRange(bits: conv.outputBits).max,
+                                 outputSigned: A.isSigned,
+                                 output: buffers[i + 1], outputOffsets: plan.outputs[i], threads: threads, path: path)
+        }
+        // The last layer's NHWC bytes, summed over each image's pixels for
+        // the head: a pixel's channels are consecutive, so the adds run
+        // across channels. A signed code is its byte minus 128 (the head's codeOffset).
+        let last = UnsafePointer(buffers[model.convs.count])
+        let g = plan.layouts.last!.geometry
+        let (channels, pixels) = (g.outChannels, g.outPlane)
+        for image in 0..<g.batch {
+            let sum = sums + image * channels
+            for p in 0..<pixels {
+                let row = last + (image * pixels + p) * channels
+                for c in 0..<channels { sum[c] &+= Int32(row[c]) }
+            }
+        }
     }
 
     /// Average pooling on codes, requantized to the linear input scale, then

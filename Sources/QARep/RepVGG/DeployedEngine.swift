@@ -44,38 +44,40 @@ public final class DeployedEngine {
 
     /// What one input shape needs, computed once per shape: each layer's
     /// geometry, padded input layout, window origins and output offsets, and
-    /// the activation buffers. Each convolution writes only the interior of
-    /// the next layer's padded input, so the borders are zeroed once, here,
-    /// and stay zero for every later call.
+    /// activation buffers for each worker that runs the shape. Each
+    /// convolution writes only the interior of the next layer's padded input,
+    /// so the borders are zeroed once, here, and stay zero for every later call.
     private final class Plan {
         let geometries: [ConvGeometry]
         let layouts: [PaddedFloatNHWC]
         let windows: [[Int64]]
         let outputs: [[Int64]]
-        /// Layer i's padded input for each i, then the last layer's NHWC output.
-        let buffers: [UnsafeMutablePointer<Float>]
+        /// Per worker: layer i's padded input for each i, then the last layer's NHWC output.
+        let buffers: [[UnsafeMutablePointer<Float>]]
 
-        init(geometries: [ConvGeometry], layouts: [PaddedFloatNHWC], windows: [[Int64]], outputs: [[Int64]]) {
+        init(geometries: [ConvGeometry], layouts: [PaddedFloatNHWC], windows: [[Int64]], outputs: [[Int64]], workers: Int) {
             (self.geometries, self.layouts, self.windows, self.outputs) = (geometries, layouts, windows, outputs)
             let last = geometries.last!
-            buffers = (layouts.map(\.count) + [last.batch * last.outPlane * last.outChannels]).map { count in
-                let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
-                buffer.initialize(repeating: 0, count: count)
-                return buffer
+            let counts = layouts.map(\.count) + [last.batch * last.outPlane * last.outChannels]
+            buffers = (0..<workers).map { _ in
+                counts.map { count in
+                    let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
+                    buffer.initialize(repeating: 0, count: count)
+                    return buffer
+                }
             }
         }
 
-        deinit { buffers.forEach { $0.deallocate() } }
+        deinit { buffers.joined().forEach { $0.deallocate() } }
     }
 
     private var plans: [[Int]: Plan] = [:]
     /// Input shapes whose plans (and activation buffers) are kept at most.
-    private let keptPlans = 4
+    private let keptPlans = 6
 
-    private func plan(batch n: Int, height: Int, width: Int) -> Plan {
-        if let plan = plans[[n, height, width]] { return plan }
+    private func geometries(batch n: Int, height: Int, width: Int) -> [ConvGeometry] {
         var (h, w) = (height, width)
-        let geometries = layers.map { layer -> ConvGeometry in
+        return layers.map { layer -> ConvGeometry in
             let g = ConvGeometry(batch: n, inChannels: layer.inChannels, height: h, width: w,
                                  outChannels: layer.outChannels, kernelH: layer.kernel, kernelW: layer.kernel,
                                  stride: layer.stride, padding: layer.padding)
@@ -83,6 +85,12 @@ public final class DeployedEngine {
             (h, w) = (g.outHeight, g.outWidth)
             return g
         }
+    }
+
+    private func plan(batch n: Int, height: Int, width: Int, workers: Int) -> Plan {
+        let key = [n, height, width, workers]
+        if let plan = plans[key] { return plan }
+        let geometries = geometries(batch: n, height: height, width: width)
         let layouts = geometries.map(PaddedFloatNHWC.init)
         let outputs = geometries.indices.map { i -> [Int64] in
             let g = geometries[i]
@@ -92,50 +100,95 @@ public final class DeployedEngine {
                                       : ((image * g.outHeight + y) * g.outWidth + x) * g.outChannels
             }
         }
-        let plan = Plan(geometries: geometries, layouts: layouts, windows: layouts.map(\.windowOffsets), outputs: outputs)
+        let plan = Plan(geometries: geometries, layouts: layouts, windows: layouts.map(\.windowOffsets),
+                        outputs: outputs, workers: workers)
         if plans.count >= keptPlans { plans.removeAll() }
-        plans[[n, height, width]] = plan
+        plans[key] = plan
         return plan
+    }
+
+    /// Activation bytes of one image that a worker keeps hot while it runs a
+    /// chunk through the network: the largest padded input and output of one
+    /// layer together.
+    private func workingSetPerImage(height: Int, width: Int) -> Int {
+        let geometries = geometries(batch: 1, height: height, width: width)
+        let layouts = geometries.map(PaddedFloatNHWC.init)
+        return geometries.indices.map { i in
+            let output = i + 1 < layouts.count ? layouts[i + 1].count : geometries[i].outPlane * geometries[i].outChannels
+            return (layouts[i].count + output) * MemoryLayout<Float>.size
+        }.max()!
     }
 
     /// Logits `[N, classes]` of normalized images `[N, C, H, W]`. The engine
     /// keeps what each input shape needs between calls, activation buffers
     /// included, so one engine serves one thread at a time.
+    ///
+    /// With at least one image per worker, the batch is cut into chunks of
+    /// images small enough that a layer's input and output stay in the core's
+    /// cache, and each worker runs whole chunks through every layer (one
+    /// hand-off per call, no activation round trips through memory between
+    /// layers). A single image runs layer by layer, each convolution shared
+    /// among the workers. Either way every value comes from the same kernel in
+    /// the same order, so the logits do not depend on the split.
     public func logits(_ images: Tensor) -> Tensor {
         precondition(images.rank == 4 && images.shape[1] == layers[0].inChannels,
                      "float engine input must be [N, \(layers[0].inChannels), H, W], got \(images.shape)")
-        let n = images.shape[0]
-        let plan = plan(batch: n, height: images.shape[2], width: images.shape[3])
-        images.data.withUnsafeBufferPointer { plan.layouts[0].fill(plan.buffers[0], from: $0.baseAddress!, threads: threads) }
+        let (n, height, width) = (images.shape[0], images.shape[2], images.shape[3])
+        let channels = layers.last!.outChannels, imageSize = images.shape[1] * height * width
+        var pooled = [Float](repeating: 0, count: n * channels)
+        images.data.withUnsafeBufferPointer { x in
+            pooled.withUnsafeMutableBufferPointer { pooled in
+                guard let chunks = ImageChunks(batch: n, threads: threads,
+                                               bytesPerImage: workingSetPerImage(height: height, width: width)) else {
+                    run(plan(batch: n, height: height, width: width, workers: 1), worker: 0, images: x.baseAddress!,
+                        pooled: pooled.baseAddress!, threads: threads)
+                    return
+                }
+                // Plans are made here, on the caller's thread: the workers only read them.
+                let full = plan(batch: chunks.size, height: height, width: width, workers: threads)
+                let last = plan(batch: chunks.last, height: height, width: width, workers: threads)
+                parallelDynamic(chunks.count, threads: threads) { worker, c in
+                    let images = chunks.images(c)
+                    run(images.count == chunks.size ? full : last, worker: worker,
+                        images: x.baseAddress! + images.lowerBound * imageSize,
+                        pooled: pooled.baseAddress! + images.lowerBound * channels, threads: 1)
+                }
+            }
+        }
+        return noGrad { linear(Tensor(pooled, shape: [n, channels])) }
+    }
+
+    /// Runs the images of `plan`'s batch through every convolution on
+    /// `worker`'s buffers and writes their pooled features.
+    private func run(_ plan: Plan, worker: Int, images: UnsafePointer<Float>, pooled: UnsafeMutablePointer<Float>,
+                     threads: Int) {
+        let buffers = plan.buffers[worker]
+        plan.layouts[0].fill(buffers[0], from: images, threads: threads)
         for (i, layer) in layers.enumerated() {
             layer.bias.withUnsafeBufferPointer { bias in
-                implicitConv2d(paddedInput: plan.buffers[i], layout: plan.layouts[i], weights: layer.weights,
-                               bias: bias.baseAddress, relu: true, output: plan.buffers[i + 1],
+                implicitConv2d(paddedInput: buffers[i], layout: plan.layouts[i], weights: layer.weights,
+                               bias: bias.baseAddress, relu: true, output: buffers[i + 1],
                                outputOffsets: plan.outputs[i], channelStride: 1, windowOffsets: plan.windows[i],
                                threads: threads)
             }
         }
-        let pooled = averagePoolNHWC(plan.buffers[layers.count], geometry: plan.geometries.last!)
-        return noGrad { linear(Tensor(pooled, shape: [n, layers.last!.outChannels])) }
+        averagePoolNHWC(buffers[layers.count], geometry: plan.geometries.last!, into: pooled)
     }
 
     /// Global average pool of `[N, P, C]`, each channel summed in pixel order
     /// and divided by P, as `globalAveragePool` does on NCHW. The channel loop
     /// is innermost (contiguous, vectorized); each sum still adds its pixels
     /// in order.
-    private func averagePoolNHWC(_ x: UnsafePointer<Float>, geometry g: ConvGeometry) -> [Float] {
+    private func averagePoolNHWC(_ x: UnsafePointer<Float>, geometry g: ConvGeometry, into pooled: UnsafeMutablePointer<Float>) {
         let (channels, plane) = (g.outChannels, g.outPlane)
-        return [Float](unsafeUninitializedCapacity: g.batch * channels) { pooled, count in
-            pooled.initialize(repeating: 0)
-            for image in 0..<g.batch {
-                let sums = pooled.baseAddress! + image * channels
-                for p in 0..<plane {
-                    let row = x + (image * plane + p) * channels
-                    for c in 0..<channels { sums[c] += row[c] }
-                }
-                for c in 0..<channels { sums[c] /= Float(plane) }
+        pooled.update(repeating: 0, count: g.batch * channels)
+        for image in 0..<g.batch {
+            let sums = pooled + image * channels
+            for p in 0..<plane {
+                let row = x + (image * plane + p) * channels
+                for c in 0..<channels { sums[c] += row[c] }
             }
-            count = g.batch * channels
+            for c in 0..<channels { sums[c] /= Float(plane) }
         }
     }
 }

@@ -1,0 +1,40 @@
+/// How an inference engine shares a batch among its workers: in chunks of
+/// whole images, each run through every layer by one worker, small enough
+/// that a layer's input and output activations stay in that core's cache.
+///
+/// Layer by layer over the whole batch, every convolution pays a hand-off
+/// between the workers and sends its output through memory to the next
+/// layer; a chunk pays one hand-off per batch and keeps its activations in
+/// L2. A batch with fewer images than workers is left to the layer-by-layer
+/// schedule, which splits each convolution's pixels instead.
+public struct ImageChunks: Sendable, Equatable {
+    /// Images of every chunk but the last.
+    public let size: Int
+    /// Chunks in the batch.
+    public let count: Int
+    /// Images in the batch.
+    public let batch: Int
+
+    /// Activation bytes a chunk may keep hot: half of a typical per-core L2
+    /// (1-2 MiB on recent x86), the other half left to the weights.
+    public static let cacheBytes = 512 * 1024
+
+    /// `nil` when one worker or fewer images than workers: run layer by layer.
+    /// - Parameter bytesPerImage: the largest input plus output activation
+    ///   bytes of one layer, for one image.
+    public init?(batch: Int, threads: Int, bytesPerImage: Int) {
+        guard threads > 1 && batch >= threads else { return nil }
+        // At most an equal share per worker, so every worker gets a chunk.
+        size = max(1, min(Self.cacheBytes / max(1, bytesPerImage), (batch + threads - 1) / threads))
+        count = (batch + size - 1) / size
+        self.batch = batch
+    }
+
+    /// Images in the last chunk (`size` unless the batch is not a multiple).
+    public var last: Int { batch - (count - 1) * size }
+
+    /// First image and image count of chunk `index`.
+    public func images(_ index: Int) -> Range<Int> {
+        index * size ..< min(batch, (index + 1) * size)
+    }
+}
