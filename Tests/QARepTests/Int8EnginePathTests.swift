@@ -6,17 +6,22 @@ import Testing
 // activations in padded NHWC bytes from layer to layer, the others go through
 // NCHW codes; the logits must be the same bits.
 
+/// A tiny QARepVGG with random weights, calibrated on 32 random images.
+private func quantizedTiny(seed: UInt64, qconfig: QConfig, rng: inout SplitMix64) throws -> Int8Model {
+    let model = try RepVGGNet(config: .named("tiny", block: .qarepvgg), seed: seed)
+    model.eval()
+    let calibration = FashionMNIST(images: (0..<(32 * 784)).map { _ in UInt8(rng.next() % 256) },
+                                   labels: [UInt8](repeating: 0, count: 32))
+    return try postTrainingQuantize(model.deployed(), calibration: calibration, qconfig: qconfig).convertToInt8()
+}
+
 @Suite("Integer engine: every kernel path gives the same logits")
 struct Int8EnginePathTests {
     @Test("signed and unsigned activations, batch 1 and 3, 28x28 and an odd size",
           arguments: [QConfig.tensorRT, QConfig.unsignedActivations])
     func pathsAgree(_ qconfig: QConfig) throws {
-        let model = try RepVGGNet(config: .named("tiny", block: .qarepvgg), seed: 7)
-        model.eval()
         var rng = SplitMix64(seed: 8)
-        let calibration = FashionMNIST(images: (0..<(32 * 784)).map { _ in UInt8(rng.next() % 256) },
-                                       labels: [UInt8](repeating: 0, count: 32))
-        let int8 = try postTrainingQuantize(model.deployed(), calibration: calibration, qconfig: qconfig).convertToInt8()
+        let int8 = try quantizedTiny(seed: 7, qconfig: qconfig, rng: &rng)
         for shape in [[1, 1, 28, 28], [3, 1, 28, 28], [2, 1, 19, 23]] {
             let x = Tensor.uniform(shape, bound: 2, rng: &rng, requiresGrad: false)
             let logits = try IntegerKernelPath.available.map { try Int8Engine(int8, threads: 2, path: $0).logits(x).data }
@@ -27,12 +32,8 @@ struct Int8EnginePathTests {
     @Test("one engine reused across shapes and inputs gives a fresh engine's logits (kept buffers, their zero codes intact)",
           arguments: [QConfig.tensorRT, QConfig.unsignedActivations])
     func reusedAcrossCalls(_ qconfig: QConfig) throws {
-        let model = try RepVGGNet(config: .named("tiny", block: .qarepvgg), seed: 9)
-        model.eval()
         var rng = SplitMix64(seed: 10)
-        let calibration = FashionMNIST(images: (0..<(32 * 784)).map { _ in UInt8(rng.next() % 256) },
-                                       labels: [UInt8](repeating: 0, count: 32))
-        let int8 = try postTrainingQuantize(model.deployed(), calibration: calibration, qconfig: qconfig).convertToInt8()
+        let int8 = try quantizedTiny(seed: 9, qconfig: qconfig, rng: &rng)
         for path in IntegerKernelPath.available {
             let engine = try Int8Engine(int8, threads: 2, path: path)
             // More shapes than the engine keeps plans for, then the first shapes again with new values.
