@@ -1,4 +1,5 @@
 import QARep
+import QARepKernels
 import Testing
 
 @Suite("Fake quantization")
@@ -61,5 +62,43 @@ struct FakeQuantizeTests {
         fq.train()
         _ = fq(Tensor([100], shape: [1]))
         #expect(fq.scales == [100 / 127], "training observes")
+    }
+}
+
+@Suite("Fake quantization kernel against its scalar definition")
+struct FakeQuantizeKernelTests {
+    @Test("every path gives the reference's bits and mask: ties, clips, NaN, infinities, huge values, odd lengths")
+    func matchesReference() {
+        var rng = SplitMix64(seed: 21)
+        let scale: Float = 0.1
+        // Ties after the division (0.05 / 0.1, 0.15 / 0.1), both clip edges, and values a clip decides.
+        var x: [Float] = [0, 0.05, 0.15, -0.25, 12.7, 12.8, -13.0, 25.5, 25.6, -12.8, -12.9, 1e30, -1e30,
+                          .infinity, -.infinity, .nan, 16_777_216, -16_777_218, 1.0e-30, -0.0]
+        x += (0..<1000).map { _ in Float(Int(rng.next() % 60_000)) / 1000 - 30 }
+        for (qmin, qmax, zeroPoint) in [(Int32(-128), Int32(127), Int32(0)), (0, 255, 37), (-8, 7, -3), (0, 3, 1)] {
+            let expected = x.map { fakeQuantizeReference($0, scale: scale, zeroPoint: zeroPoint, qmin: qmin, qmax: qmax) }
+            for path in FloatKernelPath.available {
+                // Every length up to 40 from every start up to 3 covers the vector bodies and tails.
+                for (start, count) in [(0, x.count), (3, x.count - 3), (1, 17), (2, 40), (0, 7)] {
+                    var y = [Float](repeating: -1, count: count)
+                    var mask = [Bool](repeating: false, count: count)
+                    x.withUnsafeBufferPointer { xp in
+                        fakeQuantizeValues(xp.baseAddress! + start, count: count, scale: scale, zeroPoint: zeroPoint,
+                                           qmin: qmin, qmax: qmax, output: &y, inRange: &mask, path: path)
+                    }
+                    let reference = expected[start..<(start + count)]
+                    #expect(zip(y, reference).allSatisfy { $0.bitPattern == $1.value.bitPattern || ($0.isNaN && $1.value.isNaN) },
+                            "\(path) [\(qmin), \(qmax)] z \(zeroPoint) from \(start)")
+                    #expect(mask == reference.map(\.inRange), "\(path) [\(qmin), \(qmax)] z \(zeroPoint) mask")
+                    // Without a mask, the same values.
+                    var unmasked = [Float](repeating: -1, count: count)
+                    x.withUnsafeBufferPointer { xp in
+                        fakeQuantizeValues(xp.baseAddress! + start, count: count, scale: scale, zeroPoint: zeroPoint,
+                                           qmin: qmin, qmax: qmax, output: &unmasked, inRange: nil, path: path)
+                    }
+                    #expect(unmasked.map(\.bitPattern) == y.map(\.bitPattern))
+                }
+            }
+        }
     }
 }

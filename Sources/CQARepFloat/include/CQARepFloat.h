@@ -98,6 +98,16 @@ void qarep_f32_gather_patches(const qarep_f32_source *source, const int64_t *pix
 void qarep_f32_to_pixel_major(const float *input, int64_t batch, int64_t channels, int64_t plane,
                               int64_t row_stride, float *output);
 
+/// Fake quantization of `n` floats with one scale (the simulation's quantize
+/// then dequantize): level = rint(x[i] / scale) + zero_point (round half to
+/// even, the division in float), out[i] = (clamp(level, qmin, qmax) -
+/// zero_point) * scale, and, unless `in_range` is NULL, in_range[i] = whether
+/// level lay in [qmin, qmax]. NaN gives NaN, counted in range. The bounds and
+/// zero point are small integers, so float sums are exact wherever the
+/// clamp does not decide. Every path gives the same bits.
+void qarep_f32_fake_quantize(const float *x, int64_t n, float scale, float zero_point, float qmin, float qmax,
+                             float *out, _Bool *in_range, int isa);
+
 /// One spin-wait hint (`pause` on x86): lets a waiting thread yield the
 /// core's pipeline to its sibling and saves power while it polls.
 static inline void qarep_cpu_relax(void) {

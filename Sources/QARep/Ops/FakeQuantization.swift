@@ -17,15 +17,18 @@ public func fakeQuantize(_ x: Tensor, scales: [Float], zeroPoints: [Int32], qmin
         inRange.withUnsafeMutableBufferPointer { mask in
             // No mask without a gradient (an empty array's buffer may still have an address).
             let out = out.baseAddress!, mask = mask.isEmpty ? nil : mask.baseAddress
-            // Every element on its own: contiguous chunks go to the kernel threads.
-            parallelChunks(n, work: n) { range in
-                for i in range {
-                    let c = i / per, s = scales[c], z = zeroPoints[c]
-                    // The engine's quantize(), split so the clip is visible to the gradient.
-                    let level = unclampedLevel(xd[i], scale: s, zeroPoint: z)
-                    guard !level.isNaN else { out[i] = .nan; continue }
-                    mask?[i] = level >= Double(qmin) && level <= Double(qmax)
-                    out[i] = dequantize(Int32(clampedLevel(level, min: qmin, max: qmax)), scale: s, zeroPoint: z)
+            xd.withUnsafeBufferPointer { xd in
+                let x = xd.baseAddress  // nil only when empty, and then no chunk runs
+                // Every element on its own: contiguous chunks go to the kernel threads,
+                // each cut where the channel (and so the scale) changes.
+                parallelChunks(n, work: n) { range in
+                    var i = range.lowerBound
+                    while i < range.upperBound {
+                        let c = i / per, end = min(range.upperBound, (c + 1) * per)
+                        fakeQuantizeValues(x! + i, count: end - i, scale: scales[c], zeroPoint: zeroPoints[c],
+                                           qmin: qmin, qmax: qmax, output: out + i, inRange: mask.map { $0 + i })
+                        i = end
+                    }
                 }
             }
         }
