@@ -94,30 +94,66 @@ public func channelAffine(_ x: Tensor, scale: Tensor, shift: Tensor?) -> Tensor 
     let (N, C) = (x.shape[0], x.shape[1])
     let P = x.count / (N * C)
     let xd = x.data, sd = scale.data, bd = shift?.data
-    var y = [Float](repeating: 0, count: xd.count)
-    for n in 0..<N {
-        for c in 0..<C {
-            let base = (n * C + c) * P, s = sd[c], b = bd?[c] ?? 0
-            for i in base..<(base + P) { y[i] = xd[i] * s + b }
+    // Rows of P values share a channel; rows (forward, dx) and channels (the
+    // scale and shift sums, each in (n, i) order) go to the kernel threads,
+    // every value computed as one thread would.
+    let y = [Float](unsafeUninitializedCapacity: xd.count) { y, count in
+        xd.withUnsafeBufferPointer { xd in
+            parallelChunks(N * C, work: xd.count) { rows in
+                for row in rows {
+                    let c = row % C, s = sd[c], b = bd?[c] ?? 0
+                    let (src, dst) = (xd.baseAddress! + row * P, y.baseAddress! + row * P)
+                    for i in 0..<P { dst[i] = src[i] * s + b }
+                }
+            }
         }
+        count = xd.count
     }
     let inputs = shift.map { [x, scale, $0] } ?? [x, scale]
     return Tensor.result(y, shape: x.shape, inputs: inputs) { g in
         if x.requiresGrad {
             x.accumulateGrad { dx in
-                for n in 0..<N { for c in 0..<C { let base = (n * C + c) * P; for i in base..<(base + P) { dx[i] += g[i] * sd[c] } } }
+                g.withUnsafeBufferPointer { g in
+                    parallelChunks(N * C, work: dx.count) { rows in
+                        for row in rows {
+                            let s = sd[row % C], (gr, dxr) = (g.baseAddress! + row * P, dx.baseAddress! + row * P)
+                            for i in 0..<P { dxr[i] += gr[i] * s }
+                        }
+                    }
+                }
             }
         }
-        var gs = [Float](repeating: 0, count: C), gb = [Float](repeating: 0, count: C)
-        for n in 0..<N {
-            for c in 0..<C {
-                let base = (n * C + c) * P
-                for i in base..<(base + P) { gs[c] += g[i] * xd[i]; gb[c] += g[i] }
-            }
-        }
+        guard scale.requiresGrad || shift?.requiresGrad == true else { return }
+        let (gs, gb) = channelSums(gradient: g, input: xd, batch: N, channels: C, plane: P)
         if scale.requiresGrad { scale.accumulateGrad { ds in for c in 0..<C { ds[c] += gs[c] } } }
         if let shift, shift.requiresGrad { shift.accumulateGrad { db in for c in 0..<C { db[c] += gb[c] } } }
     }
+}
+
+/// Per channel of `[N, C, P]` tensors: the sum of `g * x` and the sum of `g`,
+/// each summed in (n, p) order. Channels are shared among the kernel threads.
+private func channelSums(gradient g: [Float], input x: [Float], batch N: Int, channels C: Int, plane P: Int)
+    -> (gx: [Float], g: [Float]) {
+    var gx = [Float](repeating: 0, count: C), gSum = [Float](repeating: 0, count: C)
+    g.withUnsafeBufferPointer { g in
+        x.withUnsafeBufferPointer { x in
+            gx.withUnsafeMutableBufferPointer { gx in
+                gSum.withUnsafeMutableBufferPointer { gSum in
+                    parallelChunks(C, work: x.count) { channels in
+                        for c in channels {
+                            var (sumGX, sumG): (Float, Float) = (0, 0)
+                            for n in 0..<N {
+                                let base = (n * C + c) * P
+                                for i in base..<(base + P) { sumGX += g[i] * x[i]; sumG += g[i] }
+                            }
+                            (gx[c], gSum[c]) = (sumGX, sumG)
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return (gx, gSum)
 }
 
 /// Learned step size quantization (LSQ, Esser et al. 2020): symmetric fake
