@@ -16,14 +16,7 @@
 #include <math.h>
 #include <string.h>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define QAREP_X86 1
-#define AVX2 __attribute__((target("avx2,fma")))
-#define AVX512 __attribute__((target("avx512f,avx2,fma")))
-#else
-#define QAREP_X86 0
-#endif
+#include "target_isa.h"
 
 #define MR QAREP_F32_MR
 

@@ -1,19 +1,12 @@
 // Fake quantization (quantize, then dequantize) of float runs that share one
 // scale; include/CQARepFloat.h gives the arithmetic. The vector paths are
-// compiled per function with target(...), as in conv_f32.c.
+// compiled per function with target(...) (target_isa.h).
 
 #include "CQARepFloat.h"
 
 #include <math.h>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define QAREP_X86 1
-#define AVX2 __attribute__((target("avx2,fma")))
-#define AVX512 __attribute__((target("avx512f,avx2,fma")))
-#else
-#define QAREP_X86 0
-#endif
+#include "target_isa.h"
 
 // The reference and the tail of the vector paths.
 
