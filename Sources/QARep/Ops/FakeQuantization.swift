@@ -36,8 +36,16 @@ public func fakeQuantize(_ x: Tensor, scales: [Float], zeroPoints: [Int32], qmin
     }
     return Tensor.result(y, shape: x.shape, inputs: [x]) { g in
         x.accumulateGrad { dx in
+            guard n > 0 else { return }
             inRange.withUnsafeBufferPointer { mask in
-                parallelChunks(n, work: n) { range in for i in range where mask[i] { dx[i] += g[i] } }
+                g.withUnsafeBufferPointer { g in
+                    let (dx, g, mask) = (dx.baseAddress!, g.baseAddress!, mask.baseAddress!)
+                    // A select rather than a branch, so the loop vectorizes; a clipped value's
+                    // gradient keeps its bits (no "+ 0", which would turn -0 into +0).
+                    parallelChunks(n, work: n) { range in
+                        for i in range { let sum = dx[i] + g[i]; dx[i] = mask[i] ? sum : dx[i] }
+                    }
+                }
             }
         }
     }
