@@ -34,7 +34,9 @@ public final class Int8Engine {
         return QuantRange(min: scheme.qmin, max: scheme.qmax)
     }
 
-    /// Logits `[N, classes]` of normalized float images `[N, C, H, W]`.
+    /// Logits `[N, classes]` of normalized float images `[N, C, H, W]`. The
+    /// engine keeps what each input shape needs between calls, activation
+    /// buffers included, so one engine serves one thread at a time.
     public func logits(_ images: Tensor) -> Tensor {
         precondition(images.rank == 4 && images.shape[1] == model.convs[0].inChannels,
                      "INT8 engine input must be [N, \(model.convs[0].inChannels), H, W], got \(images.shape)")
