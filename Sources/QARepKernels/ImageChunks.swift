@@ -21,11 +21,11 @@ public struct ImageChunks: Sendable, Equatable {
 
     /// `nil` when one worker or fewer images than workers: run layer by layer.
     /// - Parameter bytesPerImage: the largest input plus output activation
-    ///   bytes of one layer, for one image.
-    public init?(batch: Int, threads: Int, bytesPerImage: Int) {
+    ///   bytes of one layer, for one image; evaluated only when the batch is chunked.
+    public init?(batch: Int, threads: Int, bytesPerImage: @autoclosure () -> Int) {
         guard threads > 1 && batch >= threads else { return nil }
         // At most an equal share per worker, so every worker gets a chunk.
-        size = max(1, min(Self.cacheBytes / max(1, bytesPerImage), (batch + threads - 1) / threads))
+        size = max(1, min(Self.cacheBytes / max(1, bytesPerImage()), (batch + threads - 1) / threads))
         count = (batch + size - 1) / size
         self.batch = batch
     }

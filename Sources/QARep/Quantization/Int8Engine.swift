@@ -90,27 +90,19 @@ public final class Int8Engine {
     /// Borders and padding channels of each layer's input hold that input's
     /// zero code; the convolutions write only real channels of interior
     /// pixels, so the buffers are filled once, here.
-    private final class Plan {
+    private struct Plan {
         let layouts: [QuantizedBytesLayout]
         let windows: [[Int64]]
         let outputs: [[Int64]]
         /// Per worker: layer i's padded input for each i, then the last layer's NHWC output.
-        let buffers: [[UnsafeMutablePointer<UInt8>]]
+        let buffers: WorkerBuffers<UInt8>
 
         init(layouts: [QuantizedBytesLayout], windows: [[Int64]], outputs: [[Int64]], zeroCodes: [UInt8], workers: Int) {
             (self.layouts, self.windows, self.outputs) = (layouts, windows, outputs)
             let last = layouts.last!.geometry
             let counts = layouts.map(\.count) + [last.batch * last.outPlane * last.outChannels]
-            buffers = (0..<workers).map { _ in
-                zip(counts, zeroCodes + [0]).map { count, code in
-                    let buffer = UnsafeMutablePointer<UInt8>.allocate(capacity: count)
-                    buffer.initialize(repeating: code, count: count)
-                    return buffer
-                }
-            }
+            buffers = WorkerBuffers(workers: workers, counts: counts, fills: zeroCodes + [0])
         }
-
-        deinit { buffers.joined().forEach { $0.deallocate() } }
     }
 
     private var plans: [[Int]: Plan] = [:]

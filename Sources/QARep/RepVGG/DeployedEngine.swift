@@ -47,28 +47,20 @@ public final class DeployedEngine {
     /// activation buffers for each worker that runs the shape. Each
     /// convolution writes only the interior of the next layer's padded input,
     /// so the borders are zeroed once, here, and stay zero for every later call.
-    private final class Plan {
+    private struct Plan {
         let geometries: [ConvGeometry]
         let layouts: [PaddedFloatNHWC]
         let windows: [[Int64]]
         let outputs: [[Int64]]
         /// Per worker: layer i's padded input for each i, then the last layer's NHWC output.
-        let buffers: [[UnsafeMutablePointer<Float>]]
+        let buffers: WorkerBuffers<Float>
 
         init(geometries: [ConvGeometry], layouts: [PaddedFloatNHWC], windows: [[Int64]], outputs: [[Int64]], workers: Int) {
             (self.geometries, self.layouts, self.windows, self.outputs) = (geometries, layouts, windows, outputs)
             let last = geometries.last!
             let counts = layouts.map(\.count) + [last.batch * last.outPlane * last.outChannels]
-            buffers = (0..<workers).map { _ in
-                counts.map { count in
-                    let buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
-                    buffer.initialize(repeating: 0, count: count)
-                    return buffer
-                }
-            }
+            buffers = WorkerBuffers(workers: workers, counts: counts, fills: counts.map { _ in 0 })
         }
-
-        deinit { buffers.joined().forEach { $0.deallocate() } }
     }
 
     private var plans: [[Int]: Plan] = [:]
