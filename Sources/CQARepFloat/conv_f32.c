@@ -340,15 +340,37 @@ void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_
 
 // MARK: - Layout
 
-// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols:
-// the transpose behind every NCHW <-> NHWC copy. AVX2 moves 8x8 tiles with
+// The transpose behind every NCHW -> NHWC copy: `rows` channel rows of
+// `cols` pixels each (row i at src + i * src_stride) become pixel vectors,
+//
+//     pixel(j)[i] = src[i * src_stride + j],  pixel(j) = dst + (j / width) * dst_row_stride + (j % width) * dst_stride
+//
+// so one call moves a whole image plane into a padded NHWC buffer, whose
+// image rows are `dst_row_stride` floats apart. AVX2 moves 8x8 tiles (8
+// channels of 8 consecutive pixels, wherever the image rows break) with
 // unpack and permute; the edges, and CPUs without AVX2, go element by element.
+static void transpose_portable(const float *src, int64_t src_stride, int64_t rows, int64_t first_col, int64_t cols,
+                               int64_t width, float *dst, int64_t dst_row_stride, int64_t dst_stride) {
+    int64_t y = first_col / width, x = first_col % width;
+    for (int64_t j = first_col; j < cols; j++) {
+        float *to = dst + y * dst_row_stride + x * dst_stride;
+        for (int64_t i = 0; i < rows; i++) to[i] = src[i * src_stride + j];
+        if (++x == width) { x = 0; y++; }
+    }
+}
+
 #if QAREP_X86
-AVX2 static void transpose_avx2(const float *src, int64_t src_stride, int64_t rows, int64_t cols,
-                                float *dst, int64_t dst_stride) {
+AVX2 static void transpose_avx2(const float *src, int64_t src_stride, int64_t rows, int64_t cols, int64_t width,
+                                float *dst, int64_t dst_row_stride, int64_t dst_stride) {
     const int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
-    for (int64_t i = 0; i < r8; i += 8) {
-        for (int64_t j = 0; j < c8; j += 8) {
+    int64_t y = 0, x = 0;  // pixel j's image row and column
+    for (int64_t j = 0; j < c8; j += 8) {
+        float *to[8];
+        for (int k = 0; k < 8; k++) {
+            to[k] = dst + y * dst_row_stride + x * dst_stride;
+            if (++x == width) { x = 0; y++; }
+        }
+        for (int64_t i = 0; i < r8; i += 8) {
             __m256 r[8], t[8];
             for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(src + (i + k) * src_stride + j);
             for (int k = 0; k < 8; k += 2) {
@@ -362,27 +384,32 @@ AVX2 static void transpose_avx2(const float *src, int64_t src_stride, int64_t ro
                 r[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
             }
             for (int k = 0; k < 4; k++) {
-                _mm256_storeu_ps(dst + (j + k) * dst_stride + i, _mm256_permute2f128_ps(r[k], r[k + 4], 0x20));
-                _mm256_storeu_ps(dst + (j + k + 4) * dst_stride + i, _mm256_permute2f128_ps(r[k], r[k + 4], 0x31));
+                _mm256_storeu_ps(to[k] + i, _mm256_permute2f128_ps(r[k], r[k + 4], 0x20));
+                _mm256_storeu_ps(to[k + 4] + i, _mm256_permute2f128_ps(r[k], r[k + 4], 0x31));
             }
         }
-        for (int64_t k = i; k < i + 8; k++)
-            for (int64_t j = c8; j < cols; j++) dst[j * dst_stride + k] = src[k * src_stride + j];
+        for (int64_t i = r8; i < rows; i++)
+            for (int k = 0; k < 8; k++) to[k][i] = src[i * src_stride + j + k];
     }
-    for (int64_t i = r8; i < rows; i++)
-        for (int64_t j = 0; j < cols; j++) dst[j * dst_stride + i] = src[i * src_stride + j];
+    transpose_portable(src, src_stride, rows, c8, cols, width, dst, dst_row_stride, dst_stride);
 }
 #endif
 
-static void transpose(const float *src, int64_t src_stride, int64_t rows, int64_t cols, float *dst, int64_t dst_stride) {
+static void transpose(const float *src, int64_t src_stride, int64_t rows, int64_t cols, int64_t width,
+                      float *dst, int64_t dst_row_stride, int64_t dst_stride) {
+    if (rows == 1 && dst_stride == 1) {
+        // One channel (a grey image): a copy, image row by image row.
+        for (int64_t j = 0; j < cols; j += width)
+            memcpy(dst + j / width * dst_row_stride, src + j, sizeof(float) * (size_t)(cols - j < width ? cols - j : width));
+        return;
+    }
 #if QAREP_X86
     if (qarep_f32_best_isa() >= QAREP_ISA_AVX2) {
-        transpose_avx2(src, src_stride, rows, cols, dst, dst_stride);
+        transpose_avx2(src, src_stride, rows, cols, width, dst, dst_row_stride, dst_stride);
         return;
     }
 #endif
-    for (int64_t i = 0; i < rows; i++)
-        for (int64_t j = 0; j < cols; j++) dst[j * dst_stride + i] = src[i * src_stride + j];
+    transpose_portable(src, src_stride, rows, 0, cols, width, dst, dst_row_stride, dst_stride);
 }
 
 void qarep_f32_to_padded_nhwc(const float *input, int64_t first_image, int64_t images, int64_t channels,
@@ -392,14 +419,14 @@ void qarep_f32_to_padded_nhwc(const float *input, int64_t first_image, int64_t i
         float *img = output + n * hp * wp * c;
         memset(img, 0, sizeof(float) * (size_t)(pad * wp * c));
         memset(img + (pad + height) * wp * c, 0, sizeof(float) * (size_t)(pad * wp * c));
-        const float *src = input + n * c * plane;
         for (int64_t y = 0; y < height; y++) {
             float *row = img + (y + pad) * wp * c;
             memset(row, 0, sizeof(float) * (size_t)(pad * c));
             memset(row + (pad + width) * c, 0, sizeof(float) * (size_t)(pad * c));
-            // The [C][W] strip of row y to [W][C].
-            transpose(src + y * width, plane, c, width, row + pad * c, c);
         }
+        // The [C][H * W] plane to the interior's [H][W][C], whole, so the 8x8
+        // tiles run across image rows (7-pixel rows would leave none).
+        transpose(input + n * c * plane, plane, c, plane, width, img + (pad * wp + pad) * c, wp * c, c);
     }
 }
 
@@ -532,7 +559,7 @@ void qarep_f32_to_pixel_major(const float *input, int64_t batch, int64_t channel
                               int64_t row_stride, float *output) {
     for (int64_t n = 0; n < batch; n++) {
         float *rows = output + n * plane * row_stride;
-        transpose(input + n * channels * plane, plane, channels, plane, rows, row_stride);
+        transpose(input + n * channels * plane, plane, channels, plane, plane, rows, plane * row_stride, row_stride);
         if (channels < row_stride)
             for (int64_t p = 0; p < plane; p++)
                 memset(rows + p * row_stride + channels, 0, sizeof(float) * (size_t)(row_stride - channels));

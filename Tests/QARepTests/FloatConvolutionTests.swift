@@ -108,6 +108,32 @@ struct FloatConvolutionTests {
             #expect(y[next.offset(image: 0, y: -1, x: 0)] == 0 && y[next.offset(image: 1, y: 7, x: 6) + 39] == 0)
         }
     }
+
+    /// The copy every forward and input-gradient pass starts with: 8x8 tiles
+    /// across image rows, element-by-element edges (channel counts and planes
+    /// that are not multiples of 8), any padding.
+    @Test("padded NHWC copy moves every value and zeroes the border",
+          arguments: [(1, 28, 28, 1), (24, 14, 14, 1), (48, 7, 7, 2), (17, 5, 6, 1), (96, 2, 2, 0), (8, 3, 9, 2),
+                      (640, 4, 4, 1)])
+    func paddedCopy(channels: Int, height: Int, width: Int, padding: Int) {
+        let g = ConvGeometry(batch: 3, inChannels: channels, height: height, width: width, outChannels: 1,
+                             kernelH: 2 * padding + 1, kernelW: 2 * padding + 1, stride: 1, padding: padding)
+        let x = (0..<(3 * channels * height * width)).map { Float($0) + 0.5 }
+        let layout = PaddedFloatNHWC(g)
+        var padded = [Float](repeating: .nan, count: layout.count)
+        padded.withUnsafeMutableBufferPointer { p in x.withUnsafeBufferPointer { layout.fill(p.baseAddress!, from: $0.baseAddress!, threads: 2) } }
+        var expected = [Float](repeating: 0, count: layout.count)
+        for n in 0..<3 {
+            for c in 0..<channels {
+                for y in 0..<height {
+                    for i in 0..<width {
+                        expected[layout.offset(image: n, y: y, x: i) + c] = x[((n * channels + c) * height + y) * width + i]
+                    }
+                }
+            }
+        }
+        #expect(padded == expected)
+    }
 }
 
 /// Every multiply-add of a convolution by its definition: `visit(y, x, w)`
