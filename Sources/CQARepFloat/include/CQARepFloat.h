@@ -108,6 +108,38 @@ void qarep_f32_to_pixel_major(const float *input, int64_t batch, int64_t channel
 void qarep_f32_fake_quantize(const float *x, int64_t n, float scale, float zero_point, float qmin, float qmax,
                              float *out, _Bool *in_range, int isa);
 
+/// Batch norm's passes over NCHW `[batch, channels, plane]` floats, for the
+/// channels first ..< first + count over every image (the caller shares
+/// channels among threads). A plane's sums keep 16 interleaved partial sums
+/// (x[i] in lane i % 16 while a whole 16 remains), add the lanes in order from
+/// -0, then the tail in order; products are a multiply then an add; each
+/// channel's per-plane sums are added into a double in image order. g' is g,
+/// or 0 where `relu_output` (when not NULL) is not positive; xhat is
+/// (x - mean[c]) * inv_std[c]. Every path gives the same bits.
+
+/// sums[c] = sum of x, squares[c] = sum of x * x.
+void qarep_f32_bn_sums(const float *x, int64_t batch, int64_t channels, int64_t plane, int64_t first, int64_t count,
+                       double *sums, double *squares, int isa);
+
+/// y = xhat * gamma[c] + beta[c], then ReLU when `relu` is not 0 (in the
+/// 16-lane part a negative value becomes +0; in the tail every value that is
+/// not above 0, -0 included, does; NaN stays NaN).
+void qarep_f32_bn_normalize(const float *x, int64_t batch, int64_t channels, int64_t plane, int64_t first,
+                            int64_t count, const float *mean, const float *inv_std, const float *gamma,
+                            const float *beta, int relu, float *y, int isa);
+
+/// sum_g[c] = sum of g', sum_gh[c] = sum of g' * xhat.
+void qarep_f32_bn_gradient_sums(const float *g, const float *x, const float *relu_output, int64_t batch,
+                                int64_t channels, int64_t plane, int64_t first, int64_t count, const float *mean,
+                                const float *inv_std, double *sum_g, double *sum_gh, int isa);
+
+/// dx += scale[c] * ((g' - mean_g[c]) - xhat * mean_gh[c]), the training-mode
+/// input gradient.
+void qarep_f32_bn_add_input_gradient(const float *g, const float *x, const float *relu_output, int64_t batch,
+                                     int64_t channels, int64_t plane, int64_t first, int64_t count, const float *mean,
+                                     const float *inv_std, const float *scale, const float *mean_g,
+                                     const float *mean_gh, float *dx, int isa);
+
 /// One spin-wait hint (`pause` on x86): lets a waiting thread yield the
 /// core's pipeline to its sibling and saves power while it polls.
 static inline void qarep_cpu_relax(void) {

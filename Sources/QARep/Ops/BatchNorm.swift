@@ -22,6 +22,7 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
     precondition(weight.shape == [C] && bias.shape == [C] && runningMean.shape == [C] && runningVar.shape == [C],
                  "batchNorm parameters must be [\(C)]")
     let M = N * P
+    let planes = ChannelPlanes(batch: N, channels: C, plane: P)
     precondition(!training || M > 1, "batchNorm in training needs more than one value per channel, input is \(x.shape)")
 
     var mean = [Float](repeating: 0, count: C)
@@ -35,14 +36,8 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
         xd.withUnsafeBufferPointer { xp in
             sums.withUnsafeMutableBufferPointer { sp in
                 parallelChunks(C, work: total) { channels in
-                    for c in channels {
-                        var s: Double = 0, ss: Double = 0
-                        for n in 0..<N {
-                            let (ps, pss) = sumAndSumOfSquares(xp.baseAddress! + (n * C + c) * P, count: P)
-                            s += Double(ps); ss += Double(pss)
-                        }
-                        sp[c] = s; sp[C + c] = ss
-                    }
+                    channelSumsAndSquares(xp.baseAddress!, planes, channels: channels, sums: sp.baseAddress!,
+                                          squares: sp.baseAddress! + C)
                 }
             }
         }
@@ -70,13 +65,8 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
     let y = [Float](unsafeUninitializedCapacity: total) { yp, count in
         xd.withUnsafeBufferPointer { xp in
             parallelChunks(C, work: total) { channels in
-                for c in channels {
-                    for n in 0..<N {
-                        let base = (n * C + c) * P
-                        normalize(xp.baseAddress! + base, count: P, mean: mean[c], invStd: invStd[c], gamma: gamma[c],
-                                  beta: beta[c], relu: relu, y: yp.baseAddress! + base)
-                    }
-                }
+                normalizeChannels(xp.baseAddress!, planes, channels: channels, mean: mean, invStd: invStd, gamma: gamma,
+                                  beta: beta, relu: relu, y: yp.baseAddress!)
             }
         }
         count = total
@@ -91,14 +81,9 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
                     sumG.withUnsafeMutableBufferPointer { sg in
                         sumGH.withUnsafeMutableBufferPointer { sgh in
                             parallelChunks(C, work: total) { channels in
-                                for c in channels {
-                                    for n in 0..<N {
-                                        let base = (n * C + c) * P
-                                        let (a, b) = sumAndDotNormalized(gp.baseAddress! + base, xp.baseAddress! + base, count: P,
-                                                                         mean: mean[c], invStd: invStd[c], reluOutput: mask.map { $0 + base })
-                                        sg[c] += Double(a); sgh[c] += Double(b)
-                                    }
-                                }
+                                channelGradientSums(gp.baseAddress!, xp.baseAddress!, planes, channels: channels,
+                                                    mean: mean, invStd: invStd, reluOutput: mask,
+                                                    sumG: sg.baseAddress!, sumGH: sgh.baseAddress!)
                             }
                         }
                     }
@@ -116,26 +101,25 @@ public func batchNorm(_ x: Tensor, weight: Tensor, bias: Tensor,
             batchCount = synchronizedBatchNormSums(&both, count: M)
             sumG = Array(both[..<C]); sumGH = Array(both[C...])
         }
+        let scale = (0..<C).map { gamma[$0] * invStd[$0] }
+        let meanG = sumG.map { Float($0 / batchCount) }, meanGH = sumGH.map { Float($0 / batchCount) }
         x.accumulateGrad { dx in
             withReLUOutput(relu ? y : nil) { mask in
                 g.withUnsafeBufferPointer { gp in
                     xd.withUnsafeBufferPointer { xp in
                         parallelChunks(C, work: total) { channels in
+                            if training {
+                                // dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat))
+                                addChannelNormalizationGradient(gp.baseAddress!, xp.baseAddress!, planes, channels: channels,
+                                                                mean: mean, invStd: invStd, reluOutput: mask, scale: scale,
+                                                                meanG: meanG, meanGH: meanGH, dx: dx.baseAddress!)
+                                return
+                            }
                             for c in channels {
-                                let scale = gamma[c] * invStd[c]
                                 for n in 0..<N {
                                     let base = (n * C + c) * P
-                                    if training {
-                                        // dx = gamma*invstd/M * (M*g - sum(g) - xhat*sum(g*xhat))
-                                        addNormalizationGradient(gp.baseAddress! + base, xp.baseAddress! + base, count: P,
-                                                                 mean: mean[c], invStd: invStd[c],
-                                                                 reluOutput: mask.map { $0 + base }, scale: scale,
-                                                                 meanG: Float(sumG[c] / batchCount),
-                                                                 meanGH: Float(sumGH[c] / batchCount), dx: dx.baseAddress! + base)
-                                    } else {
-                                        addScaledGradient(gp.baseAddress! + base, count: P, reluOutput: mask.map { $0 + base },
-                                                          scale: scale, dx: dx.baseAddress! + base)
-                                    }
+                                    addScaledGradient(gp.baseAddress! + base, count: P, reluOutput: mask.map { $0 + base },
+                                                      scale: scale[c], dx: dx.baseAddress! + base)
                                 }
                             }
                         }
