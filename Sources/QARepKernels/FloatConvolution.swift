@@ -63,6 +63,19 @@ public struct PackedFloatWeights: Sendable {
                             inChannels: inChannels, inStride: taps, tapOffsets: Array(0..<taps))
     }
 
+    /// The sub-kernel of kernel rows `rows` and columns `cols` of the forward
+    /// weights `w[O, C, kh, kw]`: a `[O, C, rows.count, cols.count]` kernel,
+    /// packed straight from `w`.
+    public init(_ w: UnsafePointer<Float>, outChannels: Int, inChannels: Int, kernelH: Int, kernelW: Int,
+                rows: Range<Int>, cols: Range<Int>) {
+        precondition(rows.lowerBound >= 0 && rows.upperBound <= kernelH && cols.lowerBound >= 0 && cols.upperBound <= kernelW
+                     && !rows.isEmpty && !cols.isEmpty, "taps \(rows) x \(cols) of a \(kernelH)x\(kernelW) kernel")
+        self.outChannels = outChannels; self.inChannels = inChannels
+        self.kernelH = rows.count; self.kernelW = cols.count
+        storage = Self.pack(w, outChannels: outChannels, outStride: inChannels * kernelH * kernelW, inChannels: inChannels,
+                            inStride: kernelH * kernelW, tapOffsets: rows.flatMap { i in cols.map { i * kernelW + $0 } })
+    }
+
     /// The weights of `convolutionInputGradient`'s phase with kernel rows
     /// `rows` and columns `cols` of the forward weights `w[O, C, kh, kw]`:
     /// a `[C, O, rows, cols]` kernel, rotated by 180 degrees,
@@ -346,11 +359,36 @@ public func convolutionInputGradient(outputGradient dy: UnsafePointer<Float>, we
             // No tap reaches these pixels: dx was zeroed above.
             if rows.isEmpty || cols.isEmpty { continue }
             let (u, v) = (rows.count, cols.count)
-            let packed = PackedFloatWeights(inputGradientOf: w, outChannels: g.outChannels, inChannels: g.inChannels,
-                                            kernelH: kh, kernelW: kw, rows: rows, cols: cols)
             let phase = PaddedFloatNHWC(ConvGeometry(batch: g.batch, inChannels: g.outChannels, height: g.outHeight,
                                                      width: g.outWidth, outChannels: g.inChannels, kernelH: u, kernelW: v,
                                                      stride: 1, padding: max(padY, padX)))
+            // Window of dx pixel (iy, ix): dy rows q - u + 1 ... q, q = (iy + p - a) / s; likewise columns.
+            let firstRow = { (iy: Int) in (iy + p - a) / s - u + 1 }, firstCol = { (ix: Int) in (ix + p - b) / s - v + 1 }
+            let classes = BorderTapClasses(
+                rows: BorderTapGroup.groups(outputs: qs, kernel: u, size: g.outHeight, origin: firstRow),
+                cols: BorderTapGroup.groups(outputs: rs, kernel: v, size: g.outWidth, origin: firstCol),
+                kernelH: u, kernelW: v, outHeight: qs.count, outWidth: rs.count)
+            if classes.worthSplitting {
+                // A small map: each class of dx pixels with only the dy taps inside the map. Packed
+                // tap t' of the phase reads forward row rows[u - 1 - t'], so taps lo ..< hi are
+                // the phase of rows[u - hi ..< u - lo].
+                implicitConv2dByBorderClass(
+                    paddedInput: padded, layout: phase, classes: classes,
+                    weights: { taps, tapCols in
+                        PackedFloatWeights(inputGradientOf: w, outChannels: g.outChannels, inChannels: g.inChannels,
+                                           kernelH: kh, kernelW: kw,
+                                           rows: Array(rows[(u - taps.upperBound)..<(u - taps.lowerBound)]),
+                                           cols: Array(cols[(v - tapCols.upperBound)..<(v - tapCols.lowerBound)]))
+                    },
+                    bias: nil, relu: false, output: dx,
+                    outputOffset: { n, iy, ix in n * g.inChannels * g.height * g.width + iy * g.width + ix },
+                    channelStride: g.height * g.width,
+                    windowOrigin: { n, iy, ix in dyLayout.offset(image: n, y: firstRow(iy), x: firstCol(ix)) },
+                    threads: threads, path: path)
+                continue
+            }
+            let packed = PackedFloatWeights(inputGradientOf: w, outChannels: g.outChannels, inChannels: g.inChannels,
+                                            kernelH: kh, kernelW: kw, rows: rows, cols: cols)
             // Filled image by image on the kernel threads: at batch 128 these
             // are 100K offsets per phase, rebuilt every backward pass.
             let perImage = qs.count * rs.count, total = g.batch * perImage

@@ -20,14 +20,15 @@ struct ConvCase: Sendable, CustomTestStringConvertible {
 }
 
 /// Kernel 3 pad 1 and kernel 1 pad 0; strides 1 and 2; in == out and in != out;
-/// batch 1 and 3; 28, 14, 7, 4 and an odd 5x6.
+/// batch 1 and 3; 28, 14, 7, 4, an odd 5x6, and the small maps conv2d runs
+/// class by class (4x4 and smaller, skipping the border's taps).
 private let modelConvCases: [ConvCase] = {
     var cases: [ConvCase] = []
     for (kernel, padding) in [(3, 1), (1, 0)] {
         for stride in [1, 2] {
             for (inC, outC) in [(8, 8), (3, 10)] {
                 for batch in [1, 3] {
-                    for (h, w) in [(28, 28), (14, 14), (7, 7), (4, 4), (5, 6)] {
+                    for (h, w) in [(28, 28), (14, 14), (7, 7), (4, 4), (5, 6), (2, 2), (3, 2), (1, 1)] {
                         cases.append(ConvCase(batch: batch, inChannels: inC, outChannels: outC, height: h, width: w,
                                               kernel: kernel, stride: stride, padding: padding, bias: batch == 3))
                     }

@@ -41,6 +41,11 @@ private let convGradientCases: [ConvGradientCase] = [
     .init(batch: 2, inChannels: 2, outChannels: 3, height: 5, width: 6, kernel: 3, stride: 1, padding: 0, bias: true),
     .init(batch: 1, inChannels: 3, outChannels: 2, height: 7, width: 5, kernel: 3, stride: 2, padding: 0, bias: false),
     .init(batch: 1, inChannels: 3, outChannels: 3, height: 4, width: 4, kernel: 3, stride: 1, padding: 1, bias: true),
+    // Maps small enough that conv2d runs class by class, skipping the border's taps.
+    .init(batch: 2, inChannels: 3, outChannels: 4, height: 2, width: 2, kernel: 3, stride: 1, padding: 1, bias: true),
+    .init(batch: 2, inChannels: 4, outChannels: 3, height: 2, width: 3, kernel: 3, stride: 2, padding: 1, bias: false),
+    .init(batch: 1, inChannels: 2, outChannels: 3, height: 1, width: 1, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(batch: 2, inChannels: 3, outChannels: 2, height: 3, width: 3, kernel: 3, stride: 1, padding: 1, bias: true),
 ]
 
 @Suite("Gradients: finite differences")

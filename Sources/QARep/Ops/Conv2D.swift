@@ -22,21 +22,36 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
     let O = g.outChannels
     let w = weight.data
     // Forward: the implicit GEMM reads patches in place (no patch matrix).
-    let packed = w.withUnsafeBufferPointer {
-        PackedFloatWeights($0, outChannels: O, inChannels: g.inChannels, kernelH: g.kernelH, kernelW: g.kernelW)
-    }
     let layout = PaddedFloatNHWC(g)
     let padded = [Float](unsafeUninitializedCapacity: layout.count) { buf, count in
         x.data.withUnsafeBufferPointer { layout.fill(buf.baseAddress!, from: $0.baseAddress!, threads: KernelThreads.count) }
         count = layout.count
     }
     let windows = layout.windowOffsets
+    let classes = BorderTapClasses(forward: g)
     let y = [Float](unsafeUninitializedCapacity: g.batch * O * g.outPlane) { yp, count in
-        let outputs = nchwPixelOffsets(g)
         withOptionalPointer(bias?.data) { b in
-            implicitConv2d(paddedInput: padded, layout: layout, weights: packed, bias: b, relu: false,
-                           output: yp.baseAddress!, outputOffsets: outputs, channelStride: g.outPlane,
-                           windowOffsets: windows, threads: KernelThreads.count)
+            w.withUnsafeBufferPointer { wp in
+                if classes.worthSplitting {
+                    // A small map: each class of pixels with only the taps inside the image.
+                    implicitConv2dByBorderClass(
+                        paddedInput: padded, layout: layout, classes: classes,
+                        weights: { PackedFloatWeights(wp.baseAddress!, outChannels: O, inChannels: g.inChannels,
+                                                      kernelH: g.kernelH, kernelW: g.kernelW, rows: $0, cols: $1) },
+                        bias: b, relu: false, output: yp.baseAddress!,
+                        outputOffset: { n, oy, ox in n * O * g.outPlane + oy * g.outWidth + ox }, channelStride: g.outPlane,
+                        windowOrigin: { n, oy, ox in
+                            layout.offset(image: n, y: oy * g.stride - g.padding, x: ox * g.stride - g.padding)
+                        },
+                        threads: KernelThreads.count)
+                } else {
+                    let packed = PackedFloatWeights(wp, outChannels: O, inChannels: g.inChannels, kernelH: g.kernelH,
+                                                    kernelW: g.kernelW)
+                    implicitConv2d(paddedInput: padded, layout: layout, weights: packed, bias: b, relu: false,
+                                   output: yp.baseAddress!, outputOffsets: nchwPixelOffsets(g), channelStride: g.outPlane,
+                                   windowOffsets: windows, threads: KernelThreads.count)
+                }
+            }
         }
         count = g.batch * O * g.outPlane
     }
