@@ -7,6 +7,13 @@
 // own taps and the border is never multiplied. Skipped terms are products
 // with a zero input: the sums are those of the whole kernel, up to the sign
 // of an exact zero.
+//
+// Training pays (conv2d's forward pass and input gradient run all 128
+// images of a batch at once, so each class still has hundreds of pixels to
+// reuse its weights on). The inference engines do not split: at batch 1, or
+// in their chunks of a few images, a 2x2 layer is bound by streaming its
+// weights, four sub-kernels stream more of them than one whole kernel, and
+// the FP32 engine measured slower (a0-half 2,524 -> 2,356 img/s at batch 128).
 
 /// The output positions along one axis (rows or columns) that read the same
 /// kernel taps inside the image.
@@ -70,40 +77,59 @@ public struct BorderTapClasses: Sendable {
     public var worthSplitting: Bool { coversEveryOutput && usefulFraction <= 0.5 }
 }
 
-/// `implicitConv2d` class by class: each class's pixels, over every image,
-/// run with the sub-kernel of its taps (`weights(rows, cols)`, the kernel
-/// rows and columns inside the image) and windows that start at its first
-/// tap. `layout` describes the whole kernel's buffer; `windowOrigin(n, y, x)`
-/// is the buffer offset of tap (0, 0) of output (y, x) of image n and
-/// `outputOffset(n, y, x)` where that pixel's channel 0 is stored.
-public func implicitConv2dByBorderClass(paddedInput: UnsafePointer<Float>, layout: PaddedFloatNHWC,
-                                       classes: BorderTapClasses,
-                                       weights: (_ rows: Range<Int>, _ cols: Range<Int>) -> PackedFloatWeights,
-                                       bias: UnsafePointer<Float>?, relu: Bool, output: UnsafeMutablePointer<Float>,
-                                       outputOffset: (_ image: Int, _ y: Int, _ x: Int) -> Int, channelStride: Int,
-                                       windowOrigin: (_ image: Int, _ y: Int, _ x: Int) -> Int, threads: Int,
-                                       path: FloatKernelPath = .best) {
-    let g = layout.g
-    for rowGroup in classes.rows {
-        for colGroup in classes.cols {
-            let sub = PaddedFloatNHWC(ConvGeometry(batch: g.batch, inChannels: g.inChannels, height: g.height, width: g.width,
-                                                   outChannels: g.outChannels, kernelH: rowGroup.taps.count,
-                                                   kernelW: colGroup.taps.count, stride: 1, padding: g.padding))
-            let shift = (rowGroup.taps.lowerBound * layout.paddedWidth + colGroup.taps.lowerBound) * g.inChannels
-            let count = g.batch * rowGroup.outputs.count * colGroup.outputs.count
-            var windows = [Int64](), outputs = [Int64]()
-            windows.reserveCapacity(count); outputs.reserveCapacity(count)
-            for n in 0..<g.batch {
-                for y in rowGroup.outputs {
-                    for x in colGroup.outputs {
-                        windows.append(Int64(windowOrigin(n, y, x) + shift))
-                        outputs.append(Int64(outputOffset(n, y, x)))
+/// A convolution class by class, prepared once: each class's pixels, over
+/// every image, with the sub-kernel of its taps (`weights(rows, cols)`, the
+/// kernel rows and columns inside the image) and windows that start at its
+/// first tap. `layout` describes the whole kernel's buffer;
+/// `windowOrigin(n, y, x)` is the buffer offset of tap (0, 0) of output
+/// (y, x) of image n and `outputOffset(n, y, x)` where that pixel's channel 0
+/// is stored.
+public struct BorderClassConvolution: Sendable {
+    private struct Part: Sendable {
+        let layout: PaddedFloatNHWC
+        let weights: PackedFloatWeights
+        let windows: [Int64], outputs: [Int64]
+    }
+    private let parts: [Part]
+
+    public init(layout: PaddedFloatNHWC, classes: BorderTapClasses,
+                weights: (_ rows: Range<Int>, _ cols: Range<Int>) -> PackedFloatWeights,
+                outputOffset: (_ image: Int, _ y: Int, _ x: Int) -> Int,
+                windowOrigin: (_ image: Int, _ y: Int, _ x: Int) -> Int) {
+        let g = layout.g
+        var parts: [Part] = []
+        for rowGroup in classes.rows {
+            for colGroup in classes.cols {
+                let sub = PaddedFloatNHWC(ConvGeometry(batch: g.batch, inChannels: g.inChannels, height: g.height,
+                                                       width: g.width, outChannels: g.outChannels,
+                                                       kernelH: rowGroup.taps.count, kernelW: colGroup.taps.count,
+                                                       stride: 1, padding: g.padding))
+                let shift = (rowGroup.taps.lowerBound * layout.paddedWidth + colGroup.taps.lowerBound) * g.inChannels
+                let count = g.batch * rowGroup.outputs.count * colGroup.outputs.count
+                var windows = [Int64](), outputs = [Int64]()
+                windows.reserveCapacity(count); outputs.reserveCapacity(count)
+                for n in 0..<g.batch {
+                    for y in rowGroup.outputs {
+                        for x in colGroup.outputs {
+                            windows.append(Int64(windowOrigin(n, y, x) + shift))
+                            outputs.append(Int64(outputOffset(n, y, x)))
+                        }
                     }
                 }
+                parts.append(Part(layout: sub, weights: weights(rowGroup.taps, colGroup.taps), windows: windows,
+                                  outputs: outputs))
             }
-            implicitConv2d(paddedInput: paddedInput, layout: sub, weights: weights(rowGroup.taps, colGroup.taps), bias: bias,
-                           relu: relu, output: output, outputOffsets: outputs, channelStride: channelStride,
-                           windowOffsets: windows, threads: threads, path: path)
+        }
+        self.parts = parts
+    }
+
+    /// `implicitConv2d` of every class, in turn, on `paddedInput`.
+    public func run(paddedInput: UnsafePointer<Float>, bias: UnsafePointer<Float>?, relu: Bool,
+                    output: UnsafeMutablePointer<Float>, channelStride: Int, threads: Int, path: FloatKernelPath = .best) {
+        for part in parts {
+            implicitConv2d(paddedInput: paddedInput, layout: part.layout, weights: part.weights, bias: bias, relu: relu,
+                           output: output, outputOffsets: part.outputs, channelStride: channelStride,
+                           windowOffsets: part.windows, threads: threads, path: path)
         }
     }
 }

@@ -372,19 +372,18 @@ public func convolutionInputGradient(outputGradient dy: UnsafePointer<Float>, we
                 // A small map: each class of dx pixels with only the dy taps inside the map. Packed
                 // tap t' of the phase reads forward row rows[u - 1 - t'], so taps lo ..< hi are
                 // the phase of rows[u - hi ..< u - lo].
-                implicitConv2dByBorderClass(
-                    paddedInput: padded, layout: phase, classes: classes,
+                BorderClassConvolution(
+                    layout: phase, classes: classes,
                     weights: { taps, tapCols in
                         PackedFloatWeights(inputGradientOf: w, outChannels: g.outChannels, inChannels: g.inChannels,
                                            kernelH: kh, kernelW: kw,
                                            rows: Array(rows[(u - taps.upperBound)..<(u - taps.lowerBound)]),
                                            cols: Array(cols[(v - tapCols.upperBound)..<(v - tapCols.lowerBound)]))
                     },
-                    bias: nil, relu: false, output: dx,
                     outputOffset: { n, iy, ix in n * g.inChannels * g.height * g.width + iy * g.width + ix },
-                    channelStride: g.height * g.width,
-                    windowOrigin: { n, iy, ix in dyLayout.offset(image: n, y: firstRow(iy), x: firstCol(ix)) },
-                    threads: threads, path: path)
+                    windowOrigin: { n, iy, ix in dyLayout.offset(image: n, y: firstRow(iy), x: firstCol(ix)) }
+                ).run(paddedInput: padded, bias: nil, relu: false, output: dx, channelStride: g.height * g.width,
+                      threads: threads, path: path)
                 continue
             }
             let packed = PackedFloatWeights(inputGradientOf: w, outChannels: g.outChannels, inChannels: g.inChannels,

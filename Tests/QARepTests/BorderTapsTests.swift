@@ -56,15 +56,14 @@ struct BorderTapsTests {
                                outputOffsets: nchwPixelOffsets(g), channelStride: g.outPlane,
                                windowOffsets: layout.windowOffsets, threads: threads, path: path)
                 w.withUnsafeBufferPointer { wp in
-                    implicitConv2dByBorderClass(
-                        paddedInput: padded, layout: layout, classes: classes,
+                    BorderClassConvolution(
+                        layout: layout, classes: classes,
                         weights: { PackedFloatWeights(wp.baseAddress!, outChannels: g.outChannels, inChannels: g.inChannels,
                                                       kernelH: 3, kernelW: 3, rows: $0, cols: $1) },
-                        bias: bias, relu: true, output: &split,
                         outputOffset: { n, y, x in n * g.outChannels * g.outPlane + y * g.outWidth + x },
-                        channelStride: g.outPlane,
-                        windowOrigin: { n, y, x in layout.offset(image: n, y: y * stride - 1, x: x * stride - 1) },
-                        threads: threads, path: path)
+                        windowOrigin: { n, y, x in layout.offset(image: n, y: y * stride - 1, x: x * stride - 1) }
+                    ).run(paddedInput: padded, bias: bias, relu: true, output: &split, channelStride: g.outPlane,
+                          threads: threads, path: path)
                 }
                 // The skipped terms are products with zero: the same sums (== treats -0 as 0).
                 #expect(split == whole, "\(path), \(threads) threads")

@@ -34,16 +34,16 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int
             w.withUnsafeBufferPointer { wp in
                 if classes.worthSplitting {
                     // A small map: each class of pixels with only the taps inside the image.
-                    implicitConv2dByBorderClass(
-                        paddedInput: padded, layout: layout, classes: classes,
+                    BorderClassConvolution(
+                        layout: layout, classes: classes,
                         weights: { PackedFloatWeights(wp.baseAddress!, outChannels: O, inChannels: g.inChannels,
                                                       kernelH: g.kernelH, kernelW: g.kernelW, rows: $0, cols: $1) },
-                        bias: b, relu: false, output: yp.baseAddress!,
-                        outputOffset: { n, oy, ox in n * O * g.outPlane + oy * g.outWidth + ox }, channelStride: g.outPlane,
+                        outputOffset: { n, oy, ox in n * O * g.outPlane + oy * g.outWidth + ox },
                         windowOrigin: { n, oy, ox in
                             layout.offset(image: n, y: oy * g.stride - g.padding, x: ox * g.stride - g.padding)
-                        },
-                        threads: KernelThreads.count)
+                        }
+                    ).run(paddedInput: padded, bias: b, relu: false, output: yp.baseAddress!, channelStride: g.outPlane,
+                          threads: KernelThreads.count)
                 } else {
                     let packed = PackedFloatWeights(wp, outChannels: O, inChannels: g.inChannels, kernelH: g.kernelH,
                                                     kernelW: g.kernelW)
