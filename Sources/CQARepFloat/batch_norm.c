@@ -34,6 +34,27 @@ static inline float relu_masked(const float *g, const float *relu_output, int64_
     return relu_output ? (relu_output[i] > 0 ? g[i] : 0.0f) : g[i];
 }
 
+/// A plane's sums from index i on, one value at a time, after the lanes gave (a, b).
+static inline void sums_tail(const float *x, int64_t i, int64_t plane, float a, float b, float *sum, float *squares) {
+    for (; i < plane; i++) {
+        const float v = x[i];
+        a += v;
+        b += v * v;
+    }
+    *sum = a; *squares = b;
+}
+
+/// `sums_tail` of the backward sums of g' and g' * xhat.
+static inline void gradient_sums_tail(const float *g, const float *x, const float *relu_output, int64_t i, int64_t plane,
+                                      float mean, float inv_std, float a, float b, float *sum_g, float *sum_gh) {
+    for (; i < plane; i++) {
+        const float gv = relu_masked(g, relu_output, i);
+        a += gv;
+        b += gv * ((x[i] - mean) * inv_std);
+    }
+    *sum_g = a; *sum_gh = b;
+}
+
 static void plane_sums(const float *x, int64_t plane, float *sum, float *squares) {
     float s[16] = {0}, ss[16] = {0};
     int64_t i = 0;
@@ -43,13 +64,7 @@ static void plane_sums(const float *x, int64_t plane, float *sum, float *squares
             s[k] += v;
             ss[k] += v * v;
         }
-    float a = lane_sum(s), b = lane_sum(ss);
-    for (; i < plane; i++) {
-        const float v = x[i];
-        a += v;
-        b += v * v;
-    }
-    *sum = a; *squares = b;
+    sums_tail(x, i, plane, lane_sum(s), lane_sum(ss), sum, squares);
 }
 
 static void plane_gradient_sums(const float *g, const float *x, const float *relu_output, int64_t plane, float mean,
@@ -62,13 +77,7 @@ static void plane_gradient_sums(const float *g, const float *x, const float *rel
             s[k] += gv;
             d[k] += gv * h;
         }
-    float a = lane_sum(s), b = lane_sum(d);
-    for (; i < plane; i++) {
-        const float gv = relu_masked(g, relu_output, i);
-        a += gv;
-        b += gv * ((x[i] - mean) * inv_std);
-    }
-    *sum_g = a; *sum_gh = b;
+    gradient_sums_tail(g, x, relu_output, i, plane, mean, inv_std, lane_sum(s), lane_sum(d), sum_g, sum_gh);
 }
 
 static void normalize_portable(const float *x, int64_t n, float mean, float inv_std, float gamma, float beta, int relu,
@@ -118,13 +127,7 @@ AVX2 static void plane_sums_avx2(const float *x, int64_t plane, float *sum, floa
         s0 = _mm256_add_ps(s0, v0); s1 = _mm256_add_ps(s1, v1);
         q0 = _mm256_add_ps(q0, _mm256_mul_ps(v0, v0)); q1 = _mm256_add_ps(q1, _mm256_mul_ps(v1, v1));
     }
-    float a = i ? hsum_avx2(s0, s1) : 0.0f, b = i ? hsum_avx2(q0, q1) : 0.0f;
-    for (; i < plane; i++) {
-        const float v = x[i];
-        a += v;
-        b += v * v;
-    }
-    *sum = a; *squares = b;
+    sums_tail(x, i, plane, i ? hsum_avx2(s0, s1) : 0.0f, i ? hsum_avx2(q0, q1) : 0.0f, sum, squares);
 }
 
 AVX2 static __m256 masked_gradient_avx2(const float *g, const float *relu_output, int64_t i) {
@@ -145,13 +148,8 @@ AVX2 static void plane_gradient_sums_avx2(const float *g, const float *x, const 
         s0 = _mm256_add_ps(s0, g0); s1 = _mm256_add_ps(s1, g1);
         d0 = _mm256_add_ps(d0, _mm256_mul_ps(g0, h0)); d1 = _mm256_add_ps(d1, _mm256_mul_ps(g1, h1));
     }
-    float a = i ? hsum_avx2(s0, s1) : 0.0f, b = i ? hsum_avx2(d0, d1) : 0.0f;
-    for (; i < plane; i++) {
-        const float gv = relu_masked(g, relu_output, i);
-        a += gv;
-        b += gv * ((x[i] - mean) * inv_std);
-    }
-    *sum_g = a; *sum_gh = b;
+    gradient_sums_tail(g, x, relu_output, i, plane, mean, inv_std, i ? hsum_avx2(s0, s1) : 0.0f,
+                       i ? hsum_avx2(d0, d1) : 0.0f, sum_g, sum_gh);
 }
 
 AVX2 static void normalize_plane_avx2(const float *x, int64_t plane, float mean, float inv_std, float gamma,
@@ -203,13 +201,7 @@ AVX512 static void plane_sums_avx512(const float *x, int64_t plane, float *sum, 
         s = _mm512_add_ps(s, v);
         q = _mm512_add_ps(q, _mm512_mul_ps(v, v));
     }
-    float a = i ? hsum_avx512(s) : 0.0f, b = i ? hsum_avx512(q) : 0.0f;
-    for (; i < plane; i++) {
-        const float v = x[i];
-        a += v;
-        b += v * v;
-    }
-    *sum = a; *squares = b;
+    sums_tail(x, i, plane, i ? hsum_avx512(s) : 0.0f, i ? hsum_avx512(q) : 0.0f, sum, squares);
 }
 
 AVX512 static __m512 masked_gradient_avx512(const float *g, const float *relu_output, int64_t i) {
@@ -229,13 +221,8 @@ AVX512 static void plane_gradient_sums_avx512(const float *g, const float *x, co
         s = _mm512_add_ps(s, gv);
         d = _mm512_add_ps(d, _mm512_mul_ps(gv, h));
     }
-    float a = i ? hsum_avx512(s) : 0.0f, b = i ? hsum_avx512(d) : 0.0f;
-    for (; i < plane; i++) {
-        const float gv = relu_masked(g, relu_output, i);
-        a += gv;
-        b += gv * ((x[i] - mean) * inv_std);
-    }
-    *sum_g = a; *sum_gh = b;
+    gradient_sums_tail(g, x, relu_output, i, plane, mean, inv_std, i ? hsum_avx512(s) : 0.0f,
+                       i ? hsum_avx512(d) : 0.0f, sum_g, sum_gh);
 }
 
 /// Adds 16 floats to 16 doubles at `acc`.
