@@ -1,4 +1,6 @@
-// Per-plane reductions and maps of batch norm, on 16-lane vectors. LLVM keeps
+// Per-plane reductions and maps of batch norm, on 16-lane vectors: the
+// reference that batch norm's C kernels (batch_norm.c, BatchNormKernels.swift),
+// which `batchNorm` runs, are held to bit for bit. LLVM keeps
 // a float sum in order and so does not vectorize a plain loop; these sum 16
 // interleaved partial sums (then the lanes, then the tail), a fixed order that
 // does not depend on the thread count or the call site. Products are a

@@ -327,7 +327,9 @@ public func implicitConv2d(input: UnsafePointer<Float>, geometry g: ConvGeometry
 /// j = b, b + s, ..., and is a stride-1 correlation of dy (NHWC, padded by
 /// kh - 1) with that sub-kernel rotated by 180 degrees and transposed to
 /// `[C, O, ...]`. For stride 1 there is one phase, the whole kernel. No patch
-/// matrix, no col2im, and no multiplication by an inserted zero. `dy` is
+/// matrix, no col2im, and no multiplication by an inserted zero; on maps
+/// mostly border (a 2x2 `dy` padded by 2), a phase runs class by class,
+/// with only the taps inside `dy` (`BorderTapClasses`). `dy` is
 /// `[N, O, OH, OW]`, `dx` is `[N, C, H, W]` and is overwritten.
 public func convolutionInputGradient(outputGradient dy: UnsafePointer<Float>, weights w: UnsafePointer<Float>,
                                      geometry g: ConvGeometry, inputGradient dx: UnsafeMutablePointer<Float>,

@@ -174,7 +174,9 @@ struct ConvolutionInputGradientTests {
                                                (3, 1, 0, 5, 7, 6), (3, 1, 2, 3, 4, 5), (1, 1, 0, 1, 24, 28),
                                                (3, 2, 1, 16, 16, 28), (3, 2, 1, 48, 96, 7), (1, 2, 0, 24, 48, 14),
                                                (1, 2, 0, 5, 9, 7), (3, 2, 0, 4, 6, 9), (3, 3, 1, 3, 5, 10), (1, 1, 1, 2, 3, 4),
-                                               (1, 2, 1, 3, 2, 5)])
+                                               (1, 2, 1, 3, 2, 5),
+                                               // Maps the input gradient runs class by class (1x2, and 2x3 at stride 2).
+                                               (3, 1, 1, 24, 40, 1), (3, 2, 1, 16, 24, 2)])
     func matchesDefinition(_ shape: (kernel: Int, stride: Int, padding: Int, inChannels: Int, outChannels: Int, size: Int)) {
         let g = ConvGeometry(batch: 2, inChannels: shape.inChannels, height: shape.size, width: shape.size + 1,
                              outChannels: shape.outChannels, kernelH: shape.kernel, kernelW: shape.kernel,
