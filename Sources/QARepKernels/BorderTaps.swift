@@ -31,9 +31,10 @@ public struct BorderTapGroup: Sendable, Equatable {
     public static func groups(outputs: [Int], kernel: Int, size: Int, origin: (Int) -> Int) -> [BorderTapGroup] {
         var groups: [(taps: Range<Int>, outputs: [Int])] = []
         for o in outputs {
-            let first = origin(o)
-            let taps = max(0, -first) ..< min(kernel, size - first)
-            guard !taps.isEmpty else { continue }
+            let first = origin(o), (lo, hi) = (max(0, -first), min(kernel, size - first))
+            // Deep in the padding (a 1x1 kernel with padding 2) the bounds cross: no tap inside.
+            guard lo < hi else { continue }
+            let taps = lo..<hi
             if let i = groups.firstIndex(where: { $0.taps == taps }) { groups[i].outputs.append(o) } else { groups.append((taps, [o])) }
         }
         return groups.map { BorderTapGroup(taps: $0.taps, outputs: $0.outputs) }

@@ -32,6 +32,9 @@ struct BorderTapsTests {
         // A 1x1 kernel with padding 1: the border ring of outputs reads nothing.
         let ring = BorderTapClasses(forward: geometry(2, kernel: 1))
         #expect(!ring.coversEveryOutput && !ring.worthSplitting)
+        // Padding 2: the outer ring's tap bounds cross (no taps), not a trap.
+        let deep = BorderTapClasses(forward: geometry(2, kernel: 1, padding: 2))
+        #expect(deep.rows == [BorderTapGroup(taps: 0..<1, outputs: [2, 3])] && !deep.worthSplitting)
         // Stride 2 from 2x2 to 1x1 reads taps 1 and 2 of each axis.
         let strided = BorderTapClasses(forward: geometry(2, stride: 2))
         #expect(strided.rows == [BorderTapGroup(taps: 1..<3, outputs: [0])] && strided.worthSplitting)

@@ -36,6 +36,7 @@ private let convGradientCases: [ConvGradientCase] = [
     .init(batch: 2, inChannels: 3, outChannels: 2, height: 5, width: 7, kernel: 1, stride: 1, padding: 0, bias: false),
     .init(batch: 2, inChannels: 3, outChannels: 4, height: 5, width: 7, kernel: 1, stride: 2, padding: 0, bias: true),
     .init(batch: 1, inChannels: 2, outChannels: 3, height: 4, width: 5, kernel: 1, stride: 1, padding: 1, bias: false),
+    .init(batch: 1, inChannels: 2, outChannels: 2, height: 2, width: 3, kernel: 1, stride: 1, padding: 2, bias: true),
     .init(batch: 2, inChannels: 3, outChannels: 4, height: 5, width: 7, kernel: 3, stride: 1, padding: 1, bias: true),
     .init(batch: 2, inChannels: 4, outChannels: 2, height: 5, width: 7, kernel: 3, stride: 2, padding: 1, bias: false),
     .init(batch: 2, inChannels: 2, outChannels: 3, height: 5, width: 6, kernel: 3, stride: 1, padding: 0, bias: true),
