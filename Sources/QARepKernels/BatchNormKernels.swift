@@ -12,7 +12,8 @@ public struct ChannelPlanes: Sendable {
     public let batch: Int, channels: Int, plane: Int
 
     public init(batch: Int, channels: Int, plane: Int) {
-        precondition(batch >= 1 && channels >= 1 && plane >= 1, "batch norm needs at least one image, channel and value")
+        // Empty tensors are allowed, as `batchNorm` allowed them before these kernels.
+        precondition(batch >= 0 && channels >= 0 && plane >= 0, "negative size: \(batch) x \(channels) x \(plane)")
         self.batch = batch; self.channels = channels; self.plane = plane
     }
 

@@ -1,3 +1,4 @@
+import QARep
 import QARepKernels
 import Testing
 
@@ -56,6 +57,14 @@ private struct PlanesCase: Sendable, CustomTestStringConvertible {
 // values the ReLU clips.
 @Suite("Batch-norm kernels against the per-plane loops")
 struct BatchNormKernelTests {
+    @Test("an empty batch normalizes to an empty output in evaluation mode, as before the kernels")
+    func emptyBatch() {
+        let ones = Tensor([1, 1, 1], shape: [3]), zeros = Tensor([0, 0, 0], shape: [3])
+        let y = batchNorm(Tensor([], shape: [0, 3, 2, 2]), weight: ones, bias: zeros, runningMean: zeros,
+                          runningVar: ones, training: false)
+        #expect(y.shape == [0, 3, 2, 2] && y.data.isEmpty)
+    }
+
     @Test("sums, normalize and gradients, every path, bit for bit",
           arguments: [PlanesCase(channels: 40, plane: 4), PlanesCase(channels: 17, plane: 1), PlanesCase(channels: 5, plane: 15),
                       PlanesCase(channels: 33, plane: 16), PlanesCase(channels: 18, plane: 49), PlanesCase(channels: 3, plane: 196)])
