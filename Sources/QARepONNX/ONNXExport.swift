@@ -30,6 +30,20 @@ public enum ONNXExport {
             + (scheme.bits < 8 ? " of \(scheme.bits) bits, clipped to their range" : "")
     }
 
+    /// The tensors whose codes are not the activation scheme's width (the
+    /// first and last layers kept at 8 bits), as `"; wider or narrower codes:
+    /// stem input 8 bits, ..."`; empty when every tensor has the scheme's width.
+    static func widthOverridesDescription(_ model: Int8Model) -> String {
+        var overrides: [String] = []
+        for c in model.convs {
+            if let bits = c.inputBits { overrides.append("\(c.name) input \(bits) bits") }
+            if let bits = c.outputBits { overrides.append("\(c.name) output \(bits) bits") }
+        }
+        if let bits = model.head.featureBits { overrides.append("pooled features \(bits) bits") }
+        if let bits = model.head.inputBits { overrides.append("linear input \(bits) bits") }
+        return overrides.isEmpty ? "" : "; codes of another width: " + overrides.joined(separator: ", ")
+    }
+
     /// QuantizeLinear then DequantizeLinear of `x` with one per-tensor scale
     /// and zero point of `scheme`. QuantizeLinear saturates to all of int8 or
     /// uint8, so a narrower scheme first clips `x` to the float range its
@@ -93,7 +107,7 @@ public enum ONNXExport {
                            input: imageInput(channels: model.convs[0].inChannels),
                            output: GraphBuilder.floatValue("logits", dims: [nil, h.classes]),
                            docString: "QARep INT8 model in QDQ form (int8 per-channel weights, int32 biases, \(activationsDescription(model.activation))"
-                               + (model.convs[0].inputBits.map { "; the first and last layers' inputs at \($0) bits" } ?? "") + ")")
+                               + widthOverridesDescription(model) + ")")
         return try onnx.serializedData()
     }
 

@@ -117,7 +117,10 @@ struct LowBitEngineTests {
         let onnx = try Onnx_ModelProto(serializedBytes: ONNXExport.int8(int8))
         let clipped = Set(onnx.graph.node.filter { $0.opType == "Clip" }.map { String($0.name.dropLast(".clip".count)) })
         #expect(clipped == Set(int8.convs.dropFirst().map { $0.name + ".input" }))
-        #expect(onnx.docString.contains("of 4 bits") && onnx.docString.contains("first and last layers' inputs at 8 bits"))
+        #expect(onnx.docString.contains("of 4 bits"))
+        #expect(onnx.docString.contains("\(int8.convs[0].name) input 8 bits") && onnx.docString.contains("linear input 8 bits"),
+                "\(onnx.docString)")
+        #expect(!onnx.docString.contains("\(int8.convs[1].name) input"), "\(onnx.docString)")
     }
 
     @Test("QConfig.firstLastBits: saved and read back, absent in older files, 2 to 8 bits, refused by graph capture")
