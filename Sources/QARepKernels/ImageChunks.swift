@@ -38,3 +38,32 @@ public struct ImageChunks: Sendable, Equatable {
         index * size ..< min(batch, (index + 1) * size)
     }
 }
+
+extension ImageChunks {
+    /// Runs a batch the way both inference engines do. With one worker or
+    /// fewer images than workers, `whole` runs the batch layer by layer with
+    /// each layer shared among the workers; otherwise the batch is cut into
+    /// chunks and `chunk` runs each one on a worker, through every layer, on
+    /// that worker's buffers.
+    ///
+    /// - Parameters:
+    ///   - plan: the plan for a batch size and a number of worker buffer
+    ///     sets, made here on the caller's thread (workers only read plans):
+    ///     `(batch, 1)` for `whole`, `(chunk size, threads)` for chunks.
+    ///   - whole: runs the whole batch with its plan.
+    ///   - chunk: runs `images` of the batch with their chunk's plan on `worker`.
+    public static func run<Plan>(batch: Int, threads: Int, bytesPerImage: @autoclosure () -> Int,
+                                 plan: (_ batch: Int, _ workers: Int) -> Plan,
+                                 whole: (Plan) -> Void,
+                                 chunk: (Plan, _ worker: Int, _ images: Range<Int>) -> Void) {
+        guard let chunks = ImageChunks(batch: batch, threads: threads, bytesPerImage: bytesPerImage()) else {
+            whole(plan(batch, 1))
+            return
+        }
+        let full = plan(chunks.size, threads), last = plan(chunks.last, threads)
+        parallelDynamic(chunks.count, threads: threads) { worker, c in
+            let images = chunks.images(c)
+            chunk(images.count == chunks.size ? full : last, worker, images)
+        }
+    }
+}

@@ -107,16 +107,21 @@ public struct PackedInt8Weights: Sendable {
     /// K, the reduction length: `inChannels * kernelH * kernelW`.
     public var inputSize: Int { inChannels * kernelH * kernelW }
     /// `inChannels` rounded up to even: the values of one tap.
-    public var paddedInChannels: Int { (inChannels + 1) & ~1 }
+    public var paddedInChannels: Int { Self.roundedUp(inChannels, to: 2) }
     /// K' = `kernelH * kernelW * paddedInChannels`: the packed reduction length,
     /// and the row length of `int16GEMM`'s pixel-major columns.
     public var paddedInputSize: Int { kernelH * kernelW * paddedInChannels }
     /// `inChannels` rounded up to a multiple of 4: the bytes of one tap in the VNNI packing.
-    public var quadInChannels: Int { (inChannels + 3) & ~3 }
+    public var quadInChannels: Int { Self.roundedUp(inChannels, to: 4) }
     /// K'' of one block of the VNNI packing: `kernelH * kernelW * quadInChannels` rounded up to 64.
     public var vnniReduction: Int { Self.vnniReduction(taps: kernelH * kernelW, inChannels: inChannels) }
 
-    static func vnniReduction(taps: Int, inChannels: Int) -> Int { (taps * ((inChannels + 3) & ~3) + 63) & ~63 }
+    static func vnniReduction(taps: Int, inChannels: Int) -> Int { roundedUp(taps * roundedUp(inChannels, to: 4), to: 64) }
+
+    /// `value` rounded up to a multiple of `multiple`, a power of two. The
+    /// initializer uses it before `self` is complete, so the padded sizes are
+    /// computed here rather than through the properties.
+    static func roundedUp(_ value: Int, to multiple: Int) -> Int { (value + multiple - 1) & ~(multiple - 1) }
 
     /// Packs OIHW convolution weights `[outChannels, inChannels, kernelH, kernelW]`.
     public init(convolution weights: UnsafeBufferPointer<Int8>, outChannels: Int, inChannels: Int,
@@ -132,7 +137,7 @@ public struct PackedInt8Weights: Sendable {
         // The bound is on K: padding meets zero weights.
         precondition(inChannels * kernelH * kernelW <= maxIntegerGEMMInputSize,
                      "K = \(inChannels * kernelH * kernelW) could overflow the int32 accumulator (at most \(maxIntegerGEMMInputSize))")
-        let taps = kernelH * kernelW, cp = (inChannels + 1) & ~1, kp = taps * cp
+        let taps = kernelH * kernelW, cp = Self.roundedUp(inChannels, to: 2), kp = taps * cp
         let mr = Int(QAREP_I8_MR), blocks = (outChannels + mr - 1) / mr
         var packed = [Int16](repeating: 0, count: blocks * mr * kp)
         for o in 0..<outChannels {
@@ -147,7 +152,7 @@ public struct PackedInt8Weights: Sendable {
             (0..<(inChannels * taps)).reduce(Int32(0)) { $0 + Int32(weights[o * inChannels * taps + $1]) }
         }
         if IntegerKernelPath.vnni512Available {
-            let cq = (inChannels + 3) & ~3, kq = Self.vnniReduction(taps: taps, inChannels: inChannels)
+            let cq = Self.roundedUp(inChannels, to: 4), kq = Self.vnniReduction(taps: taps, inChannels: inChannels)
             var quads = [Int8](repeating: 0, count: blocks * mr * kq)
             for o in 0..<outChannels {
                 for c in 0..<inChannels {

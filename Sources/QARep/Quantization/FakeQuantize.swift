@@ -89,12 +89,16 @@ public final class FakeQuantize: Module, Layer {
             qparamsStale = true
             return
         }
-        values.withUnsafeBufferPointer { buf in
-            for (c, o) in observers.enumerated() {
-                o.observe(UnsafeBufferPointer(rebasing: buf[(c * per)..<((c + 1) * per)]))
-            }
-        }
+        forEachChannel(of: values, per: per) { c, channel in observers[c].observe(channel) }
         qparamsStale = true
+    }
+
+    /// Calls `body` with each channel's `per` values of `values` (one channel
+    /// for a per-tensor scheme), in order.
+    private func forEachChannel(of values: [Float], per: Int, _ body: (Int, UnsafeBufferPointer<Float>) -> Void) {
+        values.withUnsafeBufferPointer { buf in
+            for c in 0..<observers.count { body(c, UnsafeBufferPointer(rebasing: buf[(c * per)..<((c + 1) * per)])) }
+        }
     }
 
     /// Whether observing a batch's finite minimum and maximum is the same as
@@ -109,12 +113,8 @@ public final class FakeQuantize: Module, Layer {
         let n = observers.count
         // [-min..., max...], so one all-reduce (max) gives both.
         var extremes = [Float](repeating: -.infinity, count: 2 * n)
-        values.withUnsafeBufferPointer { buf in
-            for c in 0..<n {
-                if let (lo, hi) = finiteExtremes(UnsafeBufferPointer(rebasing: buf[(c * per)..<((c + 1) * per)])) {
-                    extremes[c] = -lo; extremes[n + c] = hi
-                }
-            }
+        forEachChannel(of: values, per: per) { c, channel in
+            if let (lo, hi) = finiteExtremes(channel) { extremes[c] = -lo; extremes[n + c] = hi }
         }
         DataParallel.maximum(&extremes)
         for (c, o) in observers.enumerated() where -extremes[c] <= extremes[n + c] {

@@ -162,23 +162,18 @@ public final class Int8Engine {
         var pixels = 0
         images.data.withUnsafeBufferPointer { x in
             sums.withUnsafeMutableBufferPointer { sums in
-                guard let chunks = ImageChunks(batch: n, threads: threads,
-                                               bytesPerImage: workingSetPerImage(height: height, width: width)) else {
-                    let plan = plan(batch: n, height: height, width: width, workers: 1)
-                    pixels = plan.layouts.last!.geometry.outPlane
-                    run(A.self, plan, worker: 0, images: x.baseAddress!, sums: sums.baseAddress!, threads: threads)
-                    return
-                }
-                // Plans are made here, on the caller's thread: the workers only read them.
-                let full = plan(batch: chunks.size, height: height, width: width, workers: threads)
-                let last = plan(batch: chunks.last, height: height, width: width, workers: threads)
-                pixels = full.layouts.last!.geometry.outPlane
-                parallelDynamic(chunks.count, threads: threads) { worker, c in
-                    let images = chunks.images(c)
-                    run(A.self, images.count == chunks.size ? full : last, worker: worker,
-                        images: x.baseAddress! + images.lowerBound * imageSize,
-                        sums: sums.baseAddress! + images.lowerBound * channels, threads: 1)
-                }
+                ImageChunks.run(
+                    batch: n, threads: threads, bytesPerImage: workingSetPerImage(height: height, width: width),
+                    plan: {
+                        let plan = plan(batch: $0, height: height, width: width, workers: $1)
+                        pixels = plan.layouts.last!.geometry.outPlane
+                        return plan
+                    },
+                    whole: { run(A.self, $0, worker: 0, images: x.baseAddress!, sums: sums.baseAddress!, threads: threads) },
+                    chunk: { plan, worker, images in
+                        run(A.self, plan, worker: worker, images: x.baseAddress! + images.lowerBound * imageSize,
+                            sums: sums.baseAddress! + images.lowerBound * channels, threads: 1)
+                    })
             }
         }
         return head(sums, codeOffset: A.isSigned ? -128 : 0, batch: n, channels: channels, plane: pixels)

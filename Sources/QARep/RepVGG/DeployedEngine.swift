@@ -130,21 +130,14 @@ public final class DeployedEngine {
         var pooled = [Float](repeating: 0, count: n * channels)
         images.data.withUnsafeBufferPointer { x in
             pooled.withUnsafeMutableBufferPointer { pooled in
-                guard let chunks = ImageChunks(batch: n, threads: threads,
-                                               bytesPerImage: workingSetPerImage(height: height, width: width)) else {
-                    run(plan(batch: n, height: height, width: width, workers: 1), worker: 0, images: x.baseAddress!,
-                        pooled: pooled.baseAddress!, threads: threads)
-                    return
-                }
-                // Plans are made here, on the caller's thread: the workers only read them.
-                let full = plan(batch: chunks.size, height: height, width: width, workers: threads)
-                let last = plan(batch: chunks.last, height: height, width: width, workers: threads)
-                parallelDynamic(chunks.count, threads: threads) { worker, c in
-                    let images = chunks.images(c)
-                    run(images.count == chunks.size ? full : last, worker: worker,
-                        images: x.baseAddress! + images.lowerBound * imageSize,
-                        pooled: pooled.baseAddress! + images.lowerBound * channels, threads: 1)
-                }
+                ImageChunks.run(
+                    batch: n, threads: threads, bytesPerImage: workingSetPerImage(height: height, width: width),
+                    plan: { plan(batch: $0, height: height, width: width, workers: $1) },
+                    whole: { run($0, worker: 0, images: x.baseAddress!, pooled: pooled.baseAddress!, threads: threads) },
+                    chunk: { plan, worker, images in
+                        run(plan, worker: worker, images: x.baseAddress! + images.lowerBound * imageSize,
+                            pooled: pooled.baseAddress! + images.lowerBound * channels, threads: 1)
+                    })
             }
         }
         return noGrad { linear(Tensor(pooled, shape: [n, channels])) }
