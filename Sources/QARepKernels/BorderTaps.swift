@@ -1,3 +1,5 @@
+import CQARepFloat
+
 // Small feature maps are mostly zero border: a 3x3 convolution, padding 1,
 // on a 2x2 map reads 36 taps per output channel and input channel, of which
 // 16 are inside the image, and a0-half runs 14 blocks at 2x2. These types
@@ -10,7 +12,8 @@
 //
 // Training pays (conv2d's forward pass and input gradient run all 128
 // images of a batch at once, so each class still has hundreds of pixels to
-// reuse its weights on). The inference engines do not split: at batch 1, or
+// reuse its weights on); the weight gradient sums each tap over the pixels
+// that read it inside the image (`BorderTapPixels`). The inference engines do not split: at batch 1, or
 // in their chunks of a few images, a 2x2 layer is bound by streaming its
 // weights, four sub-kernels stream more of them than one whole kernel, and
 // the FP32 engine measured slower (a0-half 2,524 -> 2,356 img/s at batch 128).
@@ -131,6 +134,70 @@ public struct BorderClassConvolution: Sendable {
             implicitConv2d(paddedInput: paddedInput, layout: part.layout, weights: part.weights, bias: bias, relu: relu,
                            output: output, outputOffsets: part.outputs, channelStride: channelStride,
                            windowOffsets: part.windows, threads: threads, path: path)
+        }
+    }
+}
+
+/// The weight gradient tap by tap, each tap summed over only the output
+/// pixels that read it inside the image. The weight gradient's sums run
+/// over pixels in order, one accumulator per (tap, input channel, output
+/// channel), so dropping the pixels whose product is with the zero border
+/// leaves every sum as it was, up to the sign of an exact zero.
+public struct BorderTapPixels: Sendable {
+    private let g: ConvGeometry
+    /// The kernel rows inside the image of each output row, the columns of each output column.
+    private let rowTaps: [Range<Int>], colTaps: [Range<Int>]
+
+    /// - Precondition: `classes.coversEveryOutput` (every output pixel has a row and a column group).
+    public init(_ classes: BorderTapClasses, geometry: ConvGeometry) {
+        precondition(classes.coversEveryOutput, "every output pixel must read the image somewhere")
+        g = geometry
+        func byOutput(_ groups: [BorderTapGroup], _ count: Int) -> [Range<Int>] {
+            var taps = [Range<Int>](repeating: 0..<0, count: count)
+            for group in groups { for o in group.outputs { taps[o] = group.taps } }
+            return taps
+        }
+        rowTaps = byOutput(classes.rows, geometry.outHeight)
+        colTaps = byOutput(classes.cols, geometry.outWidth)
+    }
+
+    /// Adds, for every tap (i, j) and input channel c, the sum over the
+    /// output pixels in `pixels` (indices in (image, y, x) order) that read
+    /// tap (i, j) inside the image of `x[window + tap, c] * dy[pixel]` to
+    /// `dwt[(i * kw + j) * C + c]`, rows of `rowStride` floats: the layout and
+    /// the sums of `qarep_f32_weight_gradient` over every tap and pixel.
+    ///
+    /// - Parameters:
+    ///   - windowOffsets: each output pixel's window origin in `paddedInput`.
+    ///   - pixelMajorGradient: dy as rows of `rowStride` floats, one per output pixel.
+    func weightGradient(paddedInput: UnsafePointer<Float>, paddedWidth: Int, windowOffsets: UnsafePointer<Int64>,
+                        pixelMajorGradient dy: UnsafePointer<Float>, rowStride: Int, pixels: Range<Int>,
+                        into dwt: UnsafeMutablePointer<Float>, isa: Int32) {
+        // One tap's pixels, their dy rows gathered in order, and their windows.
+        let gathered = UnsafeMutablePointer<Float>.allocate(capacity: max(1, pixels.count) * rowStride)
+        defer { gathered.deallocate() }
+        var windows = [Int64](repeating: 0, count: pixels.count)
+        windows.withUnsafeMutableBufferPointer { windows in
+            for i in 0..<g.kernelH {
+                for j in 0..<g.kernelW {
+                    var count = 0
+                    for p in pixels {
+                        let yx = p % g.outPlane
+                        guard rowTaps[yx / g.outWidth].contains(i) && colTaps[yx % g.outWidth].contains(j) else { continue }
+                        windows[count] = windowOffsets[p]
+                        (gathered + count * rowStride).update(from: dy + p * rowStride, count: rowStride)
+                        count += 1
+                    }
+                    guard count > 0 else { continue }
+                    var tapOffset = Int64((i * paddedWidth + j) * g.inChannels)
+                    withUnsafePointer(to: &tapOffset) { tapOffset in
+                        var source = qarep_f32_source(source: paddedInput, tap_offsets: tapOffset, taps: 1,
+                                                      segment: Int64(g.inChannels))
+                        qarep_f32_weight_gradient(gathered, Int64(rowStride), &source, windows.baseAddress!, Int64(count),
+                                                  dwt + (i * g.kernelW + j) * g.inChannels * rowStride, isa)
+                    }
+                }
+            }
         }
     }
 }

@@ -429,10 +429,18 @@ public func convolutionInputGradient(outputGradient dy: UnsafePointer<Float>, we
 /// Pixels are split among `threads`, each summing into its own buffer; the
 /// buffers are added in worker order, so the bits depend on the thread count
 /// but not on timing.
+///
+/// `windowOffsets` are `layout.windowOffsets` (pixel j is output pixel j in
+/// (image, y, x) order). On maps where most taps read the zero border
+/// (`BorderTapClasses.worthSplitting`: 3x3 on 2x2), each tap sums only the
+/// pixels that read it inside the image, in the same order, so the result
+/// is the same as over every pixel up to the sign of an exact zero;
+/// `skippingBorder: false` sums every tap over every pixel.
 public func convolutionWeightGradient(paddedInput: UnsafePointer<Float>, layout: PaddedFloatNHWC,
                                       windowOffsets: UnsafePointer<Int64>, outputGradient dy: UnsafePointer<Float>,
                                       weightGradient dw: UnsafeMutablePointer<Float>,
-                                      threads: Int = KernelThreads.count, path: FloatKernelPath = .best) {
+                                      threads: Int = KernelThreads.count, path: FloatKernelPath = .best,
+                                      skippingBorder: Bool = true) {
     let g = layout.g
     let isa = path.isa, stride = (g.outChannels + 15) / 16 * 16
     let taps = g.kernelH * g.kernelW, k = taps * g.inChannels
@@ -446,15 +454,24 @@ public func convolutionWeightGradient(paddedInput: UnsafePointer<Float>, layout:
     let partial = UnsafeMutablePointer<Float>.allocate(capacity: workers * k * stride)
     defer { partial.deallocate() }
     partial.initialize(repeating: 0, count: workers * k * stride)
-    let tapOffsets = layout.tapOffsets
-    tapOffsets.withUnsafeBufferPointer { to in
-        let source = qarep_f32_source(source: paddedInput, tap_offsets: to.baseAddress, taps: Int64(g.kernelH),
-                                      segment: Int64(g.kernelW * g.inChannels))
+    let classes = BorderTapClasses(forward: g)
+    if skippingBorder && classes.worthSplitting {
+        let taps = BorderTapPixels(classes, geometry: g)
         parallelFor(g.columns, threads: workers) { worker, pixels in
-            var s = source
-            qarep_f32_weight_gradient(rows + pixels.lowerBound * stride, Int64(stride), &s,
-                                      windowOffsets + pixels.lowerBound, Int64(pixels.count),
-                                      partial + worker * k * stride, isa)
+            taps.weightGradient(paddedInput: paddedInput, paddedWidth: layout.paddedWidth, windowOffsets: windowOffsets,
+                                pixelMajorGradient: rows, rowStride: stride, pixels: pixels,
+                                into: partial + worker * k * stride, isa: isa)
+        }
+    } else {
+        layout.tapOffsets.withUnsafeBufferPointer { to in
+            let source = qarep_f32_source(source: paddedInput, tap_offsets: to.baseAddress, taps: Int64(g.kernelH),
+                                          segment: Int64(g.kernelW * g.inChannels))
+            parallelFor(g.columns, threads: workers) { worker, pixels in
+                var s = source
+                qarep_f32_weight_gradient(rows + pixels.lowerBound * stride, Int64(stride), &s,
+                                          windowOffsets + pixels.lowerBound, Int64(pixels.count),
+                                          partial + worker * k * stride, isa)
+            }
         }
     }
     // Worker sums added in worker order, then dwt[(t * C + c)][o] -> dw[o][c][t];

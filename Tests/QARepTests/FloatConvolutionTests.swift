@@ -222,6 +222,37 @@ struct ConvolutionWeightGradientTests {
             }
         }
     }
+
+    /// 3x3, padding 1, on maps that are mostly border: a0-half's 2x2 blocks
+    /// (130 images: two workers' pixel ranges), a 1x2 map with odd channels,
+    /// and a 1x1 map where only the centre tap reads the image.
+    @Test("on small maps, each tap summed over the pixels that read it inside the image gives every tap's sums",
+          arguments: [(96, 96, 2, 2, 130), (5, 17, 1, 2, 3), (7, 33, 1, 1, 2)])
+    func skipsTheBorder(_ shape: (inChannels: Int, outChannels: Int, height: Int, width: Int, batch: Int)) {
+        let g = ConvGeometry(batch: shape.batch, inChannels: shape.inChannels, height: shape.height, width: shape.width,
+                             outChannels: shape.outChannels, kernelH: 3, kernelW: 3, stride: 1, padding: 1)
+        #expect(BorderTapClasses(forward: g).worthSplitting)
+        var rng = SplitMix64(seed: UInt64(shape.inChannels * 3 + shape.width))
+        let x = (0..<(g.batch * g.inChannels * g.height * g.width)).map { _ in rng.uniform(-1, 1) }
+        let dy = (0..<(g.batch * g.outChannels * g.outPlane)).map { _ in rng.uniform(-1, 1) }
+        let expected = referenceWeightGradient(x, dy, g)
+        let layout = PaddedFloatNHWC(g)
+        var padded = [Float](repeating: .nan, count: layout.count)
+        padded.withUnsafeMutableBufferPointer { p in x.withUnsafeBufferPointer { layout.fill(p.baseAddress!, from: $0.baseAddress!, threads: 1) } }
+        let windows = layout.windowOffsets
+        for path in FloatKernelPath.available {
+            for threads in [1, 2] {
+                var skipping = [Float](repeating: 0, count: expected.count), every = skipping
+                convolutionWeightGradient(paddedInput: padded, layout: layout, windowOffsets: windows, outputGradient: dy,
+                                          weightGradient: &skipping, threads: threads, path: path)
+                convolutionWeightGradient(paddedInput: padded, layout: layout, windowOffsets: windows, outputGradient: dy,
+                                          weightGradient: &every, threads: threads, path: path, skippingBorder: false)
+                // == treats the two zeros alike: the sums may differ only in the sign of an exact zero.
+                #expect(skipping == every, "\(path), \(threads) thread(s)")
+                #expect(maxRelativeError(skipping, expected) < 1e-5, "\(path), \(threads) thread(s)")
+            }
+        }
+    }
 }
 
 private extension SplitMix64 {
