@@ -13,10 +13,11 @@ import CQARepFloat
 // Training pays (conv2d's forward pass and input gradient run all 128
 // images of a batch at once, so each class still has hundreds of pixels to
 // reuse its weights on); the weight gradient sums each tap over the pixels
-// that read it inside the image (`BorderTapPixels`). The inference engines do not split: at batch 1, or
-// in their chunks of a few images, a 2x2 layer is bound by streaming its
-// weights, four sub-kernels stream more of them than one whole kernel, and
-// the FP32 engine measured slower (a0-half 2,524 -> 2,356 img/s at batch 128).
+// that read it inside the image (`BorderTapPixels`). The inference engines
+// do not split: at batch 1, or in their chunks of a few images, a 2x2 layer
+// is bound by streaming its weights, four sub-kernels stream more of them
+// than one whole kernel, and the FP32 engine measured slower (a0-half
+// 2,524 -> 2,356 img/s at batch 128).
 
 /// The output positions along one axis (rows or columns) that read the same
 /// kernel taps inside the image.
@@ -143,13 +144,13 @@ public struct BorderClassConvolution: Sendable {
 /// over pixels in order, one accumulator per (tap, input channel, output
 /// channel), so dropping the pixels whose product is with the zero border
 /// leaves every sum as it was, up to the sign of an exact zero.
-public struct BorderTapPixels: Sendable {
+struct BorderTapPixels: Sendable {
     private let g: ConvGeometry
     /// The kernel rows inside the image of each output row, the columns of each output column.
     private let rowTaps: [Range<Int>], colTaps: [Range<Int>]
 
     /// - Precondition: `classes.coversEveryOutput` (every output pixel has a row and a column group).
-    public init(_ classes: BorderTapClasses, geometry: ConvGeometry) {
+    init(_ classes: BorderTapClasses, geometry: ConvGeometry) {
         precondition(classes.coversEveryOutput, "every output pixel must read the image somewhere")
         g = geometry
         func byOutput(_ groups: [BorderTapGroup], _ count: Int) -> [Range<Int>] {

@@ -200,6 +200,14 @@ private func referenceWeightGradient(_ x: [Float], _ dy: [Float], _ g: ConvGeome
     return dw.map { Float($0) }
 }
 
+/// `x` (NCHW) in the padded NHWC buffer the forward pass builds, border zeroed.
+private func paddedNHWC(_ x: [Float], _ g: ConvGeometry) -> (layout: PaddedFloatNHWC, padded: [Float]) {
+    let layout = PaddedFloatNHWC(g)
+    var padded = [Float](repeating: .nan, count: layout.count)
+    padded.withUnsafeMutableBufferPointer { p in x.withUnsafeBufferPointer { layout.fill(p.baseAddress!, from: $0.baseAddress!, threads: 1) } }
+    return (layout, padded)
+}
+
 @Suite("Weight gradient read in place from the padded input")
 struct ConvolutionWeightGradientTests {
     @Test("equals the definition, added to what is there", arguments: floatConvCases)
@@ -209,10 +217,7 @@ struct ConvolutionWeightGradientTests {
         let x = (0..<(g.batch * g.inChannels * g.height * g.width)).map { _ in rng.uniform(-1, 1) }
         let dy = (0..<(g.batch * g.outChannels * g.outPlane)).map { _ in rng.uniform(-1, 1) }
         let expected = referenceWeightGradient(x, dy, g).map { $0 + 0.5 }
-        let layout = PaddedFloatNHWC(g)
-        var padded = [Float](repeating: .nan, count: layout.count)
-        padded.withUnsafeMutableBufferPointer { p in x.withUnsafeBufferPointer { layout.fill(p.baseAddress!, from: $0.baseAddress!, threads: 1) } }
-        let windows = layout.windowOffsets
+        let (layout, padded) = paddedNHWC(x, g), windows = layout.windowOffsets
         for path in FloatKernelPath.available {
             for threads in [1, 2] {
                 var dw = [Float](repeating: 0.5, count: expected.count)
@@ -236,10 +241,7 @@ struct ConvolutionWeightGradientTests {
         let x = (0..<(g.batch * g.inChannels * g.height * g.width)).map { _ in rng.uniform(-1, 1) }
         let dy = (0..<(g.batch * g.outChannels * g.outPlane)).map { _ in rng.uniform(-1, 1) }
         let expected = referenceWeightGradient(x, dy, g)
-        let layout = PaddedFloatNHWC(g)
-        var padded = [Float](repeating: .nan, count: layout.count)
-        padded.withUnsafeMutableBufferPointer { p in x.withUnsafeBufferPointer { layout.fill(p.baseAddress!, from: $0.baseAddress!, threads: 1) } }
-        let windows = layout.windowOffsets
+        let (layout, padded) = paddedNHWC(x, g), windows = layout.windowOffsets
         for path in FloatKernelPath.available {
             for threads in [1, 2] {
                 var skipping = [Float](repeating: 0, count: expected.count), every = skipping
