@@ -31,8 +31,9 @@ public enum ONNXExport {
     }
 
     /// The tensors whose codes are not the activation scheme's width (the
-    /// first and last layers kept at 8 bits), as `"; wider or narrower codes:
-    /// stem input 8 bits, ..."`; empty when every tensor has the scheme's width.
+    /// first and last layers kept at 8 bits), as `"; codes of another width:
+    /// stage0 input 8 bits, ..., linear input 8 bits"`; empty when every
+    /// tensor has the scheme's width.
     static func widthOverridesDescription(_ model: Int8Model) -> String {
         var overrides: [String] = []
         for c in model.convs {
