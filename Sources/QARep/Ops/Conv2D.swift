@@ -11,7 +11,8 @@ import QARepKernels
 /// phase (`convolutionInputGradient`). No patch matrix anywhere. On maps that
 /// are mostly zero border (2x2 under a 3x3 kernel), the forward pass and each
 /// input-gradient phase run class by class, each class of pixels with only
-/// the taps inside the image (`BorderTapClasses`).
+/// the taps inside the image (`BorderTapClasses`), and the weight gradient
+/// sums each tap over only the pixels that read it inside the image.
 public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, stride: Int = 1, padding: Int = 0) -> Tensor {
     precondition(x.rank == 4, "conv2d input must be [N, C, H, W], got \(x.shape)")
     precondition(weight.rank == 4 && weight.shape[1] == x.shape[1],
