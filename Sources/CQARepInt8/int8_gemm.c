@@ -109,16 +109,24 @@ AVX2 static inline __m128i requantize4(__m128i v, __m256d m, __m256d z, __m256d 
     return _mm256_cvtpd_epi32(d);
 }
 
-// 16 biased accumulators to 16 codes. The values already lie in the 8-bit
-// range, so the saturating packs only narrow.
-AVX2 static inline __m128i requantize16(__m256i a, __m256i b, const __m256d m[4], __m256d z,
-                                        __m256d lo, __m256d hi, int out_signed) {
+// 16 biased accumulators to 16 codes as int16, channels 0-7 in w[0] and
+// 8-15 in w[1]. The codes lie in the 8-bit range, so the packs only narrow.
+AVX2 static inline void requantize16_int16(__m256i a, __m256i b, const __m256d m[4], __m256d z,
+                                           __m256d lo, __m256d hi, __m128i w[2]) {
     __m128i r0 = requantize4(_mm256_castsi256_si128(a), m[0], z, lo, hi);
     __m128i r1 = requantize4(_mm256_extracti128_si256(a, 1), m[1], z, lo, hi);
     __m128i r2 = requantize4(_mm256_castsi256_si128(b), m[2], z, lo, hi);
     __m128i r3 = requantize4(_mm256_extracti128_si256(b, 1), m[3], z, lo, hi);
-    __m128i w0 = _mm_packs_epi32(r0, r1), w1 = _mm_packs_epi32(r2, r3);
-    return out_signed ? _mm_packs_epi16(w0, w1) : _mm_packus_epi16(w0, w1);
+    w[0] = _mm_packs_epi32(r0, r1);
+    w[1] = _mm_packs_epi32(r2, r3);
+}
+
+// 16 biased accumulators to 16 codes, one byte each.
+AVX2 static inline __m128i requantize16(__m256i a, __m256i b, const __m256d m[4], __m256d z,
+                                        __m256d lo, __m256d hi, int out_signed) {
+    __m128i w[2];
+    requantize16_int16(a, b, m, z, lo, hi, w);
+    return out_signed ? _mm_packs_epi16(w[0], w[1]) : _mm_packus_epi16(w[0], w[1]);
 }
 
 AVX2 static void requantize_avx2(const int32_t *acc, int64_t count, int32_t bias, float multiplier,
@@ -331,7 +339,8 @@ static void store_tile_scalar(const int32_t t[NR][MR], const block_params *b, co
     for (int q = 0; q < tp->count; q++)
         for (int r = 0; r < b->rows; r++) {
             int32_t code = requantize1(wrapping_add(t[q][r], b->bias[r]), b->multiplier[r], z, lo, hi);
-            store_code(e->output, o + tp->base[q] + r * cs, code ^ e->flip, e->output_signed);
+            if (e->output_int16) ((int16_t *)e->output)[o + tp->base[q] + r] = (int16_t)(code - e->zero_point);
+            else store_code(e->output, o + tp->base[q] + r * cs, code ^ e->flip, e->output_signed);
         }
 }
 
@@ -407,6 +416,30 @@ AVX2 static void store_tile_avx2(const int32_t t[NR][MR], const block_params *b,
     for (int i = 0; i < 4; i++) m[i] = _mm256_loadu_pd(b->multiplier + 4 * i);
     const __m256i b0 = _mm256_loadu_si256((const __m256i *)b->bias);
     const __m256i b1 = _mm256_loadu_si256((const __m256i *)(b->bias + 8));
+    if (e->output_int16) {
+        // The next layer's int16 input: code - zero point, 16 channels in 32 bytes.
+        int16_t *out = (int16_t *)e->output + b->o0;
+        const __m128i zp = _mm_set1_epi16((short)e->zero_point);
+        for (int q = 0; q < tp->count; q++) {
+            __m256i a0 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)t[q]), b0);
+            __m256i a1 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(t[q] + 8)), b1);
+            __m128i w[2];
+            requantize16_int16(a0, a1, m, z, lo, hi, w);
+            w[0] = _mm_sub_epi16(w[0], zp);
+            w[1] = _mm_sub_epi16(w[1], zp);
+            int16_t *dst = out + tp->base[q];
+            if (b->rows == MR) {
+                _mm_storeu_si128((__m128i *)dst, w[0]);
+                _mm_storeu_si128((__m128i *)(dst + 8), w[1]);
+            } else {
+                int16_t values[MR];
+                _mm_storeu_si128((__m128i *)values, w[0]);
+                _mm_storeu_si128((__m128i *)(values + 8), w[1]);
+                memcpy(dst, values, sizeof(int16_t) * (size_t)b->rows);
+            }
+        }
+        return;
+    }
     __m128i codes[NR];
     for (int q = 0; q < tp->count; q++) {
         __m256i a0 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)t[q]), b0);

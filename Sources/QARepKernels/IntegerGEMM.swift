@@ -219,7 +219,7 @@ public func int16GEMM(weights: PackedInt8Weights, columns: UnsafePointer<Int16>,
     let epilogue = qarep_i8_epilogue(bias: nil, multiplier: nil, zero_point: 0, min: 0, max: 0, output_signed: 0,
                                      output: UnsafeMutableRawPointer(output),
                                      plane: Int64(n), channel_stride: Int64(n), image_stride: 0,
-                                     pixel_offsets: nil, flip: 0)
+                                     pixel_offsets: nil, flip: 0, output_int16: 0)
     let pixelOffsets = (0..<n).map { Int64($0 * kp) }
     let tapOffsets: [Int64] = [0]
     weights.storage.withUnsafeBufferPointer { w in
@@ -328,13 +328,13 @@ struct PixelChunks {
 extension qarep_i8_epilogue {
     /// This epilogue for the output channels from `c0` on: the per-channel
     /// bias and multipliers and the output's start moved there (int32
-    /// accumulators without multipliers, one-byte codes with them; NHWC bytes
-    /// when there are pixel offsets, channel planes otherwise).
+    /// accumulators without multipliers, one-byte codes or int16 values with
+    /// them; NHWC when there are pixel offsets, channel planes otherwise).
     func channels(from c0: Int) -> qarep_i8_epilogue {
         var e = self
         e.bias = bias.map { $0 + c0 }
         e.multiplier = multiplier.map { $0 + c0 }
-        let elementSize = multiplier == nil ? 4 : 1
+        let elementSize = multiplier == nil ? 4 : output_int16 != 0 ? 2 : 1
         e.output = output + c0 * (pixel_offsets == nil ? Int(channel_stride) : 1) * elementSize
         return e
     }

@@ -81,35 +81,73 @@ public func quantizedConv2d<Input: QuantizedActivation, Output: QuantizedActivat
                                    inputZeroPoint: inputZeroPoint, outputZeroPoint: outputZeroPoint,
                                    outputMin: outputMin, outputMax: outputMax, output: output, threads: threads, path: path)
     }
-    let flag = path.flag
     let layout = PaddedNHWC(g)
     let padded = UnsafeMutablePointer<Int16>.allocate(capacity: layout.count)
     defer { padded.deallocate() }
     layout.fill(padded, from: input, zeroPoint: inputZeroPoint, threads: threads)
-    let tapOffsets = layout.tapOffsets, pixelOffsets = layout.pixelOffsets
-    var epilogue = qarep_i8_epilogue(
+    let epilogue = qarep_i8_epilogue(
         bias: nil, multiplier: nil, zero_point: outputZeroPoint, min: outputMin, max: outputMax,
         output_signed: Output.isSigned ? 1 : 0, output: UnsafeMutableRawPointer(output),
         plane: Int64(g.outPlane), channel_stride: Int64(g.outPlane), image_stride: Int64(g.outChannels * g.outPlane),
-        pixel_offsets: nil, flip: 0)
-    bias.withUnsafeBufferPointer { b in
-        multipliers.withUnsafeBufferPointer { m in
-            weights.storage.withUnsafeBufferPointer { w in
-                tapOffsets.withUnsafeBufferPointer { to in
-                    pixelOffsets.withUnsafeBufferPointer { po in
-                        epilogue.bias = b.baseAddress
-                        epilogue.multiplier = m.baseAddress
-                        let source = qarep_i8_source(source: padded, tap_offsets: to.baseAddress,
-                                                     taps: Int64(to.count), segment: Int64(layout.segment))
-                        withUnsafePointer(to: source) { s in
-                            withUnsafePointer(to: epilogue) { e in
-                                PixelChunks(pixels: g.columns, paddedInputSize: layout.paddedInputSize, threads: threads)
-                                    .forEach(outChannels: g.outChannels, reduction: layout.paddedInputSize, threads: threads,
-                                             weights: w.baseAddress!, blockElements: 16 * layout.paddedInputSize,
-                                             epilogue: e.pointee) { w, outChannels, first, count, e in
-                                        qarep_i8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first), Int64(count), e, flag)
-                                    }
-                            }
+        pixel_offsets: nil, flip: 0, output_int16: 0)
+    int16Convolution(padded, layout: layout, windowOffsets: layout.pixelOffsets, weights: weights, bias: bias,
+                     multipliers: multipliers, epilogue: epilogue, outputOffsets: nil, threads: threads, path: path)
+}
+
+/// The AVX2 (or portable) integer convolution on an input already in
+/// `QuantizedInt16Layout` (`windowOffsets` usually `layout.windowOffsets`),
+/// with the arithmetic of `quantizedConv2d`. Pixel j's output channels go to
+/// consecutive int16 from `outputOffsets[j]`, each `code - outputZeroPoint`:
+/// the next layer's `QuantizedInt16Layout` input, or plain NHWC values.
+/// `outputSigned` only says which code range `outputMin` and `outputMax` must lie in.
+public func quantizedConv2dInt16(paddedInput: UnsafePointer<Int16>, layout: QuantizedInt16Layout, windowOffsets: [Int64],
+                                 weights: PackedInt8Weights, bias: [Int32], multipliers: [Float],
+                                 outputZeroPoint: Int32, outputMin: Int32, outputMax: Int32, outputSigned: Bool,
+                                 output: UnsafeMutablePointer<Int16>, outputOffsets: [Int64], threads: Int,
+                                 path: IntegerKernelPath = .best) {
+    let g = layout.geometry
+    precondition(!path.usesBytes, "the int16 layout runs on the AVX2 or portable kernel, not \(path)")
+    precondition(weights.outChannels == g.outChannels && weights.inChannels == g.inChannels
+                     && weights.kernelH == g.kernelH && weights.kernelW == g.kernelW, "weights do not fit the convolution")
+    precondition(windowOffsets.count == g.columns && outputOffsets.count == g.columns,
+                 "one window and one output offset per output pixel")
+    let r: QuantRange = outputSigned ? .int8 : .uint8
+    precondition(outputMin <= outputMax && outputMin >= r.min && outputMax <= r.max && r.min...r.max ~= outputZeroPoint,
+                 "output range [\(outputMin), \(outputMax)] or zero point \(outputZeroPoint) outside [\(r.min), \(r.max)]")
+    let epilogue = qarep_i8_epilogue(
+        bias: nil, multiplier: nil, zero_point: outputZeroPoint, min: outputMin, max: outputMax,
+        output_signed: outputSigned ? 1 : 0, output: UnsafeMutableRawPointer(output),
+        plane: Int64(g.outPlane), channel_stride: 1, image_stride: 0, pixel_offsets: nil, flip: 0, output_int16: 1)
+    int16Convolution(paddedInput, layout: layout.nhwc, windowOffsets: windowOffsets, weights: weights, bias: bias,
+                     multipliers: multipliers, epilogue: epilogue, outputOffsets: outputOffsets, threads: threads, path: path)
+}
+
+/// Runs qarep_i8_gemm over every output pixel of `layout`'s convolution,
+/// shared among `threads` workers, with `epilogue` (its bias, multipliers and
+/// pixel offsets filled in here).
+private func int16Convolution(_ padded: UnsafePointer<Int16>, layout: PaddedNHWC, windowOffsets: [Int64],
+                              weights: PackedInt8Weights, bias: [Int32], multipliers: [Float],
+                              epilogue: qarep_i8_epilogue, outputOffsets: [Int64]?, threads: Int, path: IntegerKernelPath) {
+    let g = layout.g, flag = path.flag, tapOffsets = layout.tapOffsets
+    var epilogue = epilogue
+    withOptionalPointer(outputOffsets) { oo in
+        bias.withUnsafeBufferPointer { b in
+            multipliers.withUnsafeBufferPointer { m in
+                weights.storage.withUnsafeBufferPointer { w in
+                    tapOffsets.withUnsafeBufferPointer { to in
+                        windowOffsets.withUnsafeBufferPointer { po in
+                            epilogue.bias = b.baseAddress
+                            epilogue.multiplier = m.baseAddress
+                            epilogue.pixel_offsets = oo
+                            var source = qarep_i8_source(source: padded, tap_offsets: to.baseAddress,
+                                                         taps: Int64(to.count), segment: Int64(layout.segment))
+                            PixelChunks(pixels: g.columns, paddedInputSize: layout.paddedInputSize, threads: threads)
+                                .forEach(outChannels: g.outChannels, reduction: layout.paddedInputSize, threads: threads,
+                                         weights: w.baseAddress!, blockElements: 16 * layout.paddedInputSize,
+                                         epilogue: epilogue) { w, outChannels, first, count, e in
+                                    qarep_i8_gemm(w, Int64(outChannels), &source, po.baseAddress! + first, Int64(first),
+                                                  Int64(count), e, flag)
+                                }
                         }
                     }
                 }
@@ -180,42 +218,6 @@ private func quantizedConv2dVNNI<Input: QuantizedActivation, Output: QuantizedAc
                          output: UnsafeMutableRawPointer(output), outputOffsets: nil, threads: threads, path: path)
 }
 
-/// The zero-padded NHWC bytes the VNNI kernel reads: `u = x_q + 128` for
-/// int8 codes, `x_q` for uint8 codes, channels padded to a multiple of 4, and
-/// the code of real zero (`zeroCode`) in the borders and padding channels.
-public struct QuantizedBytesLayout: Sendable {
-    let nhwc: PaddedNHWC
-
-    public init(_ g: ConvGeometry) { nhwc = PaddedNHWC(g, channelMultiple: 4) }
-
-    public var geometry: ConvGeometry { nhwc.g }
-    /// Bytes of the buffer.
-    public var count: Int { nhwc.count }
-    /// Channels of a pixel in the buffer (C rounded up to 4).
-    public var paddedChannels: Int { nhwc.paddedChannels }
-    /// Window origin of every output pixel, pixels in (n, oy, ox) order.
-    public var windowOffsets: [Int64] { nhwc.pixelOffsets }
-
-    /// Offset of input pixel (n, y, x) of the unpadded image, channel 0.
-    public func offset(image n: Int, y: Int, x: Int) -> Int {
-        ((n * nhwc.paddedHeight + y + nhwc.g.padding) * nhwc.paddedWidth + x + nhwc.g.padding) * nhwc.paddedChannels
-    }
-
-    /// The byte of real zero for codes with zero point `zeroPoint`.
-    public static func zeroCode(zeroPoint: Int32, signed: Bool) -> Int32 { zeroPoint + (signed ? 128 : 0) }
-
-    /// Copies NCHW codes into `buffer` (`count` bytes), borders included.
-    public func fill<T: QuantizedActivation>(_ buffer: UnsafeMutablePointer<UInt8>, from codes: UnsafePointer<T>,
-                                            zeroPoint: Int32, threads: Int) {
-        let g = nhwc.g
-        parallelFor(g.batch, threads: threads) { _, images in
-            qarep_u8_to_padded_nhwc(UnsafeRawPointer(codes), T.isSigned ? 1 : 0, zeroPoint,
-                                    Int64(images.lowerBound), Int64(images.count), Int64(g.inChannels),
-                                    Int64(g.height), Int64(g.width), Int64(g.padding), Int64(nhwc.paddedChannels), buffer)
-        }
-    }
-}
-
 /// The VNNI integer convolution on an input already in `QuantizedBytesLayout`
 /// (`windowOffsets` usually `layout.windowOffsets`), with the arithmetic of
 /// `quantizedConv2d`: the kernel sums `w * u`, and `inputZeroCode` times each
@@ -244,7 +246,7 @@ public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: Quan
         bias: nil, multiplier: nil, zero_point: outputZeroPoint, min: outputMin, max: outputMax,
         output_signed: outputSigned ? 1 : 0, output: output,
         plane: Int64(g.outPlane), channel_stride: Int64(g.outPlane), image_stride: Int64(g.outChannels * g.outPlane),
-        pixel_offsets: nil, flip: outputOffsets != nil && outputSigned ? 0x80 : 0)
+        pixel_offsets: nil, flip: outputOffsets != nil && outputSigned ? 0x80 : 0, output_int16: 0)
     withOptionalPointer(outputOffsets) { oo in
         shiftedBias.withUnsafeBufferPointer { b in
             multipliers.withUnsafeBufferPointer { m in
@@ -287,59 +289,4 @@ private func checkQuantizedConv<Input: QuantizedActivation, Output: QuantizedAct
     precondition(r.contains(outputZeroPoint), "output zero point \(outputZeroPoint) is not a \(Output.self) code")
     precondition(outputMin <= outputMax && r.contains(outputMin) && r.contains(outputMax),
                  "output range [\(outputMin), \(outputMax)] outside \(Output.self)'s \(r)")
-}
-
-/// The zero-padded NHWC copy of a convolution's input,
-/// `[N][H + 2p][W + 2p][Cp]` with `Cp` = C rounded up to a multiple of
-/// `channelMultiple` (2 for the int16 kernels' pairs, 4 for the VNNI quads),
-/// and where the implicit GEMM finds each patch in it. Offsets count elements.
-struct PaddedNHWC {
-    let g: ConvGeometry
-    let paddedChannels: Int, paddedHeight: Int, paddedWidth: Int
-
-    init(_ g: ConvGeometry, channelMultiple: Int = 2) {
-        self.g = g
-        paddedChannels = (g.inChannels + channelMultiple - 1) / channelMultiple * channelMultiple
-        paddedHeight = g.height + 2 * g.padding
-        paddedWidth = g.width + 2 * g.padding
-    }
-
-    /// Int16 elements of the buffer.
-    var count: Int { g.batch * paddedHeight * paddedWidth * paddedChannels }
-    /// K' = kh * kw * Cp.
-    var paddedInputSize: Int { g.kernelH * g.kernelW * paddedChannels }
-
-    /// Values the kernel reads contiguously per window row: taps (i, 0..<kw)
-    /// are adjacent in NHWC, and so are their weights in the (i, j, c) order.
-    var segment: Int { g.kernelW * paddedChannels }
-
-    /// Offset of window row i from its pixel's window origin.
-    var tapOffsets: [Int64] { (0..<g.kernelH).map { i in Int64(i * paddedWidth * paddedChannels) } }
-
-    /// Offset of each output pixel's window origin (top-left tap), pixels in
-    /// (n, oy, ox) order.
-    var pixelOffsets: [Int64] {
-        var offsets = [Int64]()
-        offsets.reserveCapacity(g.columns)
-        for n in 0..<g.batch {
-            for oy in 0..<g.outHeight {
-                for ox in 0..<g.outWidth {
-                    offsets.append(Int64(((n * paddedHeight + oy * g.stride) * paddedWidth + ox * g.stride) * paddedChannels))
-                }
-            }
-        }
-        return offsets
-    }
-
-    /// Copies NCHW codes into `buffer` as `x_q - zeroPoint`, borders and
-    /// padding channels zero; images are shared among `threads` workers.
-    func fill<T: QuantizedActivation>(_ buffer: UnsafeMutablePointer<Int16>, from x: UnsafePointer<T>,
-                                      zeroPoint: Int32, threads: Int) {
-        precondition(T.self == Int8.self || T.self == UInt8.self, "8-bit activations are Int8 or UInt8")
-        parallelFor(g.batch, threads: threads) { _, images in
-            qarep_i8_to_padded_nhwc(UnsafeRawPointer(x), T.isSigned ? 1 : 0, zeroPoint,
-                                    Int64(images.lowerBound), Int64(images.count), Int64(g.inChannels),
-                                    Int64(g.height), Int64(g.width), Int64(g.padding), Int64(paddedChannels), buffer)
-        }
-    }
 }

@@ -268,6 +268,48 @@ private func runBoth(_ c: QConvCase, _ d: QConvData) -> (fast: [Int32], naive: [
     }
 }
 
+/// The case through `quantizedConv2dInt16` (the engine's chained AVX2 and
+/// portable convolution) on its padded int16 input, writing `code - z` into a
+/// padded NHWC buffer like the next layer's; returns NCHW codes, or nil on the
+/// byte paths, which read another layout.
+private func runInt16Layout(_ c: QConvCase, _ d: QConvData) -> [Int32]? {
+    guard !c.path.usesBytes else { return nil }
+    let g = c.geometry
+    let layout = QuantizedInt16Layout(g)
+    var padded = [Int16](repeating: 7, count: layout.count)  // fill overwrites everything
+    let packed = PackedInt8Weights(convolution: d.weights, outChannels: g.outChannels, inChannels: g.inChannels,
+                                   kernelH: g.kernelH, kernelW: g.kernelW)
+    if c.signedInput {
+        layout.fill(&padded, from: d.input.map { Int8(truncatingIfNeeded: $0) }, zeroPoint: d.inputZeroPoint, threads: 1)
+    } else {
+        layout.fill(&padded, from: d.input.map { UInt8(truncatingIfNeeded: $0) }, zeroPoint: d.inputZeroPoint, threads: 1)
+    }
+    // The output as the padded input of a 3x3 convolution over it, with a
+    // sentinel in the border that the convolution must leave alone.
+    let next = QuantizedInt16Layout(ConvGeometry(batch: g.batch, inChannels: g.outChannels, height: g.outHeight,
+                                                 width: g.outWidth, outChannels: 1, kernelH: 3, kernelW: 3,
+                                                 stride: 1, padding: 1))
+    let sentinel: Int16 = -999
+    var out = [Int16](repeating: sentinel, count: next.count)
+    let offsets = (0..<g.columns).map { j in
+        Int64(next.offset(image: j / g.outPlane, y: j % g.outPlane / g.outWidth, x: j % g.outWidth))
+    }
+    quantizedConv2dInt16(paddedInput: padded, layout: layout, windowOffsets: layout.windowOffsets, weights: packed,
+                         bias: d.bias, multipliers: d.multipliers, outputZeroPoint: d.outputZeroPoint,
+                         outputMin: d.outputMin, outputMax: d.outputMax, outputSigned: c.signedOutput,
+                         output: &out, outputOffsets: offsets, threads: c.threads, path: c.path)
+    var codes = [Int32](repeating: 0, count: g.batch * g.outChannels * g.outPlane)
+    var written = 0
+    for (j, offset) in offsets.enumerated() {
+        for o in 0..<g.outChannels {
+            codes[(j / g.outPlane * g.outChannels + o) * g.outPlane + j % g.outPlane] = Int32(out[Int(offset) + o]) + d.outputZeroPoint
+        }
+        written += g.outChannels
+    }
+    // Only real channels of interior pixels were written.
+    return out.count(where: { $0 != sentinel }) <= written ? codes : []
+}
+
 @Suite("Quantized convolution: fused GEMM path against the naive reference")
 struct QuantizedConvolutionTests {
     @Test("quantizedConv2d equals naiveQuantizedConv2d bit for bit", arguments: qconvCases)
@@ -282,6 +324,9 @@ struct QuantizedConvolutionTests {
                         + "M=\(d.multipliers[o]) bias=\(d.bias[o]) got \(fast[i]) want \(slow[i])")
         }
         #expect(bad.count == 0, bad.report)
+        if let chained = runInt16Layout(c, d) {
+            #expect(chained == slow, "quantizedConv2dInt16: codes equal the reference, nothing written outside the interior")
+        }
         // The data must exercise both clamp bounds and the inside of the range.
         #expect(slow.contains(d.outputMin) && slow.contains(d.outputMax), "clamp bounds reached")
         #expect(slow.contains { $0 > d.outputMin && $0 < d.outputMax }, "unsaturated outputs")

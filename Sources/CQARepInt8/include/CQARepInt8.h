@@ -38,7 +38,9 @@ extern "C" {
 /// With `pixel_offsets` set (codes only), pixel j's channels are instead
 /// consecutive bytes from pixel_offsets[j], each code XORed with `flip`: the
 /// NHWC bytes of the next layer's VNNI input (flip 0x80 turns an int8 code
-/// into code + 128).
+/// into code + 128). With `pixel_offsets` and `output_int16` set, pixel j's
+/// channels are instead consecutive int16 from element pixel_offsets[j], each
+/// `code - zero_point`: the next layer's padded int16 input (qarep_i8_gemm only).
 typedef struct {
     const int32_t *bias;
     const float *multiplier;
@@ -48,6 +50,7 @@ typedef struct {
     int64_t plane, channel_stride, image_stride;
     const int64_t *pixel_offsets;
     int32_t flip;
+    int32_t output_int16;
 } qarep_i8_epilogue;
 
 /// The activation operand (see above). Offsets count int16 elements.

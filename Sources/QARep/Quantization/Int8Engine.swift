@@ -1,10 +1,12 @@
 import QARepKernels
 
 /// Runs an `Int8Model` (8 bits or fewer) in integer arithmetic: the input image is quantized
-/// once, every convolution is an exact int16 x int16 -> int32 GEMM with fused
+/// once, every convolution is an exact integer GEMM (int32 accumulators) with fused
 /// bias, requantization and ReLU, pooling and the linear head work on
 /// integer codes, and only the final accumulators are scaled into float
-/// logits. Signed activations live in `Int8` buffers, unsigned in `UInt8`.
+/// logits. Activations stay in the kernel's padded NHWC layout from the first
+/// convolution to the last, each writing straight into the next one's input:
+/// int16 `x_q - z_x` on the AVX2 and portable paths, bytes on VNNI and AMX.
 public final class Int8Engine {
     public let model: Int8Model
     let packed: [PackedInt8Weights]
@@ -13,9 +15,7 @@ public final class Int8Engine {
     /// The integer kernel; every path gives the same logits.
     public let path: IntegerKernelPath
 
-    /// - Parameter path: `.best` unless comparing paths. With `.avx512vnni` or `.amx`
-    ///   activations stay in the VNNI kernel's padded NHWC bytes from the first
-    ///   convolution to the last, each writing straight into the next one's input.
+    /// - Parameter path: `.best` unless comparing paths; every path gives the same logits.
     public init(_ model: Int8Model, threads: Int = KernelThreads.count, path: IntegerKernelPath = .best) throws {
         try model.validate()
         self.model = model
@@ -45,95 +45,60 @@ public final class Int8Engine {
     }
 
     private func run<A: QuantizedActivation>(_: A.Type, _ images: Tensor) -> [Float] {
-        if path.usesBytes { return runChained(A.self, images) }
-        let (N, C) = (images.shape[0], images.shape[1])
-        var (H, W) = (images.shape[2], images.shape[3])
-        let first = model.convs[0]
-        let range = codeRange(bits: first.inputBits)
-        var x: [A] = images.data.map {
-            A(truncatingIfNeeded: quantize($0, scale: first.inputScale, zeroPoint: first.inputZeroPoint, range: range))
-        }
-        var channels = C
-        for (conv, weights) in zip(model.convs, packed) {
-            let g = ConvGeometry(batch: N, inChannels: channels, height: H, width: W, outChannels: conv.outChannels,
-                                 kernelH: conv.kernelSize, kernelW: conv.kernelSize, stride: conv.stride, padding: conv.padding)
-            let y = [A](unsafeUninitializedCapacity: N * conv.outChannels * g.outPlane) { buf, count in
-                x.withUnsafeBufferPointer { xp in
-                    // ReLU is the clamp's lower bound: the code of real 0.
-                    quantizedConv2d(input: xp.baseAddress!, geometry: g, weights: weights, bias: conv.bias,
-                                    multipliers: conv.multipliers, inputZeroPoint: conv.inputZeroPoint,
-                                    outputZeroPoint: conv.outputZeroPoint, outputMin: conv.outputZeroPoint,
-                                    outputMax: codeRange(bits: conv.outputBits).max, output: buf.baseAddress!,
-                                    threads: threads, path: path)
-                }
-                count = N * conv.outChannels * g.outPlane
-            }
-            x = y
-            (H, W, channels) = (g.outHeight, g.outWidth, conv.outChannels)
-        }
-        // NCHW codes: each image's channel is one run of the plane.
-        let plane = H * W
-        var sums = [Int32](repeating: 0, count: N * channels)
-        x.withUnsafeBufferPointer { codes in
-            for r in 0..<(N * channels) {
-                var sum: Int32 = 0
-                for i in 0..<plane { sum &+= Int32(codes[r * plane + i]) }
-                sums[r] = sum
-            }
-        }
-        return head(sums, codeOffset: 0, batch: N, channels: channels, plane: plane)
+        path.usesBytes ? run(A.self, QuantizedBytesLayout.self, images) : run(A.self, QuantizedInt16Layout.self, images)
     }
 
-    /// Each layer's byte layout, window origins and output offsets (into the
-    /// next layer's padded input, or plain NHWC after the last) for one input
-    /// shape, and activation buffers for each worker that runs the shape.
-    /// Borders and padding channels of each layer's input hold that input's
-    /// zero code; the convolutions write only real channels of interior
-    /// pixels, so the buffers are filled once, here.
-    private struct Plan {
-        let layouts: [QuantizedBytesLayout]
+    /// Each layer's padded input layout, window origins and output offsets
+    /// (into the next layer's padded input, or plain NHWC after the last) for
+    /// one input shape, and activation buffers for each worker that runs the
+    /// shape. Borders and padding channels of each layer's input hold that
+    /// input's zero element; the convolutions write only real channels of
+    /// interior pixels, so the buffers are filled once, here.
+    private final class Plan<Layout: PaddedQuantizedLayout> {
+        let layouts: [Layout]
         let windows: [[Int64]]
         let outputs: [[Int64]]
         /// Per worker: layer i's padded input for each i, then the last layer's NHWC output.
-        let buffers: WorkerBuffers<UInt8>
+        let buffers: WorkerBuffers<Layout.Element>
 
-        init(layouts: [QuantizedBytesLayout], windows: [[Int64]], outputs: [[Int64]], zeroCodes: [UInt8], workers: Int) {
-            (self.layouts, self.windows, self.outputs) = (layouts, windows, outputs)
+        init(layouts: [Layout], zeroElements: [Layout.Element], workers: Int) {
+            self.layouts = layouts
+            windows = layouts.map(\.windowOffsets)
+            outputs = layouts.indices.map { i -> [Int64] in
+                let g = layouts[i].geometry
+                return outputPixelOffsets(g) { image, y, x in
+                    i + 1 < layouts.count ? layouts[i + 1].offset(image: image, y: y, x: x)
+                                          : ((image * g.outHeight + y) * g.outWidth + x) * g.outChannels
+                }
+            }
             let last = layouts.last!.geometry
             let counts = layouts.map(\.count) + [last.batch * last.outPlane * last.outChannels]
-            buffers = WorkerBuffers(workers: workers, counts: counts, fills: zeroCodes + [0])
+            buffers = WorkerBuffers(workers: workers, counts: counts, fills: zeroElements + [0])
         }
     }
 
-    private var plans: [[Int]: Plan] = [:]
+    /// Plans by `[batch, height, width, workers]`, all of the layout of this engine's path.
+    private var plans: [[Int]: AnyObject] = [:]
     /// Input shapes whose plans (and activation buffers) are kept at most.
     private let keptPlans = 6
 
-    private func layouts(batch n: Int, height: Int, width: Int) -> [QuantizedBytesLayout] {
+    private func layouts<Layout: PaddedQuantizedLayout>(_: Layout.Type, batch n: Int, height: Int, width: Int) -> [Layout] {
         var (h, w, channels) = (height, width, model.convs[0].inChannels)
-        return model.convs.map { conv -> QuantizedBytesLayout in
+        return model.convs.map { conv -> Layout in
             let g = ConvGeometry(batch: n, inChannels: channels, height: h, width: w, outChannels: conv.outChannels,
                                  kernelH: conv.kernelSize, kernelW: conv.kernelSize, stride: conv.stride, padding: conv.padding)
             (h, w, channels) = (g.outHeight, g.outWidth, conv.outChannels)
-            return QuantizedBytesLayout(g)
+            return Layout(g)
         }
     }
 
-    private func plan(batch n: Int, height: Int, width: Int, workers: Int) -> Plan {
+    private func plan<Layout: PaddedQuantizedLayout>(_: Layout.Type, batch n: Int, height: Int, width: Int,
+                                                     workers: Int) -> Plan<Layout> {
         let key = [n, height, width, workers]
-        if let plan = plans[key] { return plan }
-        let layouts = layouts(batch: n, height: height, width: width)
-        let outputs = layouts.indices.map { i -> [Int64] in
-            let g = layouts[i].geometry
-            return outputPixelOffsets(g) { image, y, x in
-                i + 1 < layouts.count ? layouts[i + 1].offset(image: image, y: y, x: x)
-                                      : ((image * g.outHeight + y) * g.outWidth + x) * g.outChannels
-            }
-        }
-        let zeroCodes = model.convs.map {
-            UInt8(QuantizedBytesLayout.zeroCode(zeroPoint: $0.inputZeroPoint, signed: model.activation.signed))
-        }
-        let plan = Plan(layouts: layouts, windows: layouts.map(\.windowOffsets), outputs: outputs, zeroCodes: zeroCodes,
+        // One engine runs one path, so every cached plan has its layout.
+        if let plan = plans[key] { return plan as! Plan<Layout> }
+        let zeroElements = model.convs.map { Layout.zeroElement(zeroPoint: $0.inputZeroPoint, signed: model.activation.signed) }
+        let plan = Plan(layouts: layouts(Layout.self, batch: n, height: height, width: width), zeroElements: zeroElements,
                         workers: workers)
         if plans.count >= keptPlans { plans.removeAll() }
         plans[key] = plan
@@ -142,30 +107,32 @@ public final class Int8Engine {
 
     /// Activation bytes of one image that a worker keeps hot while it runs a
     /// chunk: the largest padded input and output of one layer together.
-    private func workingSetPerImage(height: Int, width: Int) -> Int {
-        let layouts = layouts(batch: 1, height: height, width: width)
+    private func workingSetPerImage<Layout: PaddedQuantizedLayout>(_: Layout.Type, height: Int, width: Int) -> Int {
+        let layouts = layouts(Layout.self, batch: 1, height: height, width: width)
         return layouts.indices.map { i in
             let g = layouts[i].geometry
-            return layouts[i].count + (i + 1 < layouts.count ? layouts[i + 1].count : g.outPlane * g.outChannels)
+            let elements = layouts[i].count + (i + 1 < layouts.count ? layouts[i + 1].count : g.outPlane * g.outChannels)
+            return elements * MemoryLayout<Layout.Element>.size
         }.max()!
     }
 
-    /// The VNNI and AMX paths: each image is quantized and laid out once, then
-    /// every convolution reads and writes padded NHWC bytes. Batches of at
-    /// least one image per worker run in `ImageChunks`, smaller ones layer by
-    /// layer with each convolution shared among the workers; every value is
-    /// the same either way.
-    private func runChained<A: QuantizedActivation>(_: A.Type, _ images: Tensor) -> [Float] {
+    /// Each image is quantized and laid out once, then every convolution reads
+    /// and writes `Layout`'s padded NHWC elements. Batches of at least one
+    /// image per worker run in `ImageChunks`, smaller ones layer by layer with
+    /// each convolution shared among the workers; every value is the same
+    /// either way.
+    private func run<A: QuantizedActivation, Layout: PaddedQuantizedLayout>(_: A.Type, _: Layout.Type,
+                                                                           _ images: Tensor) -> [Float] {
         let (n, height, width) = (images.shape[0], images.shape[2], images.shape[3])
-        let channels = model.convs.last!.outChannels, imageSize = images.shape[1] * height * width
+        let last = model.convs.last!, channels = last.outChannels, imageSize = images.shape[1] * height * width
         var sums = [Int32](repeating: 0, count: n * channels)
         var pixels = 0
         images.data.withUnsafeBufferPointer { x in
             sums.withUnsafeMutableBufferPointer { sums in
                 ImageChunks.run(
-                    batch: n, threads: threads, bytesPerImage: workingSetPerImage(height: height, width: width),
+                    batch: n, threads: threads, bytesPerImage: workingSetPerImage(Layout.self, height: height, width: width),
                     plan: {
-                        let plan = plan(batch: $0, height: height, width: width, workers: $1)
+                        let plan = plan(Layout.self, batch: $0, height: height, width: width, workers: $1)
                         pixels = plan.layouts.last!.geometry.outPlane
                         return plan
                     },
@@ -176,14 +143,17 @@ public final class Int8Engine {
                     })
             }
         }
-        return head(sums, codeOffset: A.isSigned ? -128 : 0, batch: n, channels: channels, plane: pixels)
+        let codeOffset = Layout.codeOffset(zeroPoint: last.outputZeroPoint, signed: A.isSigned)
+        return head(sums, codeOffset: codeOffset, batch: n, channels: channels, plane: pixels)
     }
 
     /// Runs the images of `plan`'s batch through every convolution on
-    /// `worker`'s buffers and adds each image's last-layer codes, summed over
-    /// its pixels, to `sums` (zero on entry).
-    private func run<A: QuantizedActivation>(_: A.Type, _ plan: Plan, worker: Int, images: UnsafePointer<Float>,
-                                             sums: UnsafeMutablePointer<Int32>, threads: Int) {
+    /// `worker`'s buffers and adds each image's last-layer elements, summed
+    /// over its pixels, to `sums` (zero on entry).
+    private func run<A: QuantizedActivation, Layout: PaddedQuantizedLayout>(
+        _: A.Type, _ plan: Plan<Layout>, worker: Int, images: UnsafePointer<Float>,
+        sums: UnsafeMutablePointer<Int32>, threads: Int
+    ) {
         let buffers = plan.buffers[worker]
         let first = model.convs[0], range = codeRange(bits: first.inputBits)
         let g0 = plan.layouts[0].geometry
@@ -195,19 +165,19 @@ public final class Int8Engine {
             }
             initialized = count
         }
-        func zeroCode(_ zeroPoint: Int32) -> Int32 { QuantizedBytesLayout.zeroCode(zeroPoint: zeroPoint, signed: A.isSigned) }
         plan.layouts[0].fill(buffers[0], from: codes, zeroPoint: first.inputZeroPoint, threads: threads)
         for (i, (conv, weights)) in zip(model.convs, packed).enumerated() {
-            quantizedConv2dBytes(paddedInput: buffers[i], layout: plan.layouts[i], windowOffsets: plan.windows[i],
-                                 inputZeroCode: zeroCode(conv.inputZeroPoint), weights: weights, bias: conv.bias,
-                                 multipliers: conv.multipliers, outputZeroPoint: conv.outputZeroPoint,
-                                 outputMin: conv.outputZeroPoint, outputMax: codeRange(bits: conv.outputBits).max,
-                                 outputSigned: A.isSigned,
-                                 output: buffers[i + 1], outputOffsets: plan.outputs[i], threads: threads, path: path)
+            // ReLU is the clamp's lower bound: the code of real 0.
+            plan.layouts[i].convolve(buffers[i], windowOffsets: plan.windows[i], inputZeroPoint: conv.inputZeroPoint,
+                                     inputSigned: A.isSigned, weights: weights, bias: conv.bias,
+                                     multipliers: conv.multipliers, outputZeroPoint: conv.outputZeroPoint,
+                                     outputMin: conv.outputZeroPoint, outputMax: codeRange(bits: conv.outputBits).max,
+                                     outputSigned: A.isSigned, output: buffers[i + 1], outputOffsets: plan.outputs[i],
+                                     threads: threads, path: path)
         }
-        // The last layer's NHWC bytes, summed over each image's pixels for
+        // The last layer's NHWC elements, summed over each image's pixels for
         // the head: a pixel's channels are consecutive, so the adds run
-        // across channels. A signed code is its byte minus 128 (the head's codeOffset).
+        // across channels. The head adds the layout's codeOffset.
         let last = UnsafePointer(buffers[model.convs.count])
         let g = plan.layouts.last!.geometry
         let (channels, pixels) = (g.outChannels, g.outPlane)
