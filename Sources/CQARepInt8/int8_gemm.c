@@ -217,6 +217,53 @@ AVX2 static void tile_avx2(const int16_t *w, const int16_t *const a[NR], const q
 #endif
 
 
+// u8 x s8 on AVX2: vpmaddubsw multiplies the 4 activation bytes by each
+// channel's 4 weights and sums adjacent products into int16 with saturation,
+// vpmaddwd by ones sums the two int16 into the channel's int32 lane. The
+// VNNI packing is what it reads: one ymm is 8 channels' 4 weights. Exact
+// only for activation bytes up to 127 (qarep_u8s8_gemm's contract): an
+// int16 sum is then at most 2 * 127 * 128 = 32,512 < 2^15. Per 4 k, two
+// weight loads and six broadcasts feed 24 multiplies of 16 products each.
+#if QAREP_X86
+AVX2 static void tile_avx2_u7(const int8_t *w, const uint8_t *const a[NR], const qarep_u8_source *s,
+                              int32_t t[NR][MR]) {
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t tap = 0; tap < s->taps; tap++) {
+        const int64_t off = s->tap_offsets[tap];
+        const uint8_t *a0 = a[0] + off, *a1 = a[1] + off, *a2 = a[2] + off;
+        const uint8_t *a3 = a[3] + off, *a4 = a[4] + off, *a5 = a[5] + off;
+        const int8_t *wk = w + tap * s->segment * MR;
+        for (int64_t k = 0; k < s->segment; k += 4, wk += 4 * MR) {
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)wk);
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wk + 32));
+            int32_t x;
+#define QAREP_STEP(ap, lo, hi)                                                                  \
+            memcpy(&x, ap + k, sizeof x);                                                       \
+            {                                                                                   \
+                const __m256i b = _mm256_set1_epi32(x);                                         \
+                lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_maddubs_epi16(b, w0), ones)); \
+                hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_maddubs_epi16(b, w1), ones)); \
+            }
+            QAREP_STEP(a0, c00, c01)
+            QAREP_STEP(a1, c10, c11)
+            QAREP_STEP(a2, c20, c21)
+            QAREP_STEP(a3, c30, c31)
+            QAREP_STEP(a4, c40, c41)
+            QAREP_STEP(a5, c50, c51)
+#undef QAREP_STEP
+        }
+    }
+    _mm256_storeu_si256((__m256i *)t[0], c00); _mm256_storeu_si256((__m256i *)(t[0] + 8), c01);
+    _mm256_storeu_si256((__m256i *)t[1], c10); _mm256_storeu_si256((__m256i *)(t[1] + 8), c11);
+    _mm256_storeu_si256((__m256i *)t[2], c20); _mm256_storeu_si256((__m256i *)(t[2] + 8), c21);
+    _mm256_storeu_si256((__m256i *)t[3], c30); _mm256_storeu_si256((__m256i *)(t[3] + 8), c31);
+    _mm256_storeu_si256((__m256i *)t[4], c40); _mm256_storeu_si256((__m256i *)(t[4] + 8), c41);
+    _mm256_storeu_si256((__m256i *)t[5], c50); _mm256_storeu_si256((__m256i *)(t[5] + 8), c51);
+}
+#endif
+
 // u8 x s8 micro-kernels (AVX-512 VNNI). vpdpbusd multiplies 4 unsigned bytes
 // of the activation by 4 signed bytes of a weight and adds the four products
 // to an int32 lane: no intermediate is narrowed, so the sum is exact. Weights
@@ -587,7 +634,7 @@ AMX static void drive_amx(const operands *op, int64_t blocks, const block_params
 
 // MARK: - Driver
 
-enum { KERNEL_SCALAR, KERNEL_AVX2, KERNEL_VNNI512, KERNEL_AMX };
+enum { KERNEL_SCALAR, KERNEL_AVX2, KERNEL_VNNI512, KERNEL_AMX, KERNEL_AVX2_BYTES };
 
 static void drive(const operands *op, int64_t out_channels, const int64_t *pixel_offsets, int64_t first_pixel,
                   int64_t pixel_count, const qarep_i8_epilogue *epilogue, int kernel) {
@@ -642,6 +689,11 @@ static void drive(const operands *op, int64_t out_channels, const int64_t *pixel
                     }
                     continue;
                 }
+                if (kernel == KERNEL_AVX2_BYTES) {
+                    tile_avx2_u7(w, (const uint8_t *const *)a, &s8, t[0]);
+                    store_tile_avx2(t[0], &params[blk], &tp, epilogue);
+                    continue;
+                }
                 if (kernel == KERNEL_AVX2) {
                     tile_avx2(w, (const int16_t *const *)a, &s16, t[0]);
                     store_tile_avx2(t[0], &params[blk], &tp, epilogue);
@@ -666,12 +718,13 @@ void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_
 
 void qarep_u8s8_gemm(const int8_t *weights, int64_t out_channels, const qarep_u8_source *source,
                      const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
-                     const qarep_i8_epilogue *epilogue, int use_amx) {
+                     const qarep_i8_epilogue *epilogue, int kernel) {
     // Each block's reduction is padded to a multiple of 64 bytes: whole AMX tiles.
     const int64_t padded = (source->taps * source->segment + 63) & ~(int64_t)63;
     const operands op = {weights, padded * MR, source->source, 1,
                          source->tap_offsets, source->taps, source->segment};
-    drive(&op, out_channels, pixel_offsets, first_pixel, pixel_count, epilogue, use_amx ? KERNEL_AMX : KERNEL_VNNI512);
+    drive(&op, out_channels, pixel_offsets, first_pixel, pixel_count, epilogue,
+          kernel == QAREP_U8S8_AMX ? KERNEL_AMX : kernel == QAREP_U8S8_AVX2 ? KERNEL_AVX2_BYTES : KERNEL_VNNI512);
 }
 
 // MARK: - Layout conversion

@@ -32,7 +32,11 @@ public enum IntegerKernelPath: Sendable, Equatable, CaseIterable {
     /// four products summed straight into int32); convolutions only, where
     /// the CPU has it. `int16GEMM` and `requantize` run their AVX2 code on it.
     case avx512vnni
-    /// AVX2 (`vpmaddwd`); only where the CPU has it.
+    /// AVX2; only where the CPU has it. `vpmaddwd` on int16 `x_q - z`, and,
+    /// for convolutions whose input codes all lie in [0, 127] (every one after
+    /// the first under a signed 8-bit scheme with ReLU, and every scheme below
+    /// 8 bits), `vpmaddubsw` on their bytes, whose int16 pair sums cannot
+    /// saturate there: half the bytes and fewer instructions per product.
     case avx2
     /// Plain C loops any CPU runs; the same results bit for bit, slower.
     case portable
@@ -51,7 +55,7 @@ public enum IntegerKernelPath: Sendable, Equatable, CaseIterable {
     /// Whether this CPU runs AMX-INT8 (and AVX-512 VNNI) and the OS lets this process use the tiles.
     public static var amxAvailable: Bool { qarep_i8_amx_available() != 0 }
 
-    /// Whether the convolution runs on the VNNI byte layout (the VNNI and AMX paths).
+    /// Whether every convolution runs on the byte layout (the VNNI and AMX paths).
     public var usesBytes: Bool { self == .avx512vnni || self == .amx }
 
     /// Whether this CPU runs AVX2.
@@ -96,10 +100,11 @@ public struct PackedInt8Weights: Sendable {
     public let kernelW: Int
     /// The packed values, `ceil(O / 16) * 16 * paddedInputSize` of them.
     public let storage: [Int16]
-    /// The VNNI packing: int8, blocks of 16 channels, each `[K'' / 4][16][4]`
+    /// The byte packing: int8, blocks of 16 channels, each `[K'' / 4][16][4]`
     /// with channels padded to a multiple of 4 and `K'' = kh * kw * quadInChannels`
     /// rounded up to a multiple of 64 (`vnniReduction`: whole AMX tiles);
-    /// padding is zero. Built only where the CPU runs the VNNI kernel.
+    /// padding is zero. Built only where the CPU runs a byte kernel (AVX2,
+    /// whose `vpmaddubsw` reads it as the VNNI and AMX kernels do).
     public let vnniStorage: [Int8]
     /// Sum of each output channel's weights (for the VNNI kernel's zero-code correction).
     public let weightSums: [Int32]
@@ -151,7 +156,7 @@ public struct PackedInt8Weights: Sendable {
         weightSums = (0..<outChannels).map { o in
             (0..<(inChannels * taps)).reduce(Int32(0)) { $0 + Int32(weights[o * inChannels * taps + $1]) }
         }
-        if IntegerKernelPath.vnni512Available {
+        if IntegerKernelPath.avx2Available {
             let cq = Self.roundedUp(inChannels, to: 4), kq = Self.vnniReduction(taps: taps, inChannels: inChannels)
             var quads = [Int8](repeating: 0, count: blocks * mr * kq)
             for o in 0..<outChannels {

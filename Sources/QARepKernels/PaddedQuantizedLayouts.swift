@@ -5,109 +5,107 @@ import CQARepInt8
 // every convolution writes straight into the next layer's interior, so
 // activations are laid out once per image, not once per layer.
 
-/// A zero-padded NHWC copy of a convolution's 8-bit input in the form one
-/// integer kernel reads: `QuantizedInt16Layout` for the AVX2 and portable
-/// kernels, `QuantizedBytesLayout` for VNNI and AMX.
-public protocol PaddedQuantizedLayout: Sendable {
-    /// What one channel of one pixel is stored as.
-    associatedtype Element: FixedWidthInteger
-    init(_ g: ConvGeometry)
-    /// The convolution this is the input of.
-    var geometry: ConvGeometry { get }
-    /// Elements of the buffer.
-    var count: Int { get }
-    /// Window origin of every output pixel, pixels in (n, oy, ox) order.
-    var windowOffsets: [Int64] { get }
-    /// Offset of input pixel (n, y, x) of the unpadded image, channel 0.
-    func offset(image n: Int, y: Int, x: Int) -> Int
-    /// What borders and padding channels hold: real zero for codes with `zeroPoint`.
-    static func zeroElement(zeroPoint: Int32, signed: Bool) -> Element
-    /// The code a stored element stands for is `Int32(element) + codeOffset`.
-    static func codeOffset(zeroPoint: Int32, signed: Bool) -> Int32
-    /// Copies NCHW codes into `buffer` (`count` elements), borders included.
-    func fill<T: QuantizedActivation>(_ buffer: UnsafeMutablePointer<Element>, from codes: UnsafePointer<T>,
-                                      zeroPoint: Int32, threads: Int)
-    /// `quantizedConv2d`'s arithmetic on an input in this layout, pixel j's
-    /// output channels written as this layout's elements from `outputOffsets[j]`
-    /// (into the next layer's buffer, or a plain NHWC one).
-    func convolve(_ input: UnsafePointer<Element>, windowOffsets: [Int64], inputZeroPoint: Int32, inputSigned: Bool,
-                  weights: PackedInt8Weights, bias: [Int32], multipliers: [Float],
-                  outputZeroPoint: Int32, outputMin: Int32, outputMax: Int32, outputSigned: Bool,
-                  output: UnsafeMutablePointer<Element>, outputOffsets: [Int64], threads: Int, path: IntegerKernelPath)
+/// What a padded activation buffer stores for each code `x_q` (zero point `z`).
+public enum QuantizedElement: Sendable, Equatable {
+    /// int16 `x_q - z`; real zero is 0. What the AVX2 and portable int16 kernels read.
+    case int16
+    /// One byte: `x_q + 128` for int8 codes, `x_q` for uint8. What VNNI and AMX read.
+    case shiftedByte
+    /// The code's own byte, for codes in [0, 127]: what AVX2's vpmaddubsw
+    /// reads exactly (a code outside that range is not representable).
+    case rawByte
+
+    /// Bytes of one element.
+    public var size: Int { self == .int16 ? 2 : 1 }
+
+    /// The element of real zero, which borders and padding channels hold, as
+    /// its bit pattern (an int16 or a byte).
+    public func zero(zeroPoint: Int32, signed: Bool) -> Int32 {
+        switch self {
+        case .int16: 0
+        case .shiftedByte: zeroPoint + (signed ? 128 : 0)
+        case .rawByte: zeroPoint
+        }
+    }
+
+    /// The code a stored element stands for is `element + codeOffset` (an
+    /// int16 read as signed, a byte as unsigned).
+    public func codeOffset(zeroPoint: Int32, signed: Bool) -> Int32 {
+        switch self {
+        case .int16: zeroPoint
+        case .shiftedByte: signed ? -128 : 0
+        case .rawByte: 0
+        }
+    }
+
+    /// Whether codes in `range` fit the element (always, but for `rawByte`: [0, 127]).
+    public func holds(_ range: QuantRange) -> Bool { self != .rawByte || (range.min >= 0 && range.max <= 127) }
 }
 
 /// The zero-padded NHWC int16 the AVX2 and portable kernels read: `x_q - z_x`
 /// (in [-255, 255]), channels padded to even, zero in the borders and padding
 /// channels.
-public struct QuantizedInt16Layout: PaddedQuantizedLayout {
+public struct QuantizedInt16Layout: Sendable {
     let nhwc: PaddedNHWC
 
     public init(_ g: ConvGeometry) { nhwc = PaddedNHWC(g, channelMultiple: 2) }
 
+    /// The convolution this is the input of.
     public var geometry: ConvGeometry { nhwc.g }
+    /// Int16 elements of the buffer.
     public var count: Int { nhwc.count }
+    /// Window origin of every output pixel, pixels in (n, oy, ox) order.
     public var windowOffsets: [Int64] { nhwc.pixelOffsets }
+    /// Offset of input pixel (n, y, x) of the unpadded image, channel 0.
     public func offset(image n: Int, y: Int, x: Int) -> Int { nhwc.offset(image: n, y: y, x: x) }
-    public static func zeroElement(zeroPoint: Int32, signed: Bool) -> Int16 { 0 }
-    public static func codeOffset(zeroPoint: Int32, signed: Bool) -> Int32 { zeroPoint }
 
+    /// Copies NCHW codes into `buffer` (`count` elements), borders included.
     public func fill<T: QuantizedActivation>(_ buffer: UnsafeMutablePointer<Int16>, from codes: UnsafePointer<T>,
                                             zeroPoint: Int32, threads: Int) {
         nhwc.fill(buffer, from: codes, zeroPoint: zeroPoint, threads: threads)
     }
-
-    public func convolve(_ input: UnsafePointer<Int16>, windowOffsets: [Int64], inputZeroPoint: Int32, inputSigned: Bool,
-                         weights: PackedInt8Weights, bias: [Int32], multipliers: [Float],
-                         outputZeroPoint: Int32, outputMin: Int32, outputMax: Int32, outputSigned: Bool,
-                         output: UnsafeMutablePointer<Int16>, outputOffsets: [Int64], threads: Int, path: IntegerKernelPath) {
-        quantizedConv2dInt16(paddedInput: input, layout: self, windowOffsets: windowOffsets, weights: weights, bias: bias,
-                             multipliers: multipliers, outputZeroPoint: outputZeroPoint, outputMin: outputMin,
-                             outputMax: outputMax, outputSigned: outputSigned, output: output, outputOffsets: outputOffsets,
-                             threads: threads, path: path)
-    }
 }
 
-/// The zero-padded NHWC bytes the VNNI kernel reads: `u = x_q + 128` for
-/// int8 codes, `x_q` for uint8 codes, channels padded to a multiple of 4, and
-/// the code of real zero (`zeroCode`) in the borders and padding channels.
-public struct QuantizedBytesLayout: PaddedQuantizedLayout {
+/// The zero-padded NHWC bytes the byte kernels read, channels padded to a
+/// multiple of 4, the byte of real zero in the borders and padding channels:
+/// `.shiftedByte` elements for VNNI and AMX, `.rawByte` for AVX2.
+public struct QuantizedBytesLayout: Sendable {
     let nhwc: PaddedNHWC
+    /// `.shiftedByte` or `.rawByte`.
+    public let element: QuantizedElement
 
-    public init(_ g: ConvGeometry) { nhwc = PaddedNHWC(g, channelMultiple: 4) }
+    public init(_ g: ConvGeometry, element: QuantizedElement = .shiftedByte) {
+        precondition(element != .int16, "a byte layout stores bytes")
+        nhwc = PaddedNHWC(g, channelMultiple: 4)
+        self.element = element
+    }
 
+    /// The convolution this is the input of.
     public var geometry: ConvGeometry { nhwc.g }
+    /// Bytes of the buffer.
     public var count: Int { nhwc.count }
     /// Channels of a pixel in the buffer (C rounded up to 4).
     public var paddedChannels: Int { nhwc.paddedChannels }
+    /// Window origin of every output pixel, pixels in (n, oy, ox) order.
     public var windowOffsets: [Int64] { nhwc.pixelOffsets }
+    /// Offset of input pixel (n, y, x) of the unpadded image, channel 0.
     public func offset(image n: Int, y: Int, x: Int) -> Int { nhwc.offset(image: n, y: y, x: x) }
 
     /// The byte of real zero for codes with zero point `zeroPoint`.
-    public static func zeroCode(zeroPoint: Int32, signed: Bool) -> Int32 { zeroPoint + (signed ? 128 : 0) }
-    public static func zeroElement(zeroPoint: Int32, signed: Bool) -> UInt8 {
-        UInt8(zeroCode(zeroPoint: zeroPoint, signed: signed))
-    }
-    public static func codeOffset(zeroPoint: Int32, signed: Bool) -> Int32 { signed ? -128 : 0 }
+    public func zeroCode(zeroPoint: Int32, signed: Bool) -> Int32 { element.zero(zeroPoint: zeroPoint, signed: signed) }
 
+    /// Copies NCHW codes into `buffer` (`count` bytes), borders included.
+    /// With `.rawByte` every code must lie in [0, 127].
     public func fill<T: QuantizedActivation>(_ buffer: UnsafeMutablePointer<UInt8>, from codes: UnsafePointer<T>,
                                             zeroPoint: Int32, threads: Int) {
         let g = nhwc.g
+        // A raw byte is the code itself: the copy of a uint8 code.
+        let shifted: Int32 = element == .shiftedByte && T.isSigned ? 1 : 0
         parallelFor(g.batch, threads: threads) { _, images in
-            qarep_u8_to_padded_nhwc(UnsafeRawPointer(codes), T.isSigned ? 1 : 0, zeroPoint,
+            qarep_u8_to_padded_nhwc(UnsafeRawPointer(codes), shifted, zeroPoint,
                                     Int64(images.lowerBound), Int64(images.count), Int64(g.inChannels),
                                     Int64(g.height), Int64(g.width), Int64(g.padding), Int64(nhwc.paddedChannels), buffer)
         }
-    }
-
-    public func convolve(_ input: UnsafePointer<UInt8>, windowOffsets: [Int64], inputZeroPoint: Int32, inputSigned: Bool,
-                         weights: PackedInt8Weights, bias: [Int32], multipliers: [Float],
-                         outputZeroPoint: Int32, outputMin: Int32, outputMax: Int32, outputSigned: Bool,
-                         output: UnsafeMutablePointer<UInt8>, outputOffsets: [Int64], threads: Int, path: IntegerKernelPath) {
-        quantizedConv2dBytes(paddedInput: input, layout: self, windowOffsets: windowOffsets,
-                             inputZeroCode: Self.zeroCode(zeroPoint: inputZeroPoint, signed: inputSigned),
-                             weights: weights, bias: bias, multipliers: multipliers, outputZeroPoint: outputZeroPoint,
-                             outputMin: outputMin, outputMax: outputMax, outputSigned: outputSigned,
-                             output: UnsafeMutableRawPointer(output), outputOffsets: outputOffsets, threads: threads, path: path)
     }
 }
 

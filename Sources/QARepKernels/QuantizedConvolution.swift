@@ -94,32 +94,43 @@ public func quantizedConv2d<Input: QuantizedActivation, Output: QuantizedActivat
                      multipliers: multipliers, epilogue: epilogue, outputOffsets: nil, threads: threads, path: path)
 }
 
-/// The AVX2 (or portable) integer convolution on an input already in
+/// The AVX2 (or portable) int16 integer convolution on an input already in
 /// `QuantizedInt16Layout` (`windowOffsets` usually `layout.windowOffsets`),
 /// with the arithmetic of `quantizedConv2d`. Pixel j's output channels go to
-/// consecutive int16 from `outputOffsets[j]`, each `code - outputZeroPoint`:
-/// the next layer's `QuantizedInt16Layout` input, or plain NHWC values.
-/// `outputSigned` only says which code range `outputMin` and `outputMax` must lie in.
+/// consecutive elements of `output` from `outputOffsets[j]`, stored as
+/// `outputElement`: the next layer's padded input, or plain NHWC values.
+/// `outputSigned` says which code range `outputMin` and `outputMax` lie in.
 public func quantizedConv2dInt16(paddedInput: UnsafePointer<Int16>, layout: QuantizedInt16Layout, windowOffsets: [Int64],
                                  weights: PackedInt8Weights, bias: [Int32], multipliers: [Float],
                                  outputZeroPoint: Int32, outputMin: Int32, outputMax: Int32, outputSigned: Bool,
-                                 output: UnsafeMutablePointer<Int16>, outputOffsets: [Int64], threads: Int,
-                                 path: IntegerKernelPath = .best) {
+                                 output: UnsafeMutableRawPointer, outputElement: QuantizedElement = .int16,
+                                 outputOffsets: [Int64], threads: Int, path: IntegerKernelPath = .best) {
     let g = layout.geometry
-    precondition(!path.usesBytes, "the int16 layout runs on the AVX2 or portable kernel, not \(path)")
+    precondition(path == .avx2 || path == .portable, "the int16 layout runs on the AVX2 or portable kernel, not \(path)")
     precondition(weights.outChannels == g.outChannels && weights.inChannels == g.inChannels
                      && weights.kernelH == g.kernelH && weights.kernelW == g.kernelW, "weights do not fit the convolution")
     precondition(windowOffsets.count == g.columns && outputOffsets.count == g.columns,
                  "one window and one output offset per output pixel")
+    let epilogue = chainedEpilogue(outputZeroPoint: outputZeroPoint, outputMin: outputMin, outputMax: outputMax,
+                                   outputSigned: outputSigned, output: output, element: outputElement, plane: g.outPlane)
+    int16Convolution(paddedInput, layout: layout.nhwc, windowOffsets: windowOffsets, weights: weights, bias: bias,
+                     multipliers: multipliers, epilogue: epilogue, outputOffsets: outputOffsets, threads: threads, path: path)
+}
+
+/// The epilogue of a convolution whose pixel j goes to `outputOffsets[j]` as
+/// `element`s (the pixel offsets are set by the caller).
+private func chainedEpilogue(outputZeroPoint: Int32, outputMin: Int32, outputMax: Int32, outputSigned: Bool,
+                             output: UnsafeMutableRawPointer, element: QuantizedElement, plane: Int) -> qarep_i8_epilogue {
     let r: QuantRange = outputSigned ? .int8 : .uint8
     precondition(outputMin <= outputMax && outputMin >= r.min && outputMax <= r.max && r.min...r.max ~= outputZeroPoint,
                  "output range [\(outputMin), \(outputMax)] or zero point \(outputZeroPoint) outside [\(r.min), \(r.max)]")
-    let epilogue = qarep_i8_epilogue(
+    precondition(element.holds(QuantRange(min: min(outputMin, outputZeroPoint), max: max(outputMax, outputZeroPoint))),
+                 "codes [\(outputMin), \(outputMax)] do not fit \(element) elements")
+    return qarep_i8_epilogue(
         bias: nil, multiplier: nil, zero_point: outputZeroPoint, min: outputMin, max: outputMax,
-        output_signed: outputSigned ? 1 : 0, output: UnsafeMutableRawPointer(output),
-        plane: Int64(g.outPlane), channel_stride: 1, image_stride: 0, pixel_offsets: nil, flip: 0, output_int16: 1)
-    int16Convolution(paddedInput, layout: layout.nhwc, windowOffsets: windowOffsets, weights: weights, bias: bias,
-                     multipliers: multipliers, epilogue: epilogue, outputOffsets: outputOffsets, threads: threads, path: path)
+        output_signed: outputSigned ? 1 : 0, output: output, plane: Int64(plane), channel_stride: 1, image_stride: 0,
+        pixel_offsets: nil, flip: element == .shiftedByte && outputSigned ? 0x80 : 0,
+        output_int16: element == .int16 ? 1 : 0)
 }
 
 /// Runs qarep_i8_gemm over every output pixel of `layout`'s convolution,
@@ -212,41 +223,62 @@ private func quantizedConv2dVNNI<Input: QuantizedActivation, Output: QuantizedAc
     defer { padded.deallocate() }
     layout.fill(padded, from: input, zeroPoint: inputZeroPoint, threads: threads)
     quantizedConv2dBytes(paddedInput: padded, layout: layout, windowOffsets: layout.windowOffsets,
-                         inputZeroCode: QuantizedBytesLayout.zeroCode(zeroPoint: inputZeroPoint, signed: Input.isSigned),
+                         inputZeroCode: layout.zeroCode(zeroPoint: inputZeroPoint, signed: Input.isSigned),
                          weights: weights, bias: bias, multipliers: multipliers, outputZeroPoint: outputZeroPoint,
                          outputMin: outputMin, outputMax: outputMax, outputSigned: Output.isSigned,
                          output: UnsafeMutableRawPointer(output), outputOffsets: nil, threads: threads, path: path)
 }
 
-/// The VNNI integer convolution on an input already in `QuantizedBytesLayout`
+/// The byte integer convolution on an input already in `QuantizedBytesLayout`
 /// (`windowOffsets` usually `layout.windowOffsets`), with the arithmetic of
-/// `quantizedConv2d`: the kernel sums `w * u`, and `inputZeroCode` times each
-/// channel's weight sum leaves through the bias, which makes the accumulator
-/// `bias + sum w * (x_q - z_x)` exactly (wrapping int32 arithmetic, exact
-/// whenever that fits). Outputs go to NCHW codes (`outputOffsets` nil; `Int8`
-/// when `outputSigned`, else `UInt8`), or, with `outputOffsets`, as the bytes
-/// of the next layer's `QuantizedBytesLayout`: pixel j's channels from
-/// `outputOffsets[j]`, int8 codes + 128.
+/// `quantizedConv2d`: the kernel sums `w * u`, and `inputZeroCode` (the
+/// layout's byte of real zero) times each channel's weight sum leaves through
+/// the bias, which makes the accumulator `bias + sum w * (x_q - z_x)` exactly
+/// (wrapping int32 arithmetic, exact whenever that fits). Outputs go to NCHW
+/// codes (`outputOffsets` nil; `Int8` when `outputSigned`, else `UInt8`), or,
+/// with `outputOffsets`, pixel j's channels from `outputOffsets[j]` as
+/// `outputElement`s: the next layer's padded input, or plain NHWC values.
+///
+/// Runs on VNNI or AMX (any byte), or on AVX2 with a `.rawByte` layout, whose
+/// bytes must all lie in [0, 127]: vpmaddubsw's int16 pair sums are then at
+/// most 2 * 127 * 128 and never saturate.
 public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: QuantizedBytesLayout, windowOffsets: [Int64],
                                  inputZeroCode: Int32, weights: PackedInt8Weights, bias: [Int32], multipliers: [Float],
                                  outputZeroPoint: Int32, outputMin: Int32, outputMax: Int32, outputSigned: Bool,
-                                 output: UnsafeMutableRawPointer, outputOffsets: [Int64]?, threads: Int,
-                                 path: IntegerKernelPath = .best) {
+                                 output: UnsafeMutableRawPointer, outputElement: QuantizedElement = .shiftedByte,
+                                 outputOffsets: [Int64]?, threads: Int, path: IntegerKernelPath = .best) {
     let g = layout.geometry
-    precondition(path.usesBytes, "the byte layout runs on the VNNI or AMX kernel, not \(path)")
-    precondition(IntegerKernelPath.vnni512Available, "the VNNI integer kernel needs a CPU with AVX-512 VNNI")
-    if path == .amx { precondition(IntegerKernelPath.amxAvailable, "the AMX integer kernel needs a CPU with AMX-INT8") }
+    let kernel: Int32
+    switch path {
+    case .amx:
+        precondition(IntegerKernelPath.amxAvailable, "the AMX integer kernel needs a CPU with AMX-INT8")
+        kernel = QAREP_U8S8_AMX
+    case .avx512vnni:
+        precondition(IntegerKernelPath.vnni512Available, "the VNNI integer kernel needs a CPU with AVX-512 VNNI")
+        kernel = QAREP_U8S8_VNNI
+    case .avx2:
+        precondition(IntegerKernelPath.avx2Available, "the AVX2 integer kernel needs a CPU with AVX2")
+        precondition(layout.element == .rawByte && (0...127).contains(inputZeroCode),
+                     "AVX2 reads bytes exactly only in [0, 127]: a .rawByte layout")
+        kernel = QAREP_U8S8_AVX2
+    case .portable:
+        preconditionFailure("the byte layout runs on the AMX, VNNI or AVX2 kernel, not \(path)")
+    }
     precondition(weights.outChannels == g.outChannels && weights.inChannels == g.inChannels
                      && weights.kernelH == g.kernelH && weights.kernelW == g.kernelW, "weights do not fit the convolution")
     precondition(windowOffsets.count == g.columns && (outputOffsets?.count ?? g.columns) == g.columns,
                  "one window and one output offset per output pixel")
     let shiftedBias = zip(bias, weights.weightSums).map { $0 &- inputZeroCode &* $1 }
     let tapOffsets = layout.nhwc.tapOffsets
-    var epilogue = qarep_i8_epilogue(
-        bias: nil, multiplier: nil, zero_point: outputZeroPoint, min: outputMin, max: outputMax,
-        output_signed: outputSigned ? 1 : 0, output: output,
-        plane: Int64(g.outPlane), channel_stride: Int64(g.outPlane), image_stride: Int64(g.outChannels * g.outPlane),
-        pixel_offsets: nil, flip: outputOffsets != nil && outputSigned ? 0x80 : 0, output_int16: 0)
+    var epilogue = outputOffsets != nil
+        ? chainedEpilogue(outputZeroPoint: outputZeroPoint, outputMin: outputMin, outputMax: outputMax,
+                          outputSigned: outputSigned, output: output, element: outputElement, plane: g.outPlane)
+        : qarep_i8_epilogue(
+            bias: nil, multiplier: nil, zero_point: outputZeroPoint, min: outputMin, max: outputMax,
+            output_signed: outputSigned ? 1 : 0, output: output,
+            plane: Int64(g.outPlane), channel_stride: Int64(g.outPlane), image_stride: Int64(g.outChannels * g.outPlane),
+            pixel_offsets: nil, flip: 0, output_int16: 0)
+    precondition(epilogue.output_int16 == 0 || path == .avx2, "int16 outputs come from the AVX2 store, not \(path)'s")
     withOptionalPointer(outputOffsets) { oo in
         shiftedBias.withUnsafeBufferPointer { b in
             multipliers.withUnsafeBufferPointer { m in
@@ -258,12 +290,12 @@ public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: Quan
                             epilogue.pixel_offsets = oo
                             var source = qarep_u8_source(source: paddedInput, tap_offsets: to.baseAddress,
                                                          taps: Int64(to.count), segment: Int64(layout.nhwc.segment))
-                            let k = layout.nhwc.paddedInputSize, amx: Int32 = path == .amx ? 1 : 0
+                            let k = layout.nhwc.paddedInputSize
                             PixelChunks(pixels: g.columns, paddedInputSize: k, threads: threads)
                                 .forEach(outChannels: g.outChannels, reduction: k, threads: threads, weights: w.baseAddress!,
                                          blockElements: 16 * weights.vnniReduction, epilogue: epilogue) { w, outChannels, first, count, e in
                                     qarep_u8s8_gemm(w, Int64(outChannels), &source, po.baseAddress! + first, Int64(first),
-                                                    Int64(count), e, amx)
+                                                    Int64(count), e, kernel)
                                 }
                         }
                     }

@@ -430,3 +430,72 @@ struct QuantizedConvolutionTests {
         #expect(y == [8, 15, 12, 21, 36, 27, 20, 33, 24].map { Int8($0 - 10) })
     }
 }
+
+/// Shapes for the AVX2 byte kernel: a0-half's and odd ones, strides 1 and 2,
+/// batch 1 and 3, channels not a multiple of 4 or 16.
+private let byteKernelCases: [QConvCase] = [
+    QConvCase(batch: 3, inChannels: 24, outChannels: 24, height: 14, width: 14, kernel: 3, stride: 1, padding: 1,
+              signedInput: true, signedOutput: true, relu: true, path: .avx2, threads: 1),
+    QConvCase(batch: 1, inChannels: 96, outChannels: 640, height: 4, width: 4, kernel: 3, stride: 2, padding: 1,
+              signedInput: true, signedOutput: true, relu: true, path: .avx2, threads: 2),
+    QConvCase(batch: 3, inChannels: 5, outChannels: 7, height: 9, width: 11, kernel: 3, stride: 2, padding: 1,
+              signedInput: false, signedOutput: false, relu: true, path: .avx2, threads: 1),
+    QConvCase(batch: 2, inChannels: 33, outChannels: 20, height: 7, width: 5, kernel: 1, stride: 1, padding: 0,
+              signedInput: false, signedOutput: true, relu: false, path: .avx2, threads: 3),
+]
+
+@Suite("AVX2 byte convolution: vpmaddubsw is exact for input codes in [0, 127]",
+       .enabled(if: IntegerKernelPath.avx2Available))
+struct AVX2ByteConvolutionTests {
+    /// `quantizedConv2dBytes` on `.avx2` with a `.rawByte` layout against the
+    /// naive reference, NCHW codes out. `extreme`: every input code 127 and
+    /// every weight -128 or 127 by channel, so every vpmaddubsw pair sum is
+    /// 2 * 127 * 127 or -2 * 127 * 128, the most an int16 lane gets.
+    func check(_ c: QConvCase, extreme: Bool) {
+        let g = c.geometry
+        var d = QConvData(c, seed: UInt64(g.inChannels * 7 + g.outChannels))
+        // Signed codes from the ReLU'd range [0, 127]; unsigned codes with zero point 5.
+        d.inputZeroPoint = c.signedInput ? 0 : 5
+        d.input = extreme ? [Int16](repeating: 127, count: d.input.count)
+                          : randomInts(d.input.count, in: 0...127, seed: UInt64(g.height))
+        if extreme {
+            d.weights = (0..<d.weights.count).map { Int8($0 / g.patchSize % 2 == 0 ? -128 : 127) }
+        }
+        func run<I: QuantizedActivation, O: QuantizedActivation>(_: I.Type, _: O.Type) -> (fast: [Int32], naive: [Int32]) {
+            let x = d.input.map { I(truncatingIfNeeded: $0) }
+            let packed = PackedInt8Weights(convolution: d.weights, outChannels: g.outChannels, inChannels: g.inChannels,
+                                           kernelH: g.kernelH, kernelW: g.kernelW)
+            let layout = QuantizedBytesLayout(g, element: .rawByte)
+            var padded = [UInt8](repeating: 200, count: layout.count)  // fill overwrites everything
+            layout.fill(&padded, from: x, zeroPoint: d.inputZeroPoint, threads: 1)
+            #expect(padded.allSatisfy { $0 <= 127 }, "every byte the kernel reads is in [0, 127]")
+            let count = g.batch * g.outChannels * g.outPlane
+            var fast = [O](repeating: 0, count: count), slow = [O](repeating: 0, count: count)
+            quantizedConv2dBytes(paddedInput: padded, layout: layout, windowOffsets: layout.windowOffsets,
+                                 inputZeroCode: layout.zeroCode(zeroPoint: d.inputZeroPoint, signed: I.isSigned),
+                                 weights: packed, bias: d.bias, multipliers: d.multipliers,
+                                 outputZeroPoint: d.outputZeroPoint, outputMin: d.outputMin, outputMax: d.outputMax,
+                                 outputSigned: O.isSigned, output: &fast, outputOffsets: nil, threads: c.threads, path: .avx2)
+            naiveQuantizedConv2d(input: x, geometry: g, weights: d.weights, bias: d.bias, multipliers: d.multipliers,
+                                 inputZeroPoint: d.inputZeroPoint, outputZeroPoint: d.outputZeroPoint,
+                                 outputMin: d.outputMin, outputMax: d.outputMax, output: &slow)
+            return (fast.map { Int32($0) }, slow.map { Int32($0) })
+        }
+        let (fast, slow) = switch (c.signedInput, c.signedOutput) {
+        case (true, true): run(Int8.self, Int8.self)
+        case (true, false): run(Int8.self, UInt8.self)
+        case (false, true): run(UInt8.self, Int8.self)
+        case (false, false): run(UInt8.self, UInt8.self)
+        }
+        var bad = Mismatches()
+        for i in slow.indices { bad.check(fast[i] == slow[i], "index \(i): got \(fast[i]) want \(slow[i])") }
+        #expect(bad.count == 0, "\(c.testDescription) extreme=\(extreme): \(bad.report)")
+        #expect(Set(slow).count > 1 || extreme, "the outputs vary")
+    }
+
+    @Test("random codes in [0, 127]", arguments: byteKernelCases)
+    func random(_ c: QConvCase) { check(c, extreme: false) }
+
+    @Test("every pair sum at the int16 bound", arguments: byteKernelCases)
+    func extreme(_ c: QConvCase) { check(c, extreme: true) }
+}

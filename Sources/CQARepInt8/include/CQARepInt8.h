@@ -88,17 +88,26 @@ void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_
                    const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
                    const qarep_i8_epilogue *epilogue, int use_avx2);
 
+/// Kernels of qarep_u8s8_gemm.
+#define QAREP_U8S8_VNNI 0
+#define QAREP_U8S8_AMX 1
+#define QAREP_U8S8_AVX2 2
+
 /// The same contract as qarep_i8_gemm for the VNNI packing: weights int8
 /// [ceil(O/16)][K''/4][16][4] (K'' = kh * kw * channels rounded up to 4,
 /// then up to a multiple of 64 with zero weights: whole AMX tiles) and
 /// unsigned activation bytes u, so the accumulator is sum w * u. The caller
 /// folds `- u_zero * sum(w)` into the bias, which makes it sum w * (x_q - z_x)
-/// exactly. Needs qarep_i8_vnni512_available(); `use_amx` (which needs
-/// qarep_i8_amx_available()) runs the AMX tiles instead of vpdpbusd, with the
-/// same bits.
+/// exactly. `kernel`: QAREP_U8S8_VNNI (vpdpbusd; needs
+/// qarep_i8_vnni512_available()), QAREP_U8S8_AMX (tdpbusd; needs
+/// qarep_i8_amx_available()), or QAREP_U8S8_AVX2 (vpmaddubsw, then vpmaddwd
+/// by ones; needs qarep_i8_avx2_available()). All give the same bits where
+/// they are exact; AVX2's int16 pair sums saturate past 2^15 - 1, so it is
+/// exact only when every activation byte the convolution reads is at most
+/// 127 (a pair sum is then at most 2 * 127 * 128), which the caller ensures.
 void qarep_u8s8_gemm(const int8_t *weights, int64_t out_channels, const qarep_u8_source *source,
                      const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
-                     const qarep_i8_epilogue *epilogue, int use_amx);
+                     const qarep_i8_epilogue *epilogue, int kernel);
 
 /// Requantizes `count` accumulators of one channel into 8-bit codes with the
 /// epilogue's formula (`bias` and `multiplier` are scalars here).

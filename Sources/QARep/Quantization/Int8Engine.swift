@@ -4,9 +4,11 @@ import QARepKernels
 /// once, every convolution is an exact integer GEMM (int32 accumulators) with fused
 /// bias, requantization and ReLU, pooling and the linear head work on
 /// integer codes, and only the final accumulators are scaled into float
-/// logits. Activations stay in the kernel's padded NHWC layout from the first
+/// logits. Activations stay in the kernels' padded NHWC layouts from the first
 /// convolution to the last, each writing straight into the next one's input:
-/// int16 `x_q - z_x` on the AVX2 and portable paths, bytes on VNNI and AMX.
+/// bytes on VNNI and AMX, int16 `x_q - z_x` on the portable path, and on AVX2
+/// bytes for every convolution whose input codes lie in [0, 127], int16 for
+/// the others.
 public final class Int8Engine {
     public let model: Int8Model
     let packed: [PackedInt8Weights]
@@ -44,9 +46,52 @@ public final class Int8Engine {
         return Tensor(out, shape: [images.shape[0], model.head.classes])
     }
 
-    private func run<A: QuantizedActivation>(_: A.Type, _ images: Tensor) -> [Float] {
-        path.usesBytes ? run(A.self, QuantizedBytesLayout.self, images) : run(A.self, QuantizedInt16Layout.self, images)
+    /// One convolution's padded input: int16 for the int16 kernels, bytes for the byte kernels.
+    private enum LayerInput {
+        case int16(QuantizedInt16Layout)
+        case bytes(QuantizedBytesLayout)
+
+        var geometry: ConvGeometry {
+            switch self { case .int16(let l): l.geometry; case .bytes(let l): l.geometry }
+        }
+        var element: QuantizedElement {
+            switch self { case .int16: .int16; case .bytes(let l): l.element }
+        }
+        /// Bytes of the buffer.
+        var bytes: Int {
+            switch self { case .int16(let l): 2 * l.count; case .bytes(let l): l.count }
+        }
+        var windowOffsets: [Int64] {
+            switch self { case .int16(let l): l.windowOffsets; case .bytes(let l): l.windowOffsets }
+        }
+        func offset(image n: Int, y: Int, x: Int) -> Int {
+            switch self { case .int16(let l): l.offset(image: n, y: y, x: x); case .bytes(let l): l.offset(image: n, y: y, x: x) }
+        }
     }
+
+    /// How each convolution's input is stored on this engine's path: bytes on
+    /// VNNI and AMX; int16 on the portable path; on AVX2, raw bytes where the
+    /// input's codes (and so every byte the kernel reads) lie in [0, 127],
+    /// int16 elsewhere (the first layer's image codes under a signed scheme).
+    private func inputElements() -> [QuantizedElement] {
+        model.convs.indices.map { i -> QuantizedElement in
+            switch path {
+            case .amx, .avx512vnni: return .shiftedByte
+            case .portable: return .int16
+            case .avx2:
+                let conv = model.convs[i]
+                // A convolution after the first reads its predecessor's ReLU outputs.
+                let codes = i == 0 ? codeRange(bits: conv.inputBits)
+                                   : QuantRange(min: model.convs[i - 1].outputZeroPoint,
+                                                max: codeRange(bits: model.convs[i - 1].outputBits).max)
+                let zero = QuantRange(min: conv.inputZeroPoint, max: conv.inputZeroPoint)
+                return QuantizedElement.rawByte.holds(codes) && QuantizedElement.rawByte.holds(zero) ? .rawByte : .int16
+            }
+        }
+    }
+
+    /// What the last convolution writes for the head: plain NHWC elements.
+    private var lastOutputElement: QuantizedElement { path.usesBytes ? .shiftedByte : .int16 }
 
     /// Each layer's padded input layout, window origins and output offsets
     /// (into the next layer's padded input, or plain NHWC after the last) for
@@ -54,52 +99,61 @@ public final class Int8Engine {
     /// shape. Borders and padding channels of each layer's input hold that
     /// input's zero element; the convolutions write only real channels of
     /// interior pixels, so the buffers are filled once, here.
-    private final class Plan<Layout: PaddedQuantizedLayout> {
-        let layouts: [Layout]
+    private final class Plan {
+        let inputs: [LayerInput]
         let windows: [[Int64]]
         let outputs: [[Int64]]
-        /// Per worker: layer i's padded input for each i, then the last layer's NHWC output.
-        let buffers: WorkerBuffers<Layout.Element>
+        /// Per worker: layer i's padded input for each i, then the last layer's
+        /// NHWC output, as raw bytes; int16 buffers are bound to Int16.
+        let buffers: WorkerBuffers<UInt8>
 
-        init(layouts: [Layout], zeroElements: [Layout.Element], workers: Int) {
-            self.layouts = layouts
-            windows = layouts.map(\.windowOffsets)
-            outputs = layouts.indices.map { i -> [Int64] in
-                let g = layouts[i].geometry
+        init(inputs: [LayerInput], zeroBytes: [UInt8], lastOutputElement: QuantizedElement, workers: Int) {
+            self.inputs = inputs
+            windows = inputs.map(\.windowOffsets)
+            outputs = inputs.indices.map { i -> [Int64] in
+                let g = inputs[i].geometry
                 return outputPixelOffsets(g) { image, y, x in
-                    i + 1 < layouts.count ? layouts[i + 1].offset(image: image, y: y, x: x)
-                                          : ((image * g.outHeight + y) * g.outWidth + x) * g.outChannels
+                    i + 1 < inputs.count ? inputs[i + 1].offset(image: image, y: y, x: x)
+                                         : ((image * g.outHeight + y) * g.outWidth + x) * g.outChannels
                 }
             }
-            let last = layouts.last!.geometry
-            let counts = layouts.map(\.count) + [last.batch * last.outPlane * last.outChannels]
-            buffers = WorkerBuffers(workers: workers, counts: counts, fills: zeroElements + [0])
+            let last = inputs.last!.geometry
+            let counts = inputs.map(\.bytes) + [last.batch * last.outPlane * last.outChannels * lastOutputElement.size]
+            // An int16 buffer's zero element is two zero bytes.
+            buffers = WorkerBuffers(workers: workers, counts: counts, fills: zeroBytes + [0])
+            for worker in 0..<workers {
+                for (buffer, (count, element)) in zip(buffers[worker], zip(counts, inputs.map(\.element) + [lastOutputElement]))
+                where element == .int16 {
+                    _ = UnsafeMutableRawPointer(buffer).bindMemory(to: Int16.self, capacity: count / 2)
+                }
+            }
         }
     }
 
-    /// Plans by `[batch, height, width, workers]`, all of the layout of this engine's path.
-    private var plans: [[Int]: AnyObject] = [:]
+    /// Plans by `[batch, height, width, workers]`.
+    private var plans: [[Int]: Plan] = [:]
     /// Input shapes whose plans (and activation buffers) are kept at most.
     private let keptPlans = 6
 
-    private func layouts<Layout: PaddedQuantizedLayout>(_: Layout.Type, batch n: Int, height: Int, width: Int) -> [Layout] {
+    private func inputs(batch n: Int, height: Int, width: Int) -> [LayerInput] {
         var (h, w, channels) = (height, width, model.convs[0].inChannels)
-        return model.convs.map { conv -> Layout in
+        return zip(model.convs, inputElements()).map { conv, element -> LayerInput in
             let g = ConvGeometry(batch: n, inChannels: channels, height: h, width: w, outChannels: conv.outChannels,
                                  kernelH: conv.kernelSize, kernelW: conv.kernelSize, stride: conv.stride, padding: conv.padding)
             (h, w, channels) = (g.outHeight, g.outWidth, conv.outChannels)
-            return Layout(g)
+            return element == .int16 ? .int16(QuantizedInt16Layout(g)) : .bytes(QuantizedBytesLayout(g, element: element))
         }
     }
 
-    private func plan<Layout: PaddedQuantizedLayout>(_: Layout.Type, batch n: Int, height: Int, width: Int,
-                                                     workers: Int) -> Plan<Layout> {
+    private func plan(batch n: Int, height: Int, width: Int, workers: Int) -> Plan {
         let key = [n, height, width, workers]
-        // One engine runs one path, so every cached plan has its layout.
-        if let plan = plans[key] { return plan as! Plan<Layout> }
-        let zeroElements = model.convs.map { Layout.zeroElement(zeroPoint: $0.inputZeroPoint, signed: model.activation.signed) }
-        let plan = Plan(layouts: layouts(Layout.self, batch: n, height: height, width: width), zeroElements: zeroElements,
-                        workers: workers)
+        if let plan = plans[key] { return plan }
+        let signed = model.activation.signed
+        let zeroBytes = zip(model.convs, inputElements()).map { conv, element in
+            UInt8(element.zero(zeroPoint: conv.inputZeroPoint, signed: signed))
+        }
+        let plan = Plan(inputs: inputs(batch: n, height: height, width: width), zeroBytes: zeroBytes,
+                        lastOutputElement: lastOutputElement, workers: workers)
         if plans.count >= keptPlans { plans.removeAll() }
         plans[key] = plan
         return plan
@@ -107,22 +161,21 @@ public final class Int8Engine {
 
     /// Activation bytes of one image that a worker keeps hot while it runs a
     /// chunk: the largest padded input and output of one layer together.
-    private func workingSetPerImage<Layout: PaddedQuantizedLayout>(_: Layout.Type, height: Int, width: Int) -> Int {
-        let layouts = layouts(Layout.self, batch: 1, height: height, width: width)
-        return layouts.indices.map { i in
-            let g = layouts[i].geometry
-            let elements = layouts[i].count + (i + 1 < layouts.count ? layouts[i + 1].count : g.outPlane * g.outChannels)
-            return elements * MemoryLayout<Layout.Element>.size
+    private func workingSetPerImage(height: Int, width: Int) -> Int {
+        let inputs = inputs(batch: 1, height: height, width: width)
+        return inputs.indices.map { i in
+            let g = inputs[i].geometry
+            return inputs[i].bytes + (i + 1 < inputs.count ? inputs[i + 1].bytes
+                                                           : g.outPlane * g.outChannels * lastOutputElement.size)
         }.max()!
     }
 
     /// Each image is quantized and laid out once, then every convolution reads
-    /// and writes `Layout`'s padded NHWC elements. Batches of at least one
+    /// its padded input and writes the next one's. Batches of at least one
     /// image per worker run in `ImageChunks`, smaller ones layer by layer with
     /// each convolution shared among the workers; every value is the same
     /// either way.
-    private func run<A: QuantizedActivation, Layout: PaddedQuantizedLayout>(_: A.Type, _: Layout.Type,
-                                                                           _ images: Tensor) -> [Float] {
+    private func run<A: QuantizedActivation>(_: A.Type, _ images: Tensor) -> [Float] {
         let (n, height, width) = (images.shape[0], images.shape[2], images.shape[3])
         let last = model.convs.last!, channels = last.outChannels, imageSize = images.shape[1] * height * width
         var sums = [Int32](repeating: 0, count: n * channels)
@@ -130,10 +183,10 @@ public final class Int8Engine {
         images.data.withUnsafeBufferPointer { x in
             sums.withUnsafeMutableBufferPointer { sums in
                 ImageChunks.run(
-                    batch: n, threads: threads, bytesPerImage: workingSetPerImage(Layout.self, height: height, width: width),
+                    batch: n, threads: threads, bytesPerImage: workingSetPerImage(height: height, width: width),
                     plan: {
-                        let plan = plan(Layout.self, batch: $0, height: height, width: width, workers: $1)
-                        pixels = plan.layouts.last!.geometry.outPlane
+                        let plan = plan(batch: $0, height: height, width: width, workers: $1)
+                        pixels = plan.inputs.last!.geometry.outPlane
                         return plan
                     },
                     whole: { run(A.self, $0, worker: 0, images: x.baseAddress!, sums: sums.baseAddress!, threads: threads) },
@@ -143,20 +196,18 @@ public final class Int8Engine {
                     })
             }
         }
-        let codeOffset = Layout.codeOffset(zeroPoint: last.outputZeroPoint, signed: A.isSigned)
+        let codeOffset = lastOutputElement.codeOffset(zeroPoint: last.outputZeroPoint, signed: A.isSigned)
         return head(sums, codeOffset: codeOffset, batch: n, channels: channels, plane: pixels)
     }
 
     /// Runs the images of `plan`'s batch through every convolution on
     /// `worker`'s buffers and adds each image's last-layer elements, summed
     /// over its pixels, to `sums` (zero on entry).
-    private func run<A: QuantizedActivation, Layout: PaddedQuantizedLayout>(
-        _: A.Type, _ plan: Plan<Layout>, worker: Int, images: UnsafePointer<Float>,
-        sums: UnsafeMutablePointer<Int32>, threads: Int
-    ) {
+    private func run<A: QuantizedActivation>(_: A.Type, _ plan: Plan, worker: Int, images: UnsafePointer<Float>,
+                                             sums: UnsafeMutablePointer<Int32>, threads: Int) {
         let buffers = plan.buffers[worker]
         let first = model.convs[0], range = codeRange(bits: first.inputBits)
-        let g0 = plan.layouts[0].geometry
+        let g0 = plan.inputs[0].geometry
         let count = g0.batch * g0.inChannels * g0.height * g0.width
         let codes = [A](unsafeUninitializedCapacity: count) { codes, initialized in
             for i in 0..<count {
@@ -165,21 +216,49 @@ public final class Int8Engine {
             }
             initialized = count
         }
-        plan.layouts[0].fill(buffers[0], from: codes, zeroPoint: first.inputZeroPoint, threads: threads)
+        switch plan.inputs[0] {
+        case .int16(let layout):
+            layout.fill(UnsafeMutableRawPointer(buffers[0]).assumingMemoryBound(to: Int16.self), from: codes,
+                        zeroPoint: first.inputZeroPoint, threads: threads)
+        case .bytes(let layout):
+            layout.fill(buffers[0], from: codes, zeroPoint: first.inputZeroPoint, threads: threads)
+        }
         for (i, (conv, weights)) in zip(model.convs, packed).enumerated() {
+            let outputElement = i + 1 < plan.inputs.count ? plan.inputs[i + 1].element : lastOutputElement
+            let output = UnsafeMutableRawPointer(buffers[i + 1])
             // ReLU is the clamp's lower bound: the code of real 0.
-            plan.layouts[i].convolve(buffers[i], windowOffsets: plan.windows[i], inputZeroPoint: conv.inputZeroPoint,
-                                     inputSigned: A.isSigned, weights: weights, bias: conv.bias,
+            let (outputMin, outputMax) = (conv.outputZeroPoint, codeRange(bits: conv.outputBits).max)
+            switch plan.inputs[i] {
+            case .int16(let layout):
+                quantizedConv2dInt16(paddedInput: UnsafeRawPointer(buffers[i]).assumingMemoryBound(to: Int16.self),
+                                     layout: layout, windowOffsets: plan.windows[i], weights: weights, bias: conv.bias,
                                      multipliers: conv.multipliers, outputZeroPoint: conv.outputZeroPoint,
-                                     outputMin: conv.outputZeroPoint, outputMax: codeRange(bits: conv.outputBits).max,
-                                     outputSigned: A.isSigned, output: buffers[i + 1], outputOffsets: plan.outputs[i],
+                                     outputMin: outputMin, outputMax: outputMax, outputSigned: A.isSigned,
+                                     output: output, outputElement: outputElement, outputOffsets: plan.outputs[i],
                                      threads: threads, path: path)
+            case .bytes(let layout):
+                quantizedConv2dBytes(paddedInput: buffers[i], layout: layout, windowOffsets: plan.windows[i],
+                                     inputZeroCode: layout.zeroCode(zeroPoint: conv.inputZeroPoint, signed: A.isSigned),
+                                     weights: weights, bias: conv.bias, multipliers: conv.multipliers,
+                                     outputZeroPoint: conv.outputZeroPoint, outputMin: outputMin, outputMax: outputMax,
+                                     outputSigned: A.isSigned, output: output, outputElement: outputElement,
+                                     outputOffsets: plan.outputs[i], threads: threads, path: path)
+            }
         }
         // The last layer's NHWC elements, summed over each image's pixels for
         // the head: a pixel's channels are consecutive, so the adds run
-        // across channels. The head adds the layout's codeOffset.
-        let last = UnsafePointer(buffers[model.convs.count])
-        let g = plan.layouts.last!.geometry
+        // across channels. The head adds the element's codeOffset.
+        let g = plan.inputs.last!.geometry
+        let last = UnsafeRawPointer(buffers[model.convs.count])
+        switch lastOutputElement {
+        case .int16: sumPixels(last.assumingMemoryBound(to: Int16.self), g, into: sums)
+        case .shiftedByte, .rawByte: sumPixels(last.assumingMemoryBound(to: UInt8.self), g, into: sums)
+        }
+    }
+
+    /// Adds each image's `[pixels][channels]` elements, summed over its pixels, to `sums`.
+    private func sumPixels<E: FixedWidthInteger>(_ last: UnsafePointer<E>, _ g: ConvGeometry,
+                                                 into sums: UnsafeMutablePointer<Int32>) {
         let (channels, pixels) = (g.outChannels, g.outPlane)
         for image in 0..<g.batch {
             let sum = sums + image * channels
