@@ -176,6 +176,15 @@ static void tile_scalar(const int16_t *w, const int16_t *const a[NR], const qare
 }
 
 #if QAREP_X86
+// The AVX2 tiles' twelve accumulators, c<pixel><half>, to t[pixel][channel].
+#define QAREP_STORE_TILE(t)                                                                          \
+    _mm256_storeu_si256((__m256i *)t[0], c00); _mm256_storeu_si256((__m256i *)(t[0] + 8), c01);     \
+    _mm256_storeu_si256((__m256i *)t[1], c10); _mm256_storeu_si256((__m256i *)(t[1] + 8), c11);     \
+    _mm256_storeu_si256((__m256i *)t[2], c20); _mm256_storeu_si256((__m256i *)(t[2] + 8), c21);     \
+    _mm256_storeu_si256((__m256i *)t[3], c30); _mm256_storeu_si256((__m256i *)(t[3] + 8), c31);     \
+    _mm256_storeu_si256((__m256i *)t[4], c40); _mm256_storeu_si256((__m256i *)(t[4] + 8), c41);     \
+    _mm256_storeu_si256((__m256i *)t[5], c50); _mm256_storeu_si256((__m256i *)(t[5] + 8), c51);
+
 AVX2 static void tile_avx2(const int16_t *w, const int16_t *const a[NR], const qarep_i8_source *s,
                            int32_t t[NR][MR]) {
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
@@ -207,12 +216,7 @@ AVX2 static void tile_avx2(const int16_t *w, const int16_t *const a[NR], const q
 #undef QAREP_STEP
         }
     }
-    _mm256_storeu_si256((__m256i *)t[0], c00); _mm256_storeu_si256((__m256i *)(t[0] + 8), c01);
-    _mm256_storeu_si256((__m256i *)t[1], c10); _mm256_storeu_si256((__m256i *)(t[1] + 8), c11);
-    _mm256_storeu_si256((__m256i *)t[2], c20); _mm256_storeu_si256((__m256i *)(t[2] + 8), c21);
-    _mm256_storeu_si256((__m256i *)t[3], c30); _mm256_storeu_si256((__m256i *)(t[3] + 8), c31);
-    _mm256_storeu_si256((__m256i *)t[4], c40); _mm256_storeu_si256((__m256i *)(t[4] + 8), c41);
-    _mm256_storeu_si256((__m256i *)t[5], c50); _mm256_storeu_si256((__m256i *)(t[5] + 8), c51);
+    QAREP_STORE_TILE(t)
 }
 #endif
 
@@ -255,13 +259,9 @@ AVX2 static void tile_avx2_u7(const int8_t *w, const uint8_t *const a[NR], const
 #undef QAREP_STEP
         }
     }
-    _mm256_storeu_si256((__m256i *)t[0], c00); _mm256_storeu_si256((__m256i *)(t[0] + 8), c01);
-    _mm256_storeu_si256((__m256i *)t[1], c10); _mm256_storeu_si256((__m256i *)(t[1] + 8), c11);
-    _mm256_storeu_si256((__m256i *)t[2], c20); _mm256_storeu_si256((__m256i *)(t[2] + 8), c21);
-    _mm256_storeu_si256((__m256i *)t[3], c30); _mm256_storeu_si256((__m256i *)(t[3] + 8), c31);
-    _mm256_storeu_si256((__m256i *)t[4], c40); _mm256_storeu_si256((__m256i *)(t[4] + 8), c41);
-    _mm256_storeu_si256((__m256i *)t[5], c50); _mm256_storeu_si256((__m256i *)(t[5] + 8), c51);
+    QAREP_STORE_TILE(t)
 }
+#undef QAREP_STORE_TILE
 #endif
 
 // u8 x s8 micro-kernels (AVX-512 VNNI). vpdpbusd multiplies 4 unsigned bytes

@@ -150,15 +150,18 @@ private func int16Convolution(_ padded: UnsafePointer<Int16>, layout: PaddedNHWC
                             epilogue.bias = b.baseAddress
                             epilogue.multiplier = m.baseAddress
                             epilogue.pixel_offsets = oo
-                            var source = qarep_i8_source(source: padded, tap_offsets: to.baseAddress,
+                            let source = qarep_i8_source(source: padded, tap_offsets: to.baseAddress,
                                                          taps: Int64(to.count), segment: Int64(layout.segment))
-                            PixelChunks(pixels: g.columns, paddedInputSize: layout.paddedInputSize, threads: threads)
-                                .forEach(outChannels: g.outChannels, reduction: layout.paddedInputSize, threads: threads,
-                                         weights: w.baseAddress!, blockElements: 16 * layout.paddedInputSize,
-                                         epilogue: epilogue) { w, outChannels, first, count, e in
-                                    qarep_i8_gemm(w, Int64(outChannels), &source, po.baseAddress! + first, Int64(first),
-                                                  Int64(count), e, flag)
-                                }
+                            // One pointer to the source for every worker (an inout per call would race).
+                            withUnsafePointer(to: source) { s in
+                                PixelChunks(pixels: g.columns, paddedInputSize: layout.paddedInputSize, threads: threads)
+                                    .forEach(outChannels: g.outChannels, reduction: layout.paddedInputSize, threads: threads,
+                                             weights: w.baseAddress!, blockElements: 16 * layout.paddedInputSize,
+                                             epilogue: epilogue) { w, outChannels, first, count, e in
+                                        qarep_i8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first),
+                                                      Int64(count), e, flag)
+                                    }
+                            }
                         }
                     }
                 }
@@ -288,15 +291,17 @@ public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: Quan
                             epilogue.bias = b.baseAddress
                             epilogue.multiplier = m.baseAddress
                             epilogue.pixel_offsets = oo
-                            var source = qarep_u8_source(source: paddedInput, tap_offsets: to.baseAddress,
+                            let source = qarep_u8_source(source: paddedInput, tap_offsets: to.baseAddress,
                                                          taps: Int64(to.count), segment: Int64(layout.nhwc.segment))
                             let k = layout.nhwc.paddedInputSize
-                            PixelChunks(pixels: g.columns, paddedInputSize: k, threads: threads)
-                                .forEach(outChannels: g.outChannels, reduction: k, threads: threads, weights: w.baseAddress!,
-                                         blockElements: 16 * weights.vnniReduction, epilogue: epilogue) { w, outChannels, first, count, e in
-                                    qarep_u8s8_gemm(w, Int64(outChannels), &source, po.baseAddress! + first, Int64(first),
-                                                    Int64(count), e, kernel)
-                                }
+                            withUnsafePointer(to: source) { s in
+                                PixelChunks(pixels: g.columns, paddedInputSize: k, threads: threads)
+                                    .forEach(outChannels: g.outChannels, reduction: k, threads: threads, weights: w.baseAddress!,
+                                             blockElements: 16 * weights.vnniReduction, epilogue: epilogue) { w, outChannels, first, count, e in
+                                        qarep_u8s8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first),
+                                                        Int64(count), e, kernel)
+                                    }
+                            }
                         }
                     }
                 }
