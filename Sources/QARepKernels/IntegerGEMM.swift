@@ -106,7 +106,7 @@ public struct PackedInt8Weights: Sendable {
     /// padding is zero. Built only where the CPU runs a byte kernel (AVX2,
     /// whose `vpmaddubsw` reads it as the VNNI and AMX kernels do).
     public let vnniStorage: [Int8]
-    /// Sum of each output channel's weights (for the VNNI kernel's zero-code correction).
+    /// Sum of each output channel's weights (for the byte kernels' zero-code correction).
     public let weightSums: [Int32]
 
     /// K, the reduction length: `inChannels * kernelH * kernelW`.
