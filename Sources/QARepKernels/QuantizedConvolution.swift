@@ -140,31 +140,40 @@ private func int16Convolution(_ padded: UnsafePointer<Int16>, layout: PaddedNHWC
                               weights: PackedInt8Weights, bias: [Int32], multipliers: [Float],
                               epilogue: qarep_i8_epilogue, outputOffsets: [Int64]?, threads: Int, path: IntegerKernelPath) {
     let g = layout.g, flag = path.flag, tapOffsets = layout.tapOffsets
-    var epilogue = epilogue
+    withArrays(of: epilogue, bias: bias, multipliers: multipliers, outputOffsets: outputOffsets) { epilogue in
+        weights.storage.withUnsafeBufferPointer { w in
+            tapOffsets.withUnsafeBufferPointer { to in
+                windowOffsets.withUnsafeBufferPointer { po in
+                    let source = qarep_i8_source(source: padded, tap_offsets: to.baseAddress,
+                                                 taps: Int64(to.count), segment: Int64(layout.segment))
+                    // One pointer to the source for every worker (an inout per call would race).
+                    withUnsafePointer(to: source) { s in
+                        PixelChunks(pixels: g.columns, paddedInputSize: layout.paddedInputSize, threads: threads)
+                            .forEach(outChannels: g.outChannels, reduction: layout.paddedInputSize, threads: threads,
+                                     weights: w.baseAddress!, blockElements: 16 * layout.paddedInputSize,
+                                     epilogue: epilogue) { w, outChannels, first, count, e in
+                                qarep_i8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first),
+                                              Int64(count), e, flag)
+                            }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Calls `body` with `epilogue`'s bias, multipliers and output pixel offsets
+/// pointing into these arrays (no pixel offsets when `outputOffsets` is nil).
+private func withArrays(of epilogue: qarep_i8_epilogue, bias: [Int32], multipliers: [Float], outputOffsets: [Int64]?,
+                        _ body: (qarep_i8_epilogue) -> Void) {
     withOptionalPointer(outputOffsets) { oo in
         bias.withUnsafeBufferPointer { b in
             multipliers.withUnsafeBufferPointer { m in
-                weights.storage.withUnsafeBufferPointer { w in
-                    tapOffsets.withUnsafeBufferPointer { to in
-                        windowOffsets.withUnsafeBufferPointer { po in
-                            epilogue.bias = b.baseAddress
-                            epilogue.multiplier = m.baseAddress
-                            epilogue.pixel_offsets = oo
-                            let source = qarep_i8_source(source: padded, tap_offsets: to.baseAddress,
-                                                         taps: Int64(to.count), segment: Int64(layout.segment))
-                            // One pointer to the source for every worker (an inout per call would race).
-                            withUnsafePointer(to: source) { s in
-                                PixelChunks(pixels: g.columns, paddedInputSize: layout.paddedInputSize, threads: threads)
-                                    .forEach(outChannels: g.outChannels, reduction: layout.paddedInputSize, threads: threads,
-                                             weights: w.baseAddress!, blockElements: 16 * layout.paddedInputSize,
-                                             epilogue: epilogue) { w, outChannels, first, count, e in
-                                        qarep_i8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first),
-                                                      Int64(count), e, flag)
-                                    }
-                            }
-                        }
-                    }
-                }
+                var e = epilogue
+                e.bias = b.baseAddress
+                e.multiplier = m.baseAddress
+                e.pixel_offsets = oo
+                body(e)
             }
         }
     }
@@ -273,7 +282,7 @@ public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: Quan
                  "one window and one output offset per output pixel")
     let shiftedBias = zip(bias, weights.weightSums).map { $0 &- inputZeroCode &* $1 }
     let tapOffsets = layout.nhwc.tapOffsets
-    var epilogue = outputOffsets != nil
+    let epilogue = outputOffsets != nil
         ? chainedEpilogue(outputZeroPoint: outputZeroPoint, outputMin: outputMin, outputMax: outputMax,
                           outputSigned: outputSigned, output: output, element: outputElement, plane: g.outPlane)
         : qarep_i8_epilogue(
@@ -282,27 +291,20 @@ public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: Quan
             plane: Int64(g.outPlane), channel_stride: Int64(g.outPlane), image_stride: Int64(g.outChannels * g.outPlane),
             pixel_offsets: nil, flip: 0, output_int16: 0)
     precondition(epilogue.output_int16 == 0 || path == .avx2, "int16 outputs come from the AVX2 store, not \(path)'s")
-    withOptionalPointer(outputOffsets) { oo in
-        shiftedBias.withUnsafeBufferPointer { b in
-            multipliers.withUnsafeBufferPointer { m in
-                weights.vnniStorage.withUnsafeBufferPointer { w in
-                    tapOffsets.withUnsafeBufferPointer { to in
-                        windowOffsets.withUnsafeBufferPointer { po in
-                            epilogue.bias = b.baseAddress
-                            epilogue.multiplier = m.baseAddress
-                            epilogue.pixel_offsets = oo
-                            let source = qarep_u8_source(source: paddedInput, tap_offsets: to.baseAddress,
-                                                         taps: Int64(to.count), segment: Int64(layout.nhwc.segment))
-                            let k = layout.nhwc.paddedInputSize
-                            withUnsafePointer(to: source) { s in
-                                PixelChunks(pixels: g.columns, paddedInputSize: k, threads: threads)
-                                    .forEach(outChannels: g.outChannels, reduction: k, threads: threads, weights: w.baseAddress!,
-                                             blockElements: 16 * weights.vnniReduction, epilogue: epilogue) { w, outChannels, first, count, e in
-                                        qarep_u8s8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first),
-                                                        Int64(count), e, kernel)
-                                    }
+    withArrays(of: epilogue, bias: shiftedBias, multipliers: multipliers, outputOffsets: outputOffsets) { epilogue in
+        weights.vnniStorage.withUnsafeBufferPointer { w in
+            tapOffsets.withUnsafeBufferPointer { to in
+                windowOffsets.withUnsafeBufferPointer { po in
+                    let source = qarep_u8_source(source: paddedInput, tap_offsets: to.baseAddress,
+                                                 taps: Int64(to.count), segment: Int64(layout.nhwc.segment))
+                    let k = layout.nhwc.paddedInputSize
+                    withUnsafePointer(to: source) { s in
+                        PixelChunks(pixels: g.columns, paddedInputSize: k, threads: threads)
+                            .forEach(outChannels: g.outChannels, reduction: k, threads: threads, weights: w.baseAddress!,
+                                     blockElements: 16 * weights.vnniReduction, epilogue: epilogue) { w, outChannels, first, count, e in
+                                qarep_u8s8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first),
+                                                Int64(count), e, kernel)
                             }
-                        }
                     }
                 }
             }

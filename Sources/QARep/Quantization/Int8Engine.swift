@@ -73,7 +73,10 @@ public final class Int8Engine {
     /// VNNI and AMX; int16 on the portable path; on AVX2, raw bytes where the
     /// input's codes (and so every byte the kernel reads) lie in [0, 127],
     /// int16 elsewhere (the first layer's image codes under a signed scheme).
-    private func inputElements() -> [QuantizedElement] {
+    /// Fixed by the model and the path, so found once.
+    private lazy var inputElements: [QuantizedElement] = makeInputElements()
+
+    private func makeInputElements() -> [QuantizedElement] {
         model.convs.indices.map { i -> QuantizedElement in
             switch path {
             case .amx, .avx512vnni: return .shiftedByte
@@ -137,7 +140,7 @@ public final class Int8Engine {
 
     private func inputs(batch n: Int, height: Int, width: Int) -> [LayerInput] {
         var (h, w, channels) = (height, width, model.convs[0].inChannels)
-        return zip(model.convs, inputElements()).map { conv, element -> LayerInput in
+        return zip(model.convs, inputElements).map { conv, element -> LayerInput in
             let g = ConvGeometry(batch: n, inChannels: channels, height: h, width: w, outChannels: conv.outChannels,
                                  kernelH: conv.kernelSize, kernelW: conv.kernelSize, stride: conv.stride, padding: conv.padding)
             (h, w, channels) = (g.outHeight, g.outWidth, conv.outChannels)
@@ -149,7 +152,7 @@ public final class Int8Engine {
         let key = [n, height, width, workers]
         if let plan = plans[key] { return plan }
         let signed = model.activation.signed
-        let zeroBytes = zip(model.convs, inputElements()).map { conv, element in
+        let zeroBytes = zip(model.convs, inputElements).map { conv, element in
             UInt8(element.zero(zeroPoint: conv.inputZeroPoint, signed: signed))
         }
         let plan = Plan(inputs: inputs(batch: n, height: height, width: width), zeroBytes: zeroBytes,
