@@ -79,28 +79,11 @@ static void tile_portable(const float *w, const float *const a[PORTABLE_NR], int
 #if QAREP_X86
 #define AVX2_NR 6
 
-AVX2 static void tile_avx2(const float *w, const float *const a[AVX2_NR], int count, int rows, int64_t o0,
-                           const qarep_f32_source *s, const qarep_f32_epilogue *e, const int64_t *out) {
-    __m256 lo[AVX2_NR], hi[AVX2_NR];
-    for (int p = 0; p < AVX2_NR; p++) lo[p] = hi[p] = _mm256_setzero_ps();
-    for (int64_t tap = 0; tap < s->taps; tap++) {
-        const int64_t off = s->tap_offsets[tap];
-        const float *a0 = a[0] + off, *a1 = a[1] + off, *a2 = a[2] + off;
-        const float *a3 = a[3] + off, *a4 = a[4] + off, *a5 = a[5] + off;
-        const float *wk = w + tap * s->segment * MR;
-        for (int64_t k = 0; k < s->segment; k++, wk += MR) {
-            const __m256 w0 = _mm256_loadu_ps(wk), w1 = _mm256_loadu_ps(wk + 8);
-#define QAREP_STEP(p, ap)                                      \
-            {                                                  \
-                const __m256 b = _mm256_broadcast_ss(ap + k);  \
-                lo[p] = _mm256_fmadd_ps(w0, b, lo[p]);         \
-                hi[p] = _mm256_fmadd_ps(w1, b, hi[p]);         \
-            }
-            QAREP_STEP(0, a0) QAREP_STEP(1, a1) QAREP_STEP(2, a2)
-            QAREP_STEP(3, a3) QAREP_STEP(4, a4) QAREP_STEP(5, a5)
-#undef QAREP_STEP
-        }
-    }
+// Bias, ReLU and the stores of a 16-channel by `count`-pixel tile: pixel p's
+// channels o0 ..< o0 + rows go to e->output + out[p] + channel * channel_stride.
+AVX2 static inline __attribute__((always_inline)) void
+store_avx2(const __m256 lo[AVX2_NR], const __m256 hi[AVX2_NR], int count, int rows, int64_t o0,
+           const qarep_f32_epilogue *e, const int64_t *out) {
     __m256 b0 = _mm256_setzero_ps(), b1 = b0;
     if (e->bias) {
         float padded[MR] = {0};
@@ -123,6 +106,31 @@ AVX2 static void tile_avx2(const float *w, const float *const a[AVX2_NR], int co
             for (int r = 0; r < rows; r++) dst[r * e->channel_stride] = t[r];
         }
     }
+}
+
+AVX2 static void tile_avx2(const float *w, const float *const a[AVX2_NR], int count, int rows, int64_t o0,
+                           const qarep_f32_source *s, const qarep_f32_epilogue *e, const int64_t *out) {
+    __m256 lo[AVX2_NR], hi[AVX2_NR];
+    for (int p = 0; p < AVX2_NR; p++) lo[p] = hi[p] = _mm256_setzero_ps();
+    for (int64_t tap = 0; tap < s->taps; tap++) {
+        const int64_t off = s->tap_offsets[tap];
+        const float *a0 = a[0] + off, *a1 = a[1] + off, *a2 = a[2] + off;
+        const float *a3 = a[3] + off, *a4 = a[4] + off, *a5 = a[5] + off;
+        const float *wk = w + tap * s->segment * MR;
+        for (int64_t k = 0; k < s->segment; k++, wk += MR) {
+            const __m256 w0 = _mm256_loadu_ps(wk), w1 = _mm256_loadu_ps(wk + 8);
+#define QAREP_STEP(p, ap)                                      \
+            {                                                  \
+                const __m256 b = _mm256_broadcast_ss(ap + k);  \
+                lo[p] = _mm256_fmadd_ps(w0, b, lo[p]);         \
+                hi[p] = _mm256_fmadd_ps(w1, b, hi[p]);         \
+            }
+            QAREP_STEP(0, a0) QAREP_STEP(1, a1) QAREP_STEP(2, a2)
+            QAREP_STEP(3, a3) QAREP_STEP(4, a4) QAREP_STEP(5, a5)
+#undef QAREP_STEP
+        }
+    }
+    store_avx2(lo, hi, count, rows, o0, e, out);
 }
 
 // MARK: - AVX-512
@@ -261,18 +269,70 @@ QAREP_SHORT_INSTANCE(13) QAREP_SHORT_INSTANCE(14) QAREP_SHORT_INSTANCE(15) QAREP
 
 typedef void (*short_kernel)(const float *, const int64_t *, const float *, const int64_t *, int64_t, int, int64_t,
                              const qarep_f32_epilogue *);
-static const short_kernel short_kernels[QAREP_F32_SHORT_K + 1] = {
+static const short_kernel short_kernels_avx512[QAREP_F32_SHORT_K + 1] = {
     NULL, short_avx512_1, short_avx512_2, short_avx512_3, short_avx512_4, short_avx512_5, short_avx512_6,
     short_avx512_7, short_avx512_8, short_avx512_9, short_avx512_10, short_avx512_11, short_avx512_12,
     short_avx512_13, short_avx512_14, short_avx512_15, short_avx512_16,
 };
 
-static void conv_short_avx512(const float *weights, int64_t out_channels, const qarep_f32_source *s,
-                              const int64_t *pixel_offsets, int64_t pixel_count, const qarep_f32_epilogue *e) {
+// The same path on AVX2, in the tile's shape (16 channels in two ymm halves
+// by 6 pixels): a block's 2K weight vectors do not fit in 16 registers, so
+// they are loaded per step as in the tile, but the unrolled reduction reads
+// each pixel's K inputs straight through the offset table instead of taking
+// a copy of every patch first. Same sums as the tile's, in the same order.
+AVX2 static inline __attribute__((always_inline)) void
+short_block_avx2(const float *w, const int K, const int64_t *k_offsets, const float *source,
+                 const int64_t *pixel_offsets, int64_t pixel_count, int rows, int64_t o0,
+                 const qarep_f32_epilogue *e) {
+    int64_t off[QAREP_F32_SHORT_K];
+#pragma clang loop unroll(full)
+    for (int k = 0; k < K; k++) off[k] = k_offsets[k];
+    for (int64_t p0 = 0; p0 < pixel_count; p0 += AVX2_NR) {
+        const int count = pixel_count - p0 < AVX2_NR ? (int)(pixel_count - p0) : AVX2_NR;
+        // A partial group repeats its last pixel; the copies are not stored.
+        const float *a[AVX2_NR];
+        for (int p = 0; p < AVX2_NR; p++) a[p] = source + pixel_offsets[p0 + (p < count ? p : count - 1)];
+        __m256 lo[AVX2_NR], hi[AVX2_NR];
+        for (int p = 0; p < AVX2_NR; p++) lo[p] = hi[p] = _mm256_setzero_ps();
+#pragma clang loop unroll(full)
+        for (int k = 0; k < K; k++) {
+            const __m256 w0 = _mm256_loadu_ps(w + k * MR), w1 = _mm256_loadu_ps(w + k * MR + 8);
+            for (int p = 0; p < AVX2_NR; p++) {
+                const __m256 b = _mm256_broadcast_ss(a[p] + off[k]);
+                lo[p] = _mm256_fmadd_ps(w0, b, lo[p]);
+                hi[p] = _mm256_fmadd_ps(w1, b, hi[p]);
+            }
+        }
+        store_avx2(lo, hi, count, rows, o0, e, e->pixel_offsets + p0);
+    }
+}
+
+#define QAREP_SHORT_INSTANCE(K)                                                                              \
+    AVX2 static void short_avx2_##K(const float *w, const int64_t *k_offsets, const float *source,           \
+                                    const int64_t *pixel_offsets, int64_t pixel_count, int rows,              \
+                                    int64_t o0, const qarep_f32_epilogue *e) {                                \
+        short_block_avx2(w, K, k_offsets, source, pixel_offsets, pixel_count, rows, o0, e);                  \
+    }
+QAREP_SHORT_INSTANCE(1) QAREP_SHORT_INSTANCE(2) QAREP_SHORT_INSTANCE(3) QAREP_SHORT_INSTANCE(4)
+QAREP_SHORT_INSTANCE(5) QAREP_SHORT_INSTANCE(6) QAREP_SHORT_INSTANCE(7) QAREP_SHORT_INSTANCE(8)
+QAREP_SHORT_INSTANCE(9) QAREP_SHORT_INSTANCE(10) QAREP_SHORT_INSTANCE(11) QAREP_SHORT_INSTANCE(12)
+QAREP_SHORT_INSTANCE(13) QAREP_SHORT_INSTANCE(14) QAREP_SHORT_INSTANCE(15) QAREP_SHORT_INSTANCE(16)
+#undef QAREP_SHORT_INSTANCE
+
+static const short_kernel short_kernels_avx2[QAREP_F32_SHORT_K + 1] = {
+    NULL, short_avx2_1, short_avx2_2, short_avx2_3, short_avx2_4, short_avx2_5, short_avx2_6,
+    short_avx2_7, short_avx2_8, short_avx2_9, short_avx2_10, short_avx2_11, short_avx2_12,
+    short_avx2_13, short_avx2_14, short_avx2_15, short_avx2_16,
+};
+
+// A whole convolution on the short-window path, block by block.
+static void conv_short(const short_kernel kernels[QAREP_F32_SHORT_K + 1], const float *weights, int64_t out_channels,
+                       const qarep_f32_source *s, const int64_t *pixel_offsets, int64_t pixel_count,
+                       const qarep_f32_epilogue *e) {
     const int64_t k = s->taps * s->segment;
     int64_t k_offsets[QAREP_F32_SHORT_K];
     for (int64_t i = 0; i < k; i++) k_offsets[i] = s->tap_offsets[i / s->segment] + i % s->segment;
-    const short_kernel kernel = short_kernels[k];
+    const short_kernel kernel = kernels[k];
     for (int64_t o0 = 0; o0 < out_channels; o0 += MR) {
         const int rows = out_channels - o0 < MR ? (int)(out_channels - o0) : MR;
         kernel(weights + (o0 / MR) * k * MR, k_offsets, s->source, pixel_offsets, pixel_count, rows, o0, e);
@@ -283,7 +343,7 @@ static void conv_short_avx512(const float *weights, int64_t out_channels, const 
 // MARK: - Driver
 
 int qarep_f32_reads_short_windows(int64_t taps, int64_t segment, int isa) {
-    return isa == QAREP_ISA_AVX512 && taps * segment <= QAREP_F32_SHORT_K;
+    return (isa == QAREP_ISA_AVX512 || isa == QAREP_ISA_AVX2) && taps * segment <= QAREP_F32_SHORT_K;
 }
 
 void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_source *source,
@@ -292,8 +352,9 @@ void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_
     const int64_t block_size = source->taps * source->segment * MR;
     const int64_t blocks = (out_channels + MR - 1) / MR;
 #if QAREP_X86
-    if (isa == QAREP_ISA_AVX512 && qarep_f32_reads_short_windows(source->taps, source->segment, isa)) {
-        conv_short_avx512(weights, out_channels, source, pixel_offsets, pixel_count, epilogue);
+    if (qarep_f32_reads_short_windows(source->taps, source->segment, isa)) {
+        conv_short(isa == QAREP_ISA_AVX512 ? short_kernels_avx512 : short_kernels_avx2, weights, out_channels, source,
+                   pixel_offsets, pixel_count, epilogue);
         return;
     }
 #endif

@@ -246,7 +246,7 @@ public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloa
     if g.kernelH > 1 && segment < 16 && qarep_f32_reads_short_windows(Int64(g.kernelH), Int64(segment), path.isa) == 0 {
         // Window rows this short (the first layer of a grey-image model: 3
         // floats) leave the tile's inner loop little to do per pixel. Unless
-        // the kernel keeps the whole reduction in registers, copy each
+        // the kernel unrolls the whole reduction (AVX2, AVX-512), copy each
         // pixel's patch into one row of K floats and run one long tap.
         let patches = UnsafeMutablePointer<Float>.allocate(capacity: max(1, pixels * k))
         defer { patches.deallocate() }

@@ -63,8 +63,9 @@ typedef struct {
 #define QAREP_F32_SHORT_K 16
 
 /// 1 when qarep_f32_conv runs a convolution of this window shape on `isa`
-/// straight from the padded input, however short its segments: AVX-512 keeps
-/// a reduction of at most QAREP_F32_SHORT_K values in registers. Otherwise
+/// straight from the padded input, however short its segments: AVX-512 and
+/// AVX2 unroll a reduction of at most QAREP_F32_SHORT_K values and read each
+/// pixel's inputs through an offset table. Otherwise (the portable loops)
 /// segments shorter than a vector are better gathered into patch rows first.
 int qarep_f32_reads_short_windows(int64_t taps, int64_t segment, int isa);
 
