@@ -56,13 +56,13 @@ static inline float finish(float acc, const float *bias, int64_t o, int relu) {
 
 #define PORTABLE_NR 4
 
-static void tile_portable(const float *w, const float *const a[PORTABLE_NR], int count, int rows, int64_t o0,
-                          const qarep_f32_source *s, const qarep_f32_epilogue *e, const int64_t *out) {
+static void tile_portable(const float *w, int64_t w_tap, const float *const a[PORTABLE_NR], int count, int rows,
+                          int64_t o0, const qarep_f32_source *s, const qarep_f32_epilogue *e, const int64_t *out) {
     float t[PORTABLE_NR][MR];
     memset(t, 0, sizeof t);
     for (int64_t tap = 0; tap < s->taps; tap++) {
         const int64_t off = s->tap_offsets[tap];
-        const float *wt = w + tap * s->segment * MR;
+        const float *wt = w + tap * w_tap;
         for (int64_t k = 0; k < s->segment; k++)
             for (int p = 0; p < PORTABLE_NR; p++) {
                 const float x = a[p][off + k];
@@ -108,15 +108,15 @@ store_avx2(const __m256 lo[AVX2_NR], const __m256 hi[AVX2_NR], int count, int ro
     }
 }
 
-AVX2 static void tile_avx2(const float *w, const float *const a[AVX2_NR], int count, int rows, int64_t o0,
-                           const qarep_f32_source *s, const qarep_f32_epilogue *e, const int64_t *out) {
+AVX2 static void tile_avx2(const float *w, int64_t w_tap, const float *const a[AVX2_NR], int count, int rows,
+                           int64_t o0, const qarep_f32_source *s, const qarep_f32_epilogue *e, const int64_t *out) {
     __m256 lo[AVX2_NR], hi[AVX2_NR];
     for (int p = 0; p < AVX2_NR; p++) lo[p] = hi[p] = _mm256_setzero_ps();
     for (int64_t tap = 0; tap < s->taps; tap++) {
         const int64_t off = s->tap_offsets[tap];
         const float *a0 = a[0] + off, *a1 = a[1] + off, *a2 = a[2] + off;
         const float *a3 = a[3] + off, *a4 = a[4] + off, *a5 = a[5] + off;
-        const float *wk = w + tap * s->segment * MR;
+        const float *wk = w + tap * w_tap;
         for (int64_t k = 0; k < s->segment; k++, wk += MR) {
             const __m256 w0 = _mm256_loadu_ps(wk), w1 = _mm256_loadu_ps(wk + 8);
 #define QAREP_STEP(p, ap)                                      \
@@ -149,15 +149,15 @@ AVX512 static inline void store_avx512(__m512 v, __m512 bias, __mmask16 mask, in
     }
 }
 
-AVX512 static void tile_avx512(const float *w, const float *const a[AVX512_NR], int count, int rows, int64_t o0,
-                               const qarep_f32_source *s, const qarep_f32_epilogue *e, const int64_t *out) {
+AVX512 static void tile_avx512(const float *w, int64_t w_tap, const float *const a[AVX512_NR], int count, int rows,
+                               int64_t o0, const qarep_f32_source *s, const qarep_f32_epilogue *e, const int64_t *out) {
     __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
     for (int64_t tap = 0; tap < s->taps; tap++) {
         const int64_t off = s->tap_offsets[tap];
         const float *a0 = a[0] + off, *a1 = a[1] + off, *a2 = a[2] + off;
         const float *a3 = a[3] + off, *a4 = a[4] + off, *a5 = a[5] + off;
         const float *a6 = a[6] + off, *a7 = a[7] + off;
-        const float *wk = w + tap * s->segment * MR;
+        const float *wk = w + tap * w_tap;
         for (int64_t k = 0; k < s->segment; k++, wk += MR) {
             const __m512 wv = _mm512_loadu_ps(wk);
             c0 = _mm512_fmadd_ps(wv, _mm512_set1_ps(a0[k]), c0);
@@ -182,9 +182,9 @@ AVX512 static void tile_avx512(const float *w, const float *const a[AVX512_NR], 
 // twice the width. Used while two blocks remain.
 #define AVX512_WIDE_NR 8
 
-AVX512 static void tile_avx512_wide(const float *w, int64_t block_size, const float *const a[AVX512_WIDE_NR], int count,
-                                    int rows1, int64_t o0, const qarep_f32_source *s, const qarep_f32_epilogue *e,
-                                    const int64_t *out) {
+AVX512 static void tile_avx512_wide(const float *w, int64_t w_tap, int64_t block_size,
+                                    const float *const a[AVX512_WIDE_NR], int count, int rows1, int64_t o0,
+                                    const qarep_f32_source *s, const qarep_f32_epilogue *e, const int64_t *out) {
     __m512 lo[AVX512_WIDE_NR], hi[AVX512_WIDE_NR];
     for (int p = 0; p < AVX512_WIDE_NR; p++) lo[p] = hi[p] = _mm512_setzero_ps();
     for (int64_t tap = 0; tap < s->taps; tap++) {
@@ -192,7 +192,7 @@ AVX512 static void tile_avx512_wide(const float *w, int64_t block_size, const fl
         const float *a0 = a[0] + off, *a1 = a[1] + off, *a2 = a[2] + off;
         const float *a3 = a[3] + off, *a4 = a[4] + off, *a5 = a[5] + off;
         const float *a6 = a[6] + off, *a7 = a[7] + off;
-        const float *wk = w + tap * s->segment * MR;
+        const float *wk = w + tap * w_tap;
         for (int64_t k = 0; k < s->segment; k++, wk += MR) {
             const __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + block_size);
 #define QAREP_STEP(p, ap)                                   \
@@ -346,23 +346,34 @@ int qarep_f32_reads_short_windows(int64_t taps, int64_t segment, int isa) {
     return (isa == QAREP_ISA_AVX512 || isa == QAREP_ISA_AVX2) && taps * segment <= QAREP_F32_SHORT_K;
 }
 
+int qarep_f32_tile_pixels(int isa) {
+#if QAREP_X86
+    if (isa == QAREP_ISA_AVX512) return AVX512_NR;
+    if (isa == QAREP_ISA_AVX2) return AVX2_NR;
+#endif
+    return PORTABLE_NR;
+}
+
 void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_source *source,
                     const int64_t *pixel_offsets, int64_t pixel_count,
-                    const qarep_f32_epilogue *epilogue, int isa) {
-    const int64_t block_size = source->taps * source->segment * MR;
+                    const qarep_f32_epilogue *epilogue, const qarep_f32_tap_runs *runs, int64_t first_pixel,
+                    int isa) {
+    const int64_t w_tap = source->segment * MR, block_size = source->taps * w_tap;
     const int64_t blocks = (out_channels + MR - 1) / MR;
 #if QAREP_X86
-    if (qarep_f32_reads_short_windows(source->taps, source->segment, isa)) {
+    if (!runs && qarep_f32_reads_short_windows(source->taps, source->segment, isa)) {
         conv_short(isa == QAREP_ISA_AVX512 ? short_kernels_avx512 : short_kernels_avx2, weights, out_channels, source,
                    pixel_offsets, pixel_count, epilogue);
         return;
     }
 #endif
-    int nr = PORTABLE_NR;
-#if QAREP_X86
-    if (isa == QAREP_ISA_AVX512) nr = AVX512_NR;
-    else if (isa == QAREP_ISA_AVX2) nr = AVX2_NR;
-#endif
+    const int nr = qarep_f32_tile_pixels(isa);
+    // One run of every pixel and the whole window, unless runs are given.
+    const int64_t all_ends = first_pixel + pixel_count;
+    const int32_t all_rows[2] = {0, (int32_t)source->taps}, all_cols[2] = {0, 1};
+    const qarep_f32_tap_runs whole = {1, &all_ends, all_rows, all_cols, 1};
+    if (!runs) runs = &whole;
+    const int64_t channels = source->segment / runs->columns;
     // Channel blocks in groups of about 256 KiB of weights, so a group stays
     // in L2 while the pixel tiles pass; a tile's inputs stay in L1 while the
     // group's blocks pass over them.
@@ -370,30 +381,42 @@ void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_
     if (group < 1) group = 1;
     for (int64_t g0 = 0; g0 < blocks; g0 += group) {
         const int64_t g1 = g0 + group < blocks ? g0 + group : blocks;
-        for (int64_t p0 = 0; p0 < pixel_count; p0 += nr) {
-            const int count = pixel_count - p0 < nr ? (int)(pixel_count - p0) : nr;
-            // A partial tile repeats its last pixel; the copies are not stored.
-            const float *a[8];
-            for (int p = 0; p < nr; p++) a[p] = source->source + pixel_offsets[p0 + (p < count ? p : count - 1)];
-            const int64_t *out = epilogue->pixel_offsets + p0;
-            for (int64_t blk = g0; blk < g1; blk++) {
-                const int64_t o0 = blk * MR;
-                const int rows = out_channels - o0 < MR ? (int)(out_channels - o0) : MR;
-                const float *w = weights + blk * block_size;
+        for (int64_t r = 0; r < runs->count; r++) {
+            // This call's pixels in run r.
+            int64_t lo = (r > 0 ? runs->ends[r - 1] : 0) - first_pixel, hi = runs->ends[r] - first_pixel;
+            if (lo < 0) lo = 0;
+            if (hi > pixel_count) hi = pixel_count;
+            if (lo >= hi) continue;
+            // The run's part of each window: its tap rows, and its columns of each row.
+            const int32_t row0 = runs->rows[2 * r], col0 = runs->cols[2 * r];
+            const qarep_f32_source part = {source->source + col0 * channels, source->tap_offsets + row0,
+                                           runs->rows[2 * r + 1] - row0, (runs->cols[2 * r + 1] - col0) * channels};
+            const int64_t w_part = row0 * w_tap + col0 * channels * MR;
+            for (int64_t p0 = lo; p0 < hi; p0 += nr) {
+                const int count = hi - p0 < nr ? (int)(hi - p0) : nr;
+                // A partial tile repeats its last pixel; the copies are not stored.
+                const float *a[8];
+                for (int p = 0; p < nr; p++) a[p] = part.source + pixel_offsets[p0 + (p < count ? p : count - 1)];
+                const int64_t *out = epilogue->pixel_offsets + p0;
+                for (int64_t blk = g0; blk < g1; blk++) {
+                    const int64_t o0 = blk * MR;
+                    const int rows = out_channels - o0 < MR ? (int)(out_channels - o0) : MR;
+                    const float *w = weights + blk * block_size + w_part;
 #if QAREP_X86
-                if (isa == QAREP_ISA_AVX512) {
-                    if (blk + 1 < g1) {
-                        const int rows1 = out_channels - o0 - MR < MR ? (int)(out_channels - o0 - MR) : MR;
-                        tile_avx512_wide(w, block_size, a, count, rows1, o0, source, epilogue, out);
-                        blk++;
-                    } else {
-                        tile_avx512(w, a, count, rows, o0, source, epilogue, out);
+                    if (isa == QAREP_ISA_AVX512) {
+                        if (blk + 1 < g1) {
+                            const int rows1 = out_channels - o0 - MR < MR ? (int)(out_channels - o0 - MR) : MR;
+                            tile_avx512_wide(w, w_tap, block_size, a, count, rows1, o0, &part, epilogue, out);
+                            blk++;
+                        } else {
+                            tile_avx512(w, w_tap, a, count, rows, o0, &part, epilogue, out);
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                if (isa == QAREP_ISA_AVX2) { tile_avx2(w, a, count, rows, o0, source, epilogue, out); continue; }
+                    if (isa == QAREP_ISA_AVX2) { tile_avx2(w, w_tap, a, count, rows, o0, &part, epilogue, out); continue; }
 #endif
-                tile_portable(w, a, count, rows, o0, source, epilogue, out);
+                    tile_portable(w, w_tap, a, count, rows, o0, &part, epilogue, out);
+                }
             }
         }
     }

@@ -34,6 +34,9 @@ public enum FloatKernelPath: Sendable, Equatable, CaseIterable {
         allCases.filter { $0.rank <= best.rank }
     }
 
+    /// Output pixels of one micro-tile.
+    public var tilePixels: Int { Int(qarep_f32_tile_pixels(isa)) }
+
     private var rank: Int { self == .avx512 ? 2 : self == .avx2 ? 1 : 0 }
 
     var isa: Int32 {
@@ -233,17 +236,23 @@ public func nchwPixelOffsets(_ g: ConvGeometry) -> [Int64] {
 /// `output[outputOffsets[p] + o * channelStride]` (1 for NHWC
 /// outputs, the plane for NCHW). Pixels are split among `threads`; every
 /// output is summed by one thread in one order, so the bits do not depend on
-/// the thread count or the path.
+/// the thread count or the path. With `runs`, `windowOffsets` and
+/// `outputOffsets` list the pixels in `runs.order`, and each pixel skips the
+/// taps its class reads from the zero border.
 public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloatNHWC, weights: PackedFloatWeights,
                            bias: UnsafePointer<Float>?, relu: Bool,
                            output: UnsafeMutablePointer<Float>, outputOffsets: [Int64], channelStride: Int,
-                           windowOffsets: [Int64], threads: Int, path: FloatKernelPath = .best) {
+                           windowOffsets: [Int64], threads: Int, path: FloatKernelPath = .best,
+                           runs: BorderTapRuns? = nil) {
     let g = layout.g
     precondition(weights.matches(g), "weights packed for [\(weights.outChannels), \(weights.inChannels), \(weights.kernelH), "
                  + "\(weights.kernelW)], convolution needs [\(g.outChannels), \(g.inChannels), \(g.kernelH), \(g.kernelW)]")
     precondition(windowOffsets.count == outputOffsets.count, "\(windowOffsets.count) windows for \(outputOffsets.count) outputs")
     let segment = g.kernelW * g.inChannels, k = g.kernelH * segment, pixels = windowOffsets.count
-    if g.kernelH > 1 && segment < 16 && qarep_f32_reads_short_windows(Int64(g.kernelH), Int64(segment), path.isa) == 0 {
+    if let runs {
+        precondition(runs.order.count == pixels, "runs of \(runs.order.count) pixels for \(pixels) windows")
+    }
+    if runs == nil && g.kernelH > 1 && segment < 16 && qarep_f32_reads_short_windows(Int64(g.kernelH), Int64(segment), path.isa) == 0 {
         // Window rows this short (the first layer of a grey-image model: 3
         // floats) leave the tile's inner loop little to do per pixel. Unless
         // the kernel unrolls the whole reduction (AVX2, AVX-512), copy each
@@ -273,7 +282,9 @@ public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloa
     // no more workers than there are 64K multiply-adds to share: a hand-off
     // costs about a microsecond, 64K multiply-adds about two on one core
     // (tiny at batch 1 ran 25% faster than with 256K, the earlier bound).
-    let chunk = max(8, (64 * 1024) / (k * 4) / 8 * 8)
+    // With runs, chunks start on a tile of every path (4, 6 or 8 pixels), as the runs' tiles do.
+    let unit = runs == nil ? 8 : 24
+    let chunk = max(unit, (64 * 1024) / (k * 4) / unit * unit)
     let chunks = (pixels + chunk - 1) / chunk
     let workers = max(1, min(threads, (pixels * k * g.outChannels) >> 16))
     let split = ChannelSplit(outChannels: g.outChannels, chunks: chunks, workers: workers)
@@ -293,8 +304,11 @@ public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloa
                                                           channel_stride: Int64(channelStride))
                         var s = source
                         // Packed weights are blocks of 16 channels by K; a part starts on a block.
-                        qarep_f32_conv(w.baseAddress! + channels.lowerBound * k, Int64(channels.count), &s,
-                                       wo.baseAddress! + first, Int64(count), &epilogue, isa)
+                        let conv = { (runs: UnsafePointer<qarep_f32_tap_runs>?) in
+                            qarep_f32_conv(w.baseAddress! + channels.lowerBound * k, Int64(channels.count), &s,
+                                           wo.baseAddress! + first, Int64(count), &epilogue, runs, Int64(first), isa)
+                        }
+                        if let runs { runs.withRuns(conv) } else { conv(nil) }
                     }
                 }
             }

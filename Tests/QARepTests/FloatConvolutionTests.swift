@@ -109,6 +109,55 @@ struct FloatConvolutionTests {
         }
     }
 
+    /// The engines' border skipping: pixels in class order, each micro-tile
+    /// reading only the window rows and columns inside the image. Maps of
+    /// 2x2 to 7x7 at strides 1 and 2 (a0-half's last three stages), batch 1
+    /// to 9, one and two threads (the second splits channels and pixel
+    /// chunks, so calls start inside runs).
+    @Test("border-skipping runs equal the whole window, every path",
+          arguments: [(1, 96, 96, 4, 1), (3, 48, 96, 7, 2), (4, 96, 80, 4, 2), (9, 24, 40, 4, 1), (2, 16, 32, 7, 1),
+                      (5, 17, 33, 2, 1), (8, 96, 96, 4, 1)])
+    func borderRuns(batch: Int, inChannels: Int, outChannels: Int, size: Int, stride: Int) throws {
+        let g = ConvGeometry(batch: batch, inChannels: inChannels, height: size, width: size, outChannels: outChannels,
+                             kernelH: 3, kernelW: 3, stride: stride, padding: 1)
+        var rng = SplitMix64(seed: UInt64(batch * 1000 + inChannels))
+        let x = (0..<(batch * inChannels * size * size)).map { _ in rng.uniform(-1, 1) }
+        let w = (0..<(outChannels * g.patchSize)).map { _ in rng.uniform(-0.3, 0.3) }
+        let b = (0..<outChannels).map { _ in rng.uniform(-0.5, 0.5) }
+        let packed = PackedFloatWeights(w, outChannels: outChannels, inChannels: inChannels, kernelH: 3, kernelW: 3)
+        let layout = PaddedFloatNHWC(g)
+        var padded = [Float](repeating: .nan, count: layout.count)
+        padded.withUnsafeMutableBufferPointer { p in x.withUnsafeBufferPointer { layout.fill(p.baseAddress!, from: $0.baseAddress!, threads: 1) } }
+        let outputs = nchwPixelOffsets(g), windows = layout.windowOffsets
+        let expected = reference(x, w, b, relu: true, g)
+        for path in FloatKernelPath.available {
+            let runs = try #require(BorderTapRuns(forward: g, tilePixels: path.tilePixels), "\(path): runs should pay here")
+            #expect(runs.order.sorted() == Array(0..<g.columns))
+            var whole = [Float](repeating: .nan, count: expected.count)
+            implicitConv2d(paddedInput: padded, layout: layout, weights: packed, bias: b, relu: true, output: &whole,
+                           outputOffsets: outputs, channelStride: g.outPlane, windowOffsets: windows, threads: 1, path: path)
+            for threads in [1, 2] {
+                var y = [Float](repeating: .nan, count: expected.count)
+                implicitConv2d(paddedInput: padded, layout: layout, weights: packed, bias: b, relu: true, output: &y,
+                               outputOffsets: runs.order.map { outputs[$0] }, channelStride: g.outPlane,
+                               windowOffsets: runs.order.map { windows[$0] }, threads: threads, path: path, runs: runs)
+                // Skipped terms are products with the zero border: the same sums.
+                #expect(y == whole, "\(path), \(threads) threads")
+                #expect(maxRelativeError(y, expected) < 1e-5)
+            }
+        }
+    }
+
+    @Test("border runs are left out where they would not pay")
+    func borderRunsDeclined() {
+        let big = ConvGeometry(batch: 4, inChannels: 24, height: 28, width: 28, outChannels: 24,
+                               kernelH: 3, kernelW: 3, stride: 1, padding: 1)
+        let pointwise = ConvGeometry(batch: 4, inChannels: 24, height: 4, width: 4, outChannels: 24,
+                                     kernelH: 1, kernelW: 1, stride: 1, padding: 0)
+        #expect(BorderTapRuns(forward: big, tilePixels: 6) == nil)
+        #expect(BorderTapRuns(forward: pointwise, tilePixels: 6) == nil)
+    }
+
     /// The copy every forward and input-gradient pass starts with: 8x8 tiles
     /// across image rows, element-by-element edges (channel counts and planes
     /// that are not multiples of 8), any padding.

@@ -8,9 +8,11 @@ import QARepKernels
 /// the first convolution to the last: each convolution writes its
 /// bias-and-ReLU'd output straight into the interior of the next one's padded
 /// input, so there is no layout copy, patch matrix or separate ReLU pass
-/// between layers. Every value is computed by the same kernel, in the same
-/// order, as `conv2d` and the module's own forward pass, so the logits are
-/// those of `model(x)` bit for bit.
+/// between layers. On small maps each tile of pixels skips the window taps
+/// it would read from the zero border (`BorderTapRuns`). Every value is the
+/// same sum, in the same order, as `conv2d` and the module's own forward
+/// pass compute (less only products with zero), so the logits are those of
+/// `model(x)` bit for bit.
 public final class DeployedEngine {
     private struct Layer {
         let inChannels: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int
@@ -43,7 +45,8 @@ public final class DeployedEngine {
     }
 
     /// What one input shape needs, computed once per shape: each layer's
-    /// geometry, padded input layout, window origins and output offsets, and
+    /// geometry, padded input layout, window origins and output offsets (in
+    /// border-class order where skipping the border taps pays), and
     /// activation buffers for each worker that runs the shape. Each
     /// convolution writes only the interior of the next layer's padded input,
     /// so the borders are zeroed once, here, and stay zero for every later call.
@@ -52,11 +55,13 @@ public final class DeployedEngine {
         let layouts: [PaddedFloatNHWC]
         let windows: [[Int64]]
         let outputs: [[Int64]]
+        let runs: [BorderTapRuns?]
         /// Per worker: layer i's padded input for each i, then the last layer's NHWC output.
         let buffers: WorkerBuffers<Float>
 
-        init(geometries: [ConvGeometry], layouts: [PaddedFloatNHWC], windows: [[Int64]], outputs: [[Int64]], workers: Int) {
-            (self.geometries, self.layouts, self.windows, self.outputs) = (geometries, layouts, windows, outputs)
+        init(geometries: [ConvGeometry], layouts: [PaddedFloatNHWC], windows: [[Int64]], outputs: [[Int64]],
+             runs: [BorderTapRuns?], workers: Int) {
+            (self.geometries, self.layouts, self.windows, self.outputs, self.runs) = (geometries, layouts, windows, outputs, runs)
             let last = geometries.last!
             let counts = layouts.map(\.count) + [last.batch * last.outPlane * last.outChannels]
             buffers = WorkerBuffers(workers: workers, counts: counts, fills: counts.map { _ in 0 })
@@ -92,8 +97,11 @@ public final class DeployedEngine {
                                       : ((image * g.outHeight + y) * g.outWidth + x) * g.outChannels
             }
         }
-        let plan = Plan(geometries: geometries, layouts: layouts, windows: layouts.map(\.windowOffsets),
-                        outputs: outputs, workers: workers)
+        let runs = geometries.map { BorderTapRuns(forward: $0, tilePixels: FloatKernelPath.best.tilePixels) }
+        let inRunOrder = { (offsets: [Int64], runs: BorderTapRuns?) in runs.map { $0.order.map { offsets[$0] } } ?? offsets }
+        let plan = Plan(geometries: geometries, layouts: layouts,
+                        windows: zip(layouts, runs).map { inRunOrder($0.windowOffsets, $1) },
+                        outputs: zip(outputs, runs).map(inRunOrder), runs: runs, workers: workers)
         if plans.count >= keptPlans { plans.removeAll() }
         plans[key] = plan
         return plan
@@ -154,7 +162,7 @@ public final class DeployedEngine {
                 implicitConv2d(paddedInput: buffers[i], layout: plan.layouts[i], weights: layer.weights,
                                bias: bias.baseAddress, relu: true, output: buffers[i + 1],
                                outputOffsets: plan.outputs[i], channelStride: 1, windowOffsets: plan.windows[i],
-                               threads: threads)
+                               threads: threads, runs: plan.runs[i])
             }
         }
         averagePoolNHWC(buffers[layers.count], geometry: plan.geometries.last!, into: pooled)
