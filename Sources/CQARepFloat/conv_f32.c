@@ -253,27 +253,31 @@ short_block_avx512(const float *w, const int K, const int64_t *k_offsets, const 
     }
 }
 
-// One instance per K, so the weight vectors and the unrolled loops are
-// registers and straight-line code.
-#define QAREP_SHORT_INSTANCE(K)                                                                              \
-    AVX512 static void short_avx512_##K(const float *w, const int64_t *k_offsets, const float *source,       \
-                                        const int64_t *pixel_offsets, int64_t pixel_count, int rows,          \
-                                        int64_t o0, const qarep_f32_epilogue *e) {                            \
-        short_block_avx512(w, K, k_offsets, source, pixel_offsets, pixel_count, rows, o0, e);                \
-    }
-QAREP_SHORT_INSTANCE(1) QAREP_SHORT_INSTANCE(2) QAREP_SHORT_INSTANCE(3) QAREP_SHORT_INSTANCE(4)
-QAREP_SHORT_INSTANCE(5) QAREP_SHORT_INSTANCE(6) QAREP_SHORT_INSTANCE(7) QAREP_SHORT_INSTANCE(8)
-QAREP_SHORT_INSTANCE(9) QAREP_SHORT_INSTANCE(10) QAREP_SHORT_INSTANCE(11) QAREP_SHORT_INSTANCE(12)
-QAREP_SHORT_INSTANCE(13) QAREP_SHORT_INSTANCE(14) QAREP_SHORT_INSTANCE(15) QAREP_SHORT_INSTANCE(16)
-#undef QAREP_SHORT_INSTANCE
-
+// One instance per K of an instruction set's short-window block, and the
+// table of them: the K loop unrolled into straight-line code (on AVX-512 the
+// weight vectors in registers).
 typedef void (*short_kernel)(const float *, const int64_t *, const float *, const int64_t *, int64_t, int, int64_t,
                              const qarep_f32_epilogue *);
-static const short_kernel short_kernels_avx512[QAREP_F32_SHORT_K + 1] = {
-    NULL, short_avx512_1, short_avx512_2, short_avx512_3, short_avx512_4, short_avx512_5, short_avx512_6,
-    short_avx512_7, short_avx512_8, short_avx512_9, short_avx512_10, short_avx512_11, short_avx512_12,
-    short_avx512_13, short_avx512_14, short_avx512_15, short_avx512_16,
-};
+#define QAREP_SHORT_INSTANCE(ISA, ATTR, K)                                                                    \
+    ATTR static void short_##ISA##_##K(const float *w, const int64_t *k_offsets, const float *source,         \
+                                       const int64_t *pixel_offsets, int64_t pixel_count, int rows, int64_t o0, \
+                                       const qarep_f32_epilogue *e) {                                         \
+        short_block_##ISA(w, K, k_offsets, source, pixel_offsets, pixel_count, rows, o0, e);                  \
+    }
+#define QAREP_SHORT_KERNELS(ISA, ATTR)                                                                        \
+    QAREP_SHORT_INSTANCE(ISA, ATTR, 1) QAREP_SHORT_INSTANCE(ISA, ATTR, 2) QAREP_SHORT_INSTANCE(ISA, ATTR, 3)  \
+    QAREP_SHORT_INSTANCE(ISA, ATTR, 4) QAREP_SHORT_INSTANCE(ISA, ATTR, 5) QAREP_SHORT_INSTANCE(ISA, ATTR, 6)  \
+    QAREP_SHORT_INSTANCE(ISA, ATTR, 7) QAREP_SHORT_INSTANCE(ISA, ATTR, 8) QAREP_SHORT_INSTANCE(ISA, ATTR, 9)  \
+    QAREP_SHORT_INSTANCE(ISA, ATTR, 10) QAREP_SHORT_INSTANCE(ISA, ATTR, 11) QAREP_SHORT_INSTANCE(ISA, ATTR, 12) \
+    QAREP_SHORT_INSTANCE(ISA, ATTR, 13) QAREP_SHORT_INSTANCE(ISA, ATTR, 14) QAREP_SHORT_INSTANCE(ISA, ATTR, 15) \
+    QAREP_SHORT_INSTANCE(ISA, ATTR, 16)                                                                       \
+    static const short_kernel short_kernels_##ISA[QAREP_F32_SHORT_K + 1] = {                                  \
+        NULL, short_##ISA##_1, short_##ISA##_2, short_##ISA##_3, short_##ISA##_4, short_##ISA##_5,            \
+        short_##ISA##_6, short_##ISA##_7, short_##ISA##_8, short_##ISA##_9, short_##ISA##_10,                 \
+        short_##ISA##_11, short_##ISA##_12, short_##ISA##_13, short_##ISA##_14, short_##ISA##_15,             \
+        short_##ISA##_16,                                                                                     \
+    };
+QAREP_SHORT_KERNELS(avx512, AVX512)
 
 // The same path on AVX2, in the tile's shape (16 channels in two ymm halves
 // by 6 pixels): a block's 2K weight vectors do not fit in 16 registers, so
@@ -307,23 +311,9 @@ short_block_avx2(const float *w, const int K, const int64_t *k_offsets, const fl
     }
 }
 
-#define QAREP_SHORT_INSTANCE(K)                                                                              \
-    AVX2 static void short_avx2_##K(const float *w, const int64_t *k_offsets, const float *source,           \
-                                    const int64_t *pixel_offsets, int64_t pixel_count, int rows,              \
-                                    int64_t o0, const qarep_f32_epilogue *e) {                                \
-        short_block_avx2(w, K, k_offsets, source, pixel_offsets, pixel_count, rows, o0, e);                  \
-    }
-QAREP_SHORT_INSTANCE(1) QAREP_SHORT_INSTANCE(2) QAREP_SHORT_INSTANCE(3) QAREP_SHORT_INSTANCE(4)
-QAREP_SHORT_INSTANCE(5) QAREP_SHORT_INSTANCE(6) QAREP_SHORT_INSTANCE(7) QAREP_SHORT_INSTANCE(8)
-QAREP_SHORT_INSTANCE(9) QAREP_SHORT_INSTANCE(10) QAREP_SHORT_INSTANCE(11) QAREP_SHORT_INSTANCE(12)
-QAREP_SHORT_INSTANCE(13) QAREP_SHORT_INSTANCE(14) QAREP_SHORT_INSTANCE(15) QAREP_SHORT_INSTANCE(16)
+QAREP_SHORT_KERNELS(avx2, AVX2)
+#undef QAREP_SHORT_KERNELS
 #undef QAREP_SHORT_INSTANCE
-
-static const short_kernel short_kernels_avx2[QAREP_F32_SHORT_K + 1] = {
-    NULL, short_avx2_1, short_avx2_2, short_avx2_3, short_avx2_4, short_avx2_5, short_avx2_6,
-    short_avx2_7, short_avx2_8, short_avx2_9, short_avx2_10, short_avx2_11, short_avx2_12,
-    short_avx2_13, short_avx2_14, short_avx2_15, short_avx2_16,
-};
 
 // A whole convolution on the short-window path, block by block.
 static void conv_short(const short_kernel kernels[QAREP_F32_SHORT_K + 1], const float *weights, int64_t out_channels,
