@@ -158,13 +158,13 @@ void qarep_i8_requantize(const int32_t *acc, int64_t count, int32_t bias, float 
 
 // MARK: - Micro-kernels: t[p][r] = sum_k w[o0 + r, k] * x[pixel p, k]
 
-static void tile_scalar(const int16_t *w, const int16_t *const a[NR], const qarep_i8_source *s,
+static void tile_scalar(const int16_t *w, int64_t w_tap, const int16_t *const a[NR], const qarep_i8_source *s,
                         int32_t t[NR][MR]) {
     memset(t, 0, sizeof(int32_t) * NR * MR);
     const int64_t pairs = s->segment / 2;
     for (int64_t tap = 0; tap < s->taps; tap++) {
         const int64_t off = s->tap_offsets[tap];
-        const int16_t *wt = w + tap * s->segment * MR;
+        const int16_t *wt = w + tap * w_tap;
         for (int64_t cc = 0; cc < pairs; cc++) {
             const int16_t *wk = wt + cc * 2 * MR;
             for (int p = 0; p < NR; p++) {
@@ -185,7 +185,7 @@ static void tile_scalar(const int16_t *w, const int16_t *const a[NR], const qare
     _mm256_storeu_si256((__m256i *)t[4], c40); _mm256_storeu_si256((__m256i *)(t[4] + 8), c41);     \
     _mm256_storeu_si256((__m256i *)t[5], c50); _mm256_storeu_si256((__m256i *)(t[5] + 8), c51);
 
-AVX2 static void tile_avx2(const int16_t *w, const int16_t *const a[NR], const qarep_i8_source *s,
+AVX2 static void tile_avx2(const int16_t *w, int64_t w_tap, const int16_t *const a[NR], const qarep_i8_source *s,
                            int32_t t[NR][MR]) {
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
@@ -194,7 +194,7 @@ AVX2 static void tile_avx2(const int16_t *w, const int16_t *const a[NR], const q
         const int64_t off = s->tap_offsets[tap];
         const int16_t *a0 = a[0] + off, *a1 = a[1] + off, *a2 = a[2] + off;
         const int16_t *a3 = a[3] + off, *a4 = a[4] + off, *a5 = a[5] + off;
-        const int16_t *wt = w + tap * s->segment * MR;
+        const int16_t *wt = w + tap * w_tap;
         for (int64_t cc = 0; cc < pairs; cc++) {
             // Channels 0-7 and 8-15, each lane the (k, k+1) weight pair.
             const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wt + cc * 2 * MR));
@@ -229,7 +229,7 @@ AVX2 static void tile_avx2(const int16_t *w, const int16_t *const a[NR], const q
 // int16 sum is then at most 2 * 127 * 128 = 32,512 < 2^15. Per 4 k, two
 // weight loads and six broadcasts feed 24 multiplies of 16 products each.
 #if QAREP_X86
-AVX2 static void tile_avx2_u7(const int8_t *w, const uint8_t *const a[NR], const qarep_u8_source *s,
+AVX2 static void tile_avx2_u7(const int8_t *w, int64_t w_tap, const uint8_t *const a[NR], const qarep_u8_source *s,
                               int32_t t[NR][MR]) {
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
@@ -238,7 +238,7 @@ AVX2 static void tile_avx2_u7(const int8_t *w, const uint8_t *const a[NR], const
         const int64_t off = s->tap_offsets[tap];
         const uint8_t *a0 = a[0] + off, *a1 = a[1] + off, *a2 = a[2] + off;
         const uint8_t *a3 = a[3] + off, *a4 = a[4] + off, *a5 = a[5] + off;
-        const int8_t *wk = w + tap * s->segment * MR;
+        const int8_t *wk = w + tap * w_tap;
         for (int64_t k = 0; k < s->segment; k += 4, wk += 4 * MR) {
             const __m256i w0 = _mm256_loadu_si256((const __m256i *)wk);
             const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wk + 32));
@@ -537,6 +537,7 @@ typedef struct {
     int64_t element_bytes;    // 2 (int16) or 1 (uint8)
     const int64_t *tap_offsets;
     int64_t taps, segment;
+    const qarep_i8_tap_runs *runs;  // NULL: every pixel reads its whole window
 } operands;
 
 // MARK: - AMX
@@ -656,9 +657,14 @@ static void drive(const operands *op, int64_t out_channels, const int64_t *pixel
     }
     if (kernel == KERNEL_AMX) kernel = KERNEL_VNNI512;
 #endif
-    const qarep_i8_source s16 = {op->source, op->tap_offsets, op->taps, op->segment};
-    const qarep_u8_source s8 = {op->source, op->tap_offsets, op->taps, op->segment};
-    const char *source = op->source, *weights = op->weights;
+    // One run of every pixel and its whole window, unless runs are given
+    // (the VNNI tiles always read the whole window).
+    const int64_t all_ends = first_pixel + pixel_count;
+    const int32_t all_rows[2] = {0, (int32_t)op->taps}, all_cols[2] = {0, 1};
+    const qarep_i8_tap_runs whole = {1, &all_ends, all_rows, all_cols, 1};
+    const qarep_i8_tap_runs *runs = op->runs && kernel != KERNEL_VNNI512 ? op->runs : &whole;
+    const int64_t channels = op->segment / runs->columns, w_tap = op->segment * MR;
+    const char *weights = op->weights;
     // Channel blocks in groups of about 128 KiB of weights, so a group stays
     // in L2 while the pixels pass; each tile's activations stay in L1 while
     // the group's blocks pass over them.
@@ -666,42 +672,56 @@ static void drive(const operands *op, int64_t out_channels, const int64_t *pixel
     if (group < 1) group = 1;
     for (int64_t g0 = 0; g0 < blocks; g0 += group) {
         const int64_t g1 = g0 + group < blocks ? g0 + group : blocks;
-        for (int64_t p0 = 0; p0 < pixel_count; p0 += NR) {
-            const int count = pixel_count - p0 < NR ? (int)(pixel_count - p0) : NR;
-            // A partial tile repeats its last pixel; the copies are not stored.
-            const void *a[NR];
-            for (int p = 0; p < NR; p++)
-                a[p] = source + pixel_offsets[p0 + (p < count ? p : count - 1)] * op->element_bytes;
-            tile_pixels tp;
-            locate_pixels(epilogue, first_pixel + p0, count, &tp);
-            for (int64_t blk = g0; blk < g1; blk++) {
-                const void *w = weights + blk * op->block_bytes;
+        for (int64_t r = 0; r < runs->count; r++) {
+            // This call's pixels in run r, and the run's part of each window.
+            int64_t lo = (r > 0 ? runs->ends[r - 1] : 0) - first_pixel, hi = runs->ends[r] - first_pixel;
+            if (lo < 0) lo = 0;
+            if (hi > pixel_count) hi = pixel_count;
+            if (lo >= hi) continue;
+            const int32_t row0 = runs->rows[2 * r], col0 = runs->cols[2 * r];
+            const int64_t taps = runs->rows[2 * r + 1] - row0, segment = (runs->cols[2 * r + 1] - col0) * channels;
+            const char *source = (const char *)op->source + col0 * channels * op->element_bytes;
+            const qarep_i8_source s16 = {(const int16_t *)source, op->tap_offsets + row0, taps, segment};
+            const qarep_u8_source s8 = {(const uint8_t *)source, op->tap_offsets + row0, taps, segment};
+            // Bytes into a block to the run's first tap row and column.
+            const int64_t w_part = (row0 * w_tap + col0 * channels * MR) * op->element_bytes;
+            for (int64_t p0 = lo; p0 < hi; p0 += NR) {
+                const int count = hi - p0 < NR ? (int)(hi - p0) : NR;
+                // A partial tile repeats its last pixel; the copies are not stored.
+                const void *a[NR];
+                for (int p = 0; p < NR; p++)
+                    a[p] = source + pixel_offsets[p0 + (p < count ? p : count - 1)] * op->element_bytes;
+                tile_pixels tp;
+                locate_pixels(epilogue, first_pixel + p0, count, &tp);
+                for (int64_t blk = g0; blk < g1; blk++) {
+                    const void *w = weights + blk * op->block_bytes + w_part;
 #if QAREP_X86
-                if (kernel == KERNEL_VNNI512) {
-                    if (blk + 1 < g1) {
-                        tile_vnni_wide(w, op->block_bytes, (const uint8_t *const *)a, &s8, t[0], t[1]);
-                        store_tile_avx512(t[0], &params[blk], &tp, epilogue);
-                        store_tile_avx512(t[1], &params[blk + 1], &tp, epilogue);
-                        blk++;
-                    } else {
-                        tile_vnni(w, (const uint8_t *const *)a, &s8, t[0]);
-                        store_tile_avx512(t[0], &params[blk], &tp, epilogue);
+                    if (kernel == KERNEL_VNNI512) {
+                        if (blk + 1 < g1) {
+                            tile_vnni_wide(w, op->block_bytes, (const uint8_t *const *)a, &s8, t[0], t[1]);
+                            store_tile_avx512(t[0], &params[blk], &tp, epilogue);
+                            store_tile_avx512(t[1], &params[blk + 1], &tp, epilogue);
+                            blk++;
+                        } else {
+                            tile_vnni(w, (const uint8_t *const *)a, &s8, t[0]);
+                            store_tile_avx512(t[0], &params[blk], &tp, epilogue);
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                if (kernel == KERNEL_AVX2_BYTES) {
-                    tile_avx2_u7(w, (const uint8_t *const *)a, &s8, t[0]);
-                    store_tile_avx2(t[0], &params[blk], &tp, epilogue);
-                    continue;
-                }
-                if (kernel == KERNEL_AVX2) {
-                    tile_avx2(w, (const int16_t *const *)a, &s16, t[0]);
-                    store_tile_avx2(t[0], &params[blk], &tp, epilogue);
-                    continue;
-                }
+                    if (kernel == KERNEL_AVX2_BYTES) {
+                        tile_avx2_u7(w, w_tap, (const uint8_t *const *)a, &s8, t[0]);
+                        store_tile_avx2(t[0], &params[blk], &tp, epilogue);
+                        continue;
+                    }
+                    if (kernel == KERNEL_AVX2) {
+                        tile_avx2(w, w_tap, (const int16_t *const *)a, &s16, t[0]);
+                        store_tile_avx2(t[0], &params[blk], &tp, epilogue);
+                        continue;
+                    }
 #endif
-                tile_scalar(w, (const int16_t *const *)a, &s16, t[0]);
-                store_tile_scalar(t[0], &params[blk], &tp, epilogue);
+                    tile_scalar(w, w_tap, (const int16_t *const *)a, &s16, t[0]);
+                    store_tile_scalar(t[0], &params[blk], &tp, epilogue);
+                }
             }
         }
     }
@@ -710,19 +730,19 @@ static void drive(const operands *op, int64_t out_channels, const int64_t *pixel
 
 void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_source *source,
                    const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
-                   const qarep_i8_epilogue *epilogue, int use_avx2) {
+                   const qarep_i8_epilogue *epilogue, const qarep_i8_tap_runs *runs, int use_avx2) {
     const operands op = {weights, source->taps * source->segment * MR * 2, source->source, 2,
-                         source->tap_offsets, source->taps, source->segment};
+                         source->tap_offsets, source->taps, source->segment, runs};
     drive(&op, out_channels, pixel_offsets, first_pixel, pixel_count, epilogue, use_avx2 ? KERNEL_AVX2 : KERNEL_SCALAR);
 }
 
 void qarep_u8s8_gemm(const int8_t *weights, int64_t out_channels, const qarep_u8_source *source,
                      const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
-                     const qarep_i8_epilogue *epilogue, int kernel) {
+                     const qarep_i8_epilogue *epilogue, const qarep_i8_tap_runs *runs, int kernel) {
     // Each block's reduction is padded to a multiple of 64 bytes: whole AMX tiles.
     const int64_t padded = (source->taps * source->segment + 63) & ~(int64_t)63;
     const operands op = {weights, padded * MR, source->source, 1,
-                         source->tap_offsets, source->taps, source->segment};
+                         source->tap_offsets, source->taps, source->segment, runs};
     drive(&op, out_channels, pixel_offsets, first_pixel, pixel_count, epilogue,
           kernel == QAREP_U8S8_AMX ? KERNEL_AMX : kernel == QAREP_U8S8_AVX2 ? KERNEL_AVX2_BYTES : KERNEL_VNNI512);
 }

@@ -194,14 +194,16 @@ public struct BorderTapRuns: Sendable {
         (self.order, self.ends, self.rows, self.cols, kernelW) = (order, ends, rows, cols, g.kernelW)
     }
 
-    /// `body` with the C view of the runs.
-    func withRuns<R>(_ body: (UnsafePointer<qarep_f32_tap_runs>) -> R) -> R {
+    /// Per-pixel values (window or output offsets, in the output's pixel order) in run order.
+    public func ordered<T>(_ values: [T]) -> [T] { order.map { values[$0] } }
+
+    /// `body` with the runs as the C kernels take them: their count, ends,
+    /// tap rows and window columns (pairs), and the kernel's width.
+    func withUnsafeRuns<R>(_ body: (Int64, UnsafePointer<Int64>, UnsafePointer<Int32>, UnsafePointer<Int32>, Int64) -> R) -> R {
         ends.withUnsafeBufferPointer { e in
             rows.withUnsafeBufferPointer { r in
                 cols.withUnsafeBufferPointer { c in
-                    var runs = qarep_f32_tap_runs(count: Int64(ends.count), ends: e.baseAddress, rows: r.baseAddress,
-                                                  cols: c.baseAddress, columns: Int64(kernelW))
-                    return body(&runs)
+                    body(Int64(ends.count), e.baseAddress!, r.baseAddress!, c.baseAddress!, Int64(kernelW))
                 }
             }
         }

@@ -308,7 +308,11 @@ public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloa
                             qarep_f32_conv(w.baseAddress! + channels.lowerBound * k, Int64(channels.count), &s,
                                            wo.baseAddress! + first, Int64(count), &epilogue, runs, Int64(first), isa)
                         }
-                        if let runs { runs.withRuns(conv) } else { conv(nil) }
+                        guard let runs else { return conv(nil) }
+                        runs.withUnsafeRuns { count, ends, rows, cols, columns in
+                            var r = qarep_f32_tap_runs(count: count, ends: ends, rows: rows, cols: cols, columns: columns)
+                            conv(&r)
+                        }
                     }
                 }
             }

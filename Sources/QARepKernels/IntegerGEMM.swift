@@ -58,6 +58,13 @@ public enum IntegerKernelPath: Sendable, Equatable, CaseIterable {
     /// Whether every convolution runs on the byte layout (the VNNI and AMX paths).
     public var usesBytes: Bool { self == .avx512vnni || self == .amx }
 
+    /// Whether the kernel skips the window taps of border runs (`BorderTapRuns`):
+    /// the AVX2 and portable tiles; VNNI and AMX read whole windows.
+    public var skipsBorderTaps: Bool { !usesBytes }
+
+    /// Output pixels of one micro-tile, on every path.
+    public static var tilePixels: Int { Int(QAREP_I8_NR) }
+
     /// Whether this CPU runs AVX2.
     public static var avx2Available: Bool { qarep_i8_avx2_available() != 0 }
 
@@ -236,7 +243,7 @@ public func int16GEMM(weights: PackedInt8Weights, columns: UnsafePointer<Int16>,
                         PixelChunks(pixels: n, paddedInputSize: kp, threads: threads)
                             .forEach(outChannels: weights.outChannels, reduction: kp, threads: threads, weights: w.baseAddress!,
                                      blockElements: 16 * kp, epilogue: e.pointee) { w, outChannels, first, count, e in
-                                qarep_i8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first), Int64(count), e, flag)
+                                qarep_i8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first), Int64(count), e, nil, flag)
                             }
                     }
                 }

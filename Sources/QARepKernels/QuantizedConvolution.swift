@@ -100,21 +100,26 @@ public func quantizedConv2d<Input: QuantizedActivation, Output: QuantizedActivat
 /// consecutive elements of `output` from `outputOffsets[j]`, stored as
 /// `outputElement`: the next layer's padded input, or plain NHWC values.
 /// `outputSigned` says which code range `outputMin` and `outputMax` lie in.
+/// With `runs`, `windowOffsets` and `outputOffsets` list the pixels in
+/// `runs.order` and each skips the window taps its class reads from the
+/// border, whose int16 elements are zero: the same sums exactly.
 public func quantizedConv2dInt16(paddedInput: UnsafePointer<Int16>, layout: QuantizedInt16Layout, windowOffsets: [Int64],
                                  weights: PackedInt8Weights, bias: [Int32], multipliers: [Float],
                                  outputZeroPoint: Int32, outputMin: Int32, outputMax: Int32, outputSigned: Bool,
                                  output: UnsafeMutableRawPointer, outputElement: QuantizedElement = .int16,
-                                 outputOffsets: [Int64], threads: Int, path: IntegerKernelPath = .best) {
+                                 outputOffsets: [Int64], threads: Int, path: IntegerKernelPath = .best,
+                                 runs: BorderTapRuns? = nil) {
     let g = layout.geometry
     precondition(path == .avx2 || path == .portable, "the int16 layout runs on the AVX2 or portable kernel, not \(path)")
     precondition(weights.outChannels == g.outChannels && weights.inChannels == g.inChannels
                      && weights.kernelH == g.kernelH && weights.kernelW == g.kernelW, "weights do not fit the convolution")
-    precondition(windowOffsets.count == g.columns && outputOffsets.count == g.columns,
-                 "one window and one output offset per output pixel")
+    precondition(windowOffsets.count == g.columns && outputOffsets.count == g.columns && (runs?.order.count ?? g.columns) == g.columns,
+                 "one window, one output offset and one run pixel per output pixel")
     let epilogue = chainedEpilogue(outputZeroPoint: outputZeroPoint, outputMin: outputMin, outputMax: outputMax,
                                    outputSigned: outputSigned, output: output, element: outputElement, plane: g.outPlane)
     int16Convolution(paddedInput, layout: layout.nhwc, windowOffsets: windowOffsets, weights: weights, bias: bias,
-                     multipliers: multipliers, epilogue: epilogue, outputOffsets: outputOffsets, threads: threads, path: path)
+                     multipliers: multipliers, epilogue: epilogue, outputOffsets: outputOffsets, threads: threads, path: path,
+                     runs: runs)
 }
 
 /// The epilogue of a convolution whose pixel j goes to `outputOffsets[j]` as
@@ -138,7 +143,8 @@ private func chainedEpilogue(outputZeroPoint: Int32, outputMin: Int32, outputMax
 /// pixel offsets filled in here).
 private func int16Convolution(_ padded: UnsafePointer<Int16>, layout: PaddedNHWC, windowOffsets: [Int64],
                               weights: PackedInt8Weights, bias: [Int32], multipliers: [Float],
-                              epilogue: qarep_i8_epilogue, outputOffsets: [Int64]?, threads: Int, path: IntegerKernelPath) {
+                              epilogue: qarep_i8_epilogue, outputOffsets: [Int64]?, threads: Int, path: IntegerKernelPath,
+                              runs: BorderTapRuns? = nil) {
     let g = layout.g, flag = path.flag, tapOffsets = layout.tapOffsets
     withArrays(of: epilogue, bias: bias, multipliers: multipliers, outputOffsets: outputOffsets) { epilogue in
         weights.storage.withUnsafeBufferPointer { w in
@@ -152,13 +158,24 @@ private func int16Convolution(_ padded: UnsafePointer<Int16>, layout: PaddedNHWC
                             .forEach(outChannels: g.outChannels, reduction: layout.paddedInputSize, threads: threads,
                                      weights: w.baseAddress!, blockElements: 16 * layout.paddedInputSize,
                                      epilogue: epilogue) { w, outChannels, first, count, e in
-                                qarep_i8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first),
-                                              Int64(count), e, flag)
+                                withTapRuns(runs) { runs in
+                                    qarep_i8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first),
+                                                  Int64(count), e, runs, flag)
+                                }
                             }
                     }
                 }
             }
         }
+    }
+}
+
+/// `body` with the C view of `runs` (nil: whole windows).
+private func withTapRuns(_ runs: BorderTapRuns?, _ body: (UnsafePointer<qarep_i8_tap_runs>?) -> Void) {
+    guard let runs else { return body(nil) }
+    runs.withUnsafeRuns { count, ends, rows, cols, columns in
+        var r = qarep_i8_tap_runs(count: count, ends: ends, rows: rows, cols: cols, columns: columns)
+        body(&r)
     }
 }
 
@@ -254,12 +271,20 @@ private func quantizedConv2dVNNI<Input: QuantizedActivation, Output: QuantizedAc
 /// Runs on VNNI or AMX (any byte), or on AVX2 with a `.rawByte` layout, whose
 /// bytes must all lie in [0, 127]: vpmaddubsw's int16 pair sums are then at
 /// most 2 * 127 * 128 and never saturate.
+///
+/// With `runs` (only for `inputZeroCode` 0, when the border bytes add
+/// nothing), `windowOffsets` and `outputOffsets` list the pixels in
+/// `runs.order` and the AVX2 kernel skips the window taps each class reads
+/// from the border; VNNI and AMX read whole windows. The same sums exactly.
 public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: QuantizedBytesLayout, windowOffsets: [Int64],
                                  inputZeroCode: Int32, weights: PackedInt8Weights, bias: [Int32], multipliers: [Float],
                                  outputZeroPoint: Int32, outputMin: Int32, outputMax: Int32, outputSigned: Bool,
                                  output: UnsafeMutableRawPointer, outputElement: QuantizedElement = .shiftedByte,
-                                 outputOffsets: [Int64]?, threads: Int, path: IntegerKernelPath = .best) {
+                                 outputOffsets: [Int64]?, threads: Int, path: IntegerKernelPath = .best,
+                                 runs: BorderTapRuns? = nil) {
     let g = layout.geometry
+    precondition(runs == nil || (inputZeroCode == 0 && outputOffsets != nil && runs!.order.count == g.columns),
+                 "border runs need border bytes of 0 (not \(inputZeroCode)), output offsets, and one run pixel per output")
     let kernel: Int32
     switch path {
     case .amx:
@@ -302,8 +327,10 @@ public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: Quan
                         PixelChunks(pixels: g.columns, paddedInputSize: k, threads: threads)
                             .forEach(outChannels: g.outChannels, reduction: k, threads: threads, weights: w.baseAddress!,
                                      blockElements: 16 * weights.vnniReduction, epilogue: epilogue) { w, outChannels, first, count, e in
-                                qarep_u8s8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first),
-                                                Int64(count), e, kernel)
+                                withTapRuns(runs) { runs in
+                                    qarep_u8s8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first),
+                                                    Int64(count), e, runs, kernel)
+                                }
                             }
                     }
                 }

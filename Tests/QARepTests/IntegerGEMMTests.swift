@@ -499,3 +499,74 @@ struct AVX2ByteConvolutionTests {
     @Test("every pair sum at the int16 bound", arguments: byteKernelCases)
     func extreme(_ c: QConvCase) { check(c, extreme: true) }
 }
+
+/// The engine's border skipping on the integer kernels: with runs, each
+/// micro-tile skips the window taps its pixels read from the border, whose
+/// elements are zero (int16 `x - z`; bytes when the zero code is 0). The
+/// outputs must equal the whole window's exactly: a0-half's small maps,
+/// strides 1 and 2, batch 1 to 8, one and two threads (calls that start
+/// inside runs), int16 on AVX2 and portable, bytes on AVX2.
+@Suite("Integer border runs: skipping the zero border's taps changes no output")
+struct IntegerBorderRunsTests {
+    @Test("int16 and byte kernels, with and without runs",
+          arguments: [(1, 96, 96, 4, 1), (3, 48, 96, 7, 2), (8, 96, 40, 4, 1), (2, 24, 48, 7, 1), (5, 18, 33, 2, 1)])
+    func sameOutputs(batch: Int, inChannels: Int, outChannels: Int, size: Int, stride: Int) throws {
+        let g = ConvGeometry(batch: batch, inChannels: inChannels, height: size, width: size, outChannels: outChannels,
+                             kernelH: 3, kernelW: 3, stride: stride, padding: 1)
+        let c = QConvCase(batch: batch, inChannels: inChannels, outChannels: outChannels, height: size, width: size,
+                          kernel: 3, stride: stride, padding: 1, signedInput: true, signedOutput: true, relu: true,
+                          path: .portable, threads: 1)
+        var d = QConvData(c, seed: UInt64(batch * 100 + inChannels))
+        d.input = randomInts(d.input.count, in: 0...127, seed: UInt64(size))  // ReLU'd signed codes: raw bytes fit
+        let x = d.input.map { Int8(truncatingIfNeeded: $0) }
+        let packed = PackedInt8Weights(convolution: d.weights, outChannels: outChannels, inChannels: inChannels,
+                                       kernelH: 3, kernelW: 3)
+        let runs = try #require(BorderTapRuns(forward: g, tilePixels: IntegerKernelPath.tilePixels))
+        let nhwc = (0..<g.columns).map { Int64($0 * outChannels) }
+        let count = g.columns * outChannels
+        for threads in [1, 2] {
+            // int16 input, int16 output (the next layer's elements).
+            let int16Layout = QuantizedInt16Layout(g)
+            var int16Input = [Int16](repeating: 0, count: int16Layout.count)
+            int16Layout.fill(&int16Input, from: x, zeroPoint: 0, threads: 1)
+            let int16Windows = int16Layout.windowOffsets
+            for path in IntegerKernelPath.available where !path.usesBytes {
+                func conv(_ runs: BorderTapRuns?) -> [Int16] {
+                    var y = [Int16](repeating: -999, count: count)
+                    let order = runs?.order ?? Array(0..<g.columns)
+                    quantizedConv2dInt16(paddedInput: int16Input, layout: int16Layout,
+                                         windowOffsets: order.map { int16Windows[$0] }, weights: packed,
+                                         bias: d.bias, multipliers: d.multipliers, outputZeroPoint: d.outputZeroPoint,
+                                         outputMin: d.outputMin, outputMax: d.outputMax, outputSigned: true, output: &y,
+                                         outputElement: .int16, outputOffsets: order.map { nhwc[$0] }, threads: threads,
+                                         path: path, runs: runs)
+                    return y
+                }
+                let whole = conv(nil)
+                #expect(conv(runs) == whole, "int16 \(path), \(threads) threads")
+                #expect(Set(whole).count > 1 && !whole.contains(-999))
+            }
+            // Raw bytes (zero code 0) on AVX2, byte output.
+            guard IntegerKernelPath.avx2Available else { continue }
+            let byteLayout = QuantizedBytesLayout(g, element: .rawByte)
+            var byteInput = [UInt8](repeating: 200, count: byteLayout.count)
+            byteLayout.fill(&byteInput, from: x, zeroPoint: 0, threads: 1)
+            let byteWindows = byteLayout.windowOffsets
+            func conv(_ runs: BorderTapRuns?) -> [UInt8] {
+                var y = [UInt8](repeating: 255, count: count)
+                let order = runs?.order ?? Array(0..<g.columns)
+                quantizedConv2dBytes(paddedInput: byteInput, layout: byteLayout,
+                                     windowOffsets: order.map { byteWindows[$0] },
+                                     inputZeroCode: byteLayout.zeroCode(zeroPoint: 0, signed: true), weights: packed,
+                                     bias: d.bias, multipliers: d.multipliers, outputZeroPoint: d.outputZeroPoint,
+                                     outputMin: d.outputMin, outputMax: d.outputMax, outputSigned: true, output: &y,
+                                     outputElement: .rawByte, outputOffsets: order.map { nhwc[$0] }, threads: threads,
+                                     path: .avx2, runs: runs)
+                return y
+            }
+            let whole = conv(nil)
+            #expect(conv(runs) == whole, "bytes avx2, \(threads) threads")
+            #expect(Set(whole).count > 1)
+        }
+    }
+}

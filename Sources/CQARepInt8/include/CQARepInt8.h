@@ -84,9 +84,25 @@ int qarep_i8_amx_available(void);
 /// pixel_count, pixel first_pixel + p read at `pixel_offsets[p]`, stored by
 /// the epilogue. `use_avx2` selects the AVX2 kernel (the caller checks
 /// availability) or the portable loops; both give the same bits.
+/// Output pixels in runs that read only part of each window (the float
+/// kernels' qarep_f32_tap_runs): run i holds pixels ends[i - 1] (0 for the
+/// first) ..< ends[i] of the list first_pixel counts in and reads tap rows
+/// rows[2i] ..< rows[2i + 1] and window columns cols[2i] ..< cols[2i + 1] of
+/// `columns`. Only for a source whose skipped elements are arithmetic zero
+/// (int16 `x - z`, or bytes of zero point 0): the sums are then exactly those
+/// of the whole window. The AVX2 and portable kernels skip; VNNI and AMX read
+/// the whole window, which is always right.
+typedef struct {
+    int64_t count;
+    const int64_t *ends;
+    const int32_t *rows;
+    const int32_t *cols;
+    int64_t columns;
+} qarep_i8_tap_runs;
+
 void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_source *source,
                    const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
-                   const qarep_i8_epilogue *epilogue, int use_avx2);
+                   const qarep_i8_epilogue *epilogue, const qarep_i8_tap_runs *runs, int use_avx2);
 
 /// Kernels of qarep_u8s8_gemm.
 #define QAREP_U8S8_VNNI 0
@@ -107,7 +123,7 @@ void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_
 /// 127 (a pair sum is then at most 2 * 127 * 128), which the caller ensures.
 void qarep_u8s8_gemm(const int8_t *weights, int64_t out_channels, const qarep_u8_source *source,
                      const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
-                     const qarep_i8_epilogue *epilogue, int kernel);
+                     const qarep_i8_epilogue *epilogue, const qarep_i8_tap_runs *runs, int kernel);
 
 /// Requantizes `count` accumulators of one channel into 8-bit codes with the
 /// epilogue's formula (`bias` and `multiplier` are scalars here).

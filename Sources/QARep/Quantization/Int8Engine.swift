@@ -106,20 +106,29 @@ public final class Int8Engine {
         let inputs: [LayerInput]
         let windows: [[Int64]]
         let outputs: [[Int64]]
+        /// Layers whose border elements add nothing (int16, or bytes whose
+        /// zero is 0) skip the border's taps on the AVX2 and portable kernels.
+        let runs: [BorderTapRuns?]
         /// Per worker: layer i's padded input for each i, then the last layer's
         /// NHWC output, as raw bytes; int16 buffers are bound to Int16.
         let buffers: WorkerBuffers<UInt8>
 
-        init(inputs: [LayerInput], zeroBytes: [UInt8], lastOutputElement: QuantizedElement, workers: Int) {
+        init(inputs: [LayerInput], zeroBytes: [UInt8], lastOutputElement: QuantizedElement, skipsBorders: Bool,
+             workers: Int) {
             self.inputs = inputs
-            windows = inputs.map(\.windowOffsets)
+            let runs = zip(inputs, zeroBytes).map { input, zero in
+                skipsBorders && zero == 0 ? BorderTapRuns(forward: input.geometry, tilePixels: IntegerKernelPath.tilePixels) : nil
+            }
+            windows = zip(inputs, runs).map { input, runs in runs?.ordered(input.windowOffsets) ?? input.windowOffsets }
             outputs = inputs.indices.map { i -> [Int64] in
                 let g = inputs[i].geometry
-                return outputPixelOffsets(g) { image, y, x in
+                let offsets = outputPixelOffsets(g) { image, y, x in
                     i + 1 < inputs.count ? inputs[i + 1].offset(image: image, y: y, x: x)
                                          : ((image * g.outHeight + y) * g.outWidth + x) * g.outChannels
                 }
+                return runs[i]?.ordered(offsets) ?? offsets
             }
+            self.runs = runs
             let last = inputs.last!.geometry
             let counts = inputs.map(\.bytes) + [last.batch * last.outPlane * last.outChannels * lastOutputElement.size]
             // An int16 buffer's zero element is two zero bytes.
@@ -156,7 +165,7 @@ public final class Int8Engine {
             UInt8(element.zero(zeroPoint: conv.inputZeroPoint, signed: signed))
         }
         let plan = Plan(inputs: inputs(batch: n, height: height, width: width), zeroBytes: zeroBytes,
-                        lastOutputElement: lastOutputElement, workers: workers)
+                        lastOutputElement: lastOutputElement, skipsBorders: path.skipsBorderTaps, workers: workers)
         if plans.count >= keptPlans { plans.removeAll() }
         plans[key] = plan
         return plan
@@ -238,14 +247,14 @@ public final class Int8Engine {
                                      multipliers: conv.multipliers, outputZeroPoint: conv.outputZeroPoint,
                                      outputMin: outputMin, outputMax: outputMax, outputSigned: A.isSigned,
                                      output: output, outputElement: outputElement, outputOffsets: plan.outputs[i],
-                                     threads: threads, path: path)
+                                     threads: threads, path: path, runs: plan.runs[i])
             case .bytes(let layout):
                 quantizedConv2dBytes(paddedInput: buffers[i], layout: layout, windowOffsets: plan.windows[i],
                                      inputZeroCode: layout.zeroCode(zeroPoint: conv.inputZeroPoint, signed: A.isSigned),
                                      weights: weights, bias: conv.bias, multipliers: conv.multipliers,
                                      outputZeroPoint: conv.outputZeroPoint, outputMin: outputMin, outputMax: outputMax,
                                      outputSigned: A.isSigned, output: output, outputElement: outputElement,
-                                     outputOffsets: plan.outputs[i], threads: threads, path: path)
+                                     outputOffsets: plan.outputs[i], threads: threads, path: path, runs: plan.runs[i])
             }
         }
         // The last layer's NHWC elements, summed over each image's pixels for

@@ -98,10 +98,10 @@ public final class DeployedEngine {
             }
         }
         let runs = geometries.map { BorderTapRuns(forward: $0, tilePixels: FloatKernelPath.best.tilePixels) }
-        let inRunOrder = { (offsets: [Int64], runs: BorderTapRuns?) in runs.map { $0.order.map { offsets[$0] } } ?? offsets }
         let plan = Plan(geometries: geometries, layouts: layouts,
-                        windows: zip(layouts, runs).map { inRunOrder($0.windowOffsets, $1) },
-                        outputs: zip(outputs, runs).map(inRunOrder), runs: runs, workers: workers)
+                        windows: zip(layouts, runs).map { layout, runs in runs?.ordered(layout.windowOffsets) ?? layout.windowOffsets },
+                        outputs: zip(outputs, runs).map { offsets, runs in runs?.ordered(offsets) ?? offsets },
+                        runs: runs, workers: workers)
         if plans.count >= keptPlans { plans.removeAll() }
         plans[key] = plan
         return plan
