@@ -140,7 +140,8 @@ public struct BorderClassConvolution: Sendable {
 }
 
 /// The output pixels of a forward convolution reordered class by class
-/// (`BorderTapClasses`) for `implicitConv2d(..., runs:)`, so that each
+/// (`BorderTapClasses`) for the engines' convolutions (`implicitConv2d`,
+/// `quantizedConv2dInt16` and `quantizedConv2dBytes`, `runs:`), so that each
 /// micro-tile of pixels reads only the window rows and columns its pixels
 /// read inside the image, from the weights as packed. On a0-half's 4x4 maps
 /// 31% of the taps are zero padding. Unlike `BorderClassConvolution`, there
