@@ -34,11 +34,13 @@ let package = Package(
 
         // MARK: Implementation details
         // Hot loops (im2col, GEMM calls, reductions) live apart from the model code.
-        .target(name: "QARepKernels", dependencies: ["COpenBLAS", "CQARepInt8", "CQARepFloat"]),
+        .target(name: "QARepKernels", dependencies: ["COpenBLAS", "CQARepInt8", "CQARepFloat", "CQARepRuns"]),
         // AVX2 int16 GEMM for the INT8 engine (vpmaddwd, which Swift SIMD does not emit).
-        .target(name: "CQARepInt8", linkerSettings: [.linkedLibrary("m")]),
+        .target(name: "CQARepInt8", dependencies: ["CQARepRuns"], linkerSettings: [.linkedLibrary("m")]),
         // Float implicit-GEMM convolution, AVX-512 or AVX2 + FMA chosen at run time.
-        .target(name: "CQARepFloat", linkerSettings: [.linkedLibrary("m")]),
+        .target(name: "CQARepFloat", dependencies: ["CQARepRuns"], linkerSettings: [.linkedLibrary("m")]),
+        // The border runs both convolution libraries take (pixels that read part of each window).
+        .target(name: "CQARepRuns"),
         .systemLibrary(name: "COpenBLAS", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
 

@@ -346,7 +346,7 @@ int qarep_f32_tile_pixels(int isa) {
 
 void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_source *source,
                     const int64_t *pixel_offsets, int64_t pixel_count,
-                    const qarep_f32_epilogue *epilogue, const qarep_f32_tap_runs *runs, int64_t first_pixel,
+                    const qarep_f32_epilogue *epilogue, const qarep_tap_runs *runs, int64_t first_pixel,
                     int isa) {
     const int64_t w_tap = source->segment * MR, block_size = source->taps * w_tap;
     const int64_t blocks = (out_channels + MR - 1) / MR;
@@ -358,12 +358,6 @@ void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_
     }
 #endif
     const int nr = qarep_f32_tile_pixels(isa);
-    // One run of every pixel and the whole window, unless runs are given.
-    const int64_t all_ends = first_pixel + pixel_count;
-    const int32_t all_rows[2] = {0, (int32_t)source->taps}, all_cols[2] = {0, 1};
-    const qarep_f32_tap_runs whole = {1, &all_ends, all_rows, all_cols, 1};
-    if (!runs) runs = &whole;
-    const int64_t channels = source->segment / runs->columns;
     // Channel blocks in groups of about 256 KiB of weights, so a group stays
     // in L2 while the pixel tiles pass; a tile's inputs stay in L1 while the
     // group's blocks pass over them.
@@ -371,17 +365,14 @@ void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_
     if (group < 1) group = 1;
     for (int64_t g0 = 0; g0 < blocks; g0 += group) {
         const int64_t g1 = g0 + group < blocks ? g0 + group : blocks;
-        for (int64_t r = 0; r < runs->count; r++) {
-            // This call's pixels in run r.
-            int64_t lo = (r > 0 ? runs->ends[r - 1] : 0) - first_pixel, hi = runs->ends[r] - first_pixel;
-            if (lo < 0) lo = 0;
-            if (hi > pixel_count) hi = pixel_count;
-            if (lo >= hi) continue;
-            // The run's part of each window: its tap rows, and its columns of each row.
-            const int32_t row0 = runs->rows[2 * r], col0 = runs->cols[2 * r];
-            const qarep_f32_source part = {source->source + col0 * channels, source->tap_offsets + row0,
-                                           runs->rows[2 * r + 1] - row0, (runs->cols[2 * r + 1] - col0) * channels};
-            const int64_t w_part = row0 * w_tap + col0 * channels * MR;
+        for (int64_t r = 0; r < qarep_tap_run_count(runs); r++) {
+            // This call's pixels in run r, and the run's part of each window.
+            qarep_tap_run_slice run;
+            if (!qarep_slice_tap_run(runs, r, first_pixel, pixel_count, source->taps, source->segment, &run)) continue;
+            const int64_t lo = run.lo, hi = run.hi;
+            const qarep_f32_source part = {source->source + run.offset, source->tap_offsets + run.row0, run.taps,
+                                           run.segment};
+            const int64_t w_part = run.row0 * w_tap + run.offset * MR;
             for (int64_t p0 = lo; p0 < hi; p0 += nr) {
                 const int count = hi - p0 < nr ? (int)(hi - p0) : nr;
                 // A partial tile repeats its last pixel; the copies are not stored.

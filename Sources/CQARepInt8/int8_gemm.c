@@ -537,7 +537,7 @@ typedef struct {
     int64_t element_bytes;    // 2 (int16) or 1 (uint8)
     const int64_t *tap_offsets;
     int64_t taps, segment;
-    const qarep_i8_tap_runs *runs;  // NULL: every pixel reads its whole window
+    const qarep_tap_runs *runs;  // NULL: every pixel reads its whole window
 } operands;
 
 // MARK: - AMX
@@ -657,13 +657,9 @@ static void drive(const operands *op, int64_t out_channels, const int64_t *pixel
     }
     if (kernel == KERNEL_AMX) kernel = KERNEL_VNNI512;
 #endif
-    // One run of every pixel and its whole window, unless runs are given
-    // (the VNNI tiles always read the whole window).
-    const int64_t all_ends = first_pixel + pixel_count;
-    const int32_t all_rows[2] = {0, (int32_t)op->taps}, all_cols[2] = {0, 1};
-    const qarep_i8_tap_runs whole = {1, &all_ends, all_rows, all_cols, 1};
-    const qarep_i8_tap_runs *runs = op->runs && kernel != KERNEL_VNNI512 ? op->runs : &whole;
-    const int64_t channels = op->segment / runs->columns, w_tap = op->segment * MR;
+    // The VNNI tiles always read the whole window.
+    const qarep_tap_runs *runs = kernel != KERNEL_VNNI512 ? op->runs : NULL;
+    const int64_t w_tap = op->segment * MR;
     const char *weights = op->weights;
     // Channel blocks in groups of about 128 KiB of weights, so a group stays
     // in L2 while the pixels pass; each tile's activations stay in L1 while
@@ -672,19 +668,16 @@ static void drive(const operands *op, int64_t out_channels, const int64_t *pixel
     if (group < 1) group = 1;
     for (int64_t g0 = 0; g0 < blocks; g0 += group) {
         const int64_t g1 = g0 + group < blocks ? g0 + group : blocks;
-        for (int64_t r = 0; r < runs->count; r++) {
+        for (int64_t r = 0; r < qarep_tap_run_count(runs); r++) {
             // This call's pixels in run r, and the run's part of each window.
-            int64_t lo = (r > 0 ? runs->ends[r - 1] : 0) - first_pixel, hi = runs->ends[r] - first_pixel;
-            if (lo < 0) lo = 0;
-            if (hi > pixel_count) hi = pixel_count;
-            if (lo >= hi) continue;
-            const int32_t row0 = runs->rows[2 * r], col0 = runs->cols[2 * r];
-            const int64_t taps = runs->rows[2 * r + 1] - row0, segment = (runs->cols[2 * r + 1] - col0) * channels;
-            const char *source = (const char *)op->source + col0 * channels * op->element_bytes;
-            const qarep_i8_source s16 = {(const int16_t *)source, op->tap_offsets + row0, taps, segment};
-            const qarep_u8_source s8 = {(const uint8_t *)source, op->tap_offsets + row0, taps, segment};
+            qarep_tap_run_slice run;
+            if (!qarep_slice_tap_run(runs, r, first_pixel, pixel_count, op->taps, op->segment, &run)) continue;
+            const int64_t lo = run.lo, hi = run.hi;
+            const char *source = (const char *)op->source + run.offset * op->element_bytes;
+            const qarep_i8_source s16 = {(const int16_t *)source, op->tap_offsets + run.row0, run.taps, run.segment};
+            const qarep_u8_source s8 = {(const uint8_t *)source, op->tap_offsets + run.row0, run.taps, run.segment};
             // Bytes into a block to the run's first tap row and column.
-            const int64_t w_part = (row0 * w_tap + col0 * channels * MR) * op->element_bytes;
+            const int64_t w_part = (run.row0 * w_tap + run.offset * MR) * op->element_bytes;
             for (int64_t p0 = lo; p0 < hi; p0 += NR) {
                 const int count = hi - p0 < NR ? (int)(hi - p0) : NR;
                 // A partial tile repeats its last pixel; the copies are not stored.
@@ -730,7 +723,7 @@ static void drive(const operands *op, int64_t out_channels, const int64_t *pixel
 
 void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_source *source,
                    const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
-                   const qarep_i8_epilogue *epilogue, const qarep_i8_tap_runs *runs, int use_avx2) {
+                   const qarep_i8_epilogue *epilogue, const qarep_tap_runs *runs, int use_avx2) {
     const operands op = {weights, source->taps * source->segment * MR * 2, source->source, 2,
                          source->tap_offsets, source->taps, source->segment, runs};
     drive(&op, out_channels, pixel_offsets, first_pixel, pixel_count, epilogue, use_avx2 ? KERNEL_AVX2 : KERNEL_SCALAR);
@@ -738,7 +731,7 @@ void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_
 
 void qarep_u8s8_gemm(const int8_t *weights, int64_t out_channels, const qarep_u8_source *source,
                      const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
-                     const qarep_i8_epilogue *epilogue, const qarep_i8_tap_runs *runs, int kernel) {
+                     const qarep_i8_epilogue *epilogue, const qarep_tap_runs *runs, int kernel) {
     // Each block's reduction is padded to a multiple of 64 bytes: whole AMX tiles.
     const int64_t padded = (source->taps * source->segment + 63) & ~(int64_t)63;
     const operands op = {weights, padded * MR, source->source, 1,

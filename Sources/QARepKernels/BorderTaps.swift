@@ -1,4 +1,5 @@
 import CQARepFloat
+import CQARepRuns
 
 // Small feature maps are mostly zero border: a 3x3 convolution, padding 1,
 // on a 2x2 map reads 36 taps per output channel and input channel, of which
@@ -198,13 +199,16 @@ public struct BorderTapRuns: Sendable {
     /// Per-pixel values (window or output offsets, in the output's pixel order) in run order.
     public func ordered<T>(_ values: [T]) -> [T] { order.map { values[$0] } }
 
-    /// `body` with the runs as the C kernels take them: their count, ends,
-    /// tap rows and window columns (pairs), and the kernel's width.
-    func withUnsafeRuns<R>(_ body: (Int64, UnsafePointer<Int64>, UnsafePointer<Int32>, UnsafePointer<Int32>, Int64) -> R) -> R {
-        ends.withUnsafeBufferPointer { e in
-            rows.withUnsafeBufferPointer { r in
-                cols.withUnsafeBufferPointer { c in
-                    body(Int64(ends.count), e.baseAddress!, r.baseAddress!, c.baseAddress!, Int64(kernelW))
+    /// `body` with `runs` as the C kernels take them (CQARepRuns.h); nil
+    /// stands for whole windows. Built once per convolution, read by every worker.
+    static func withUnsafeRuns<R>(_ runs: BorderTapRuns?, _ body: (UnsafePointer<qarep_tap_runs>?) -> R) -> R {
+        guard let runs else { return body(nil) }
+        return runs.ends.withUnsafeBufferPointer { e in
+            runs.rows.withUnsafeBufferPointer { r in
+                runs.cols.withUnsafeBufferPointer { c in
+                    var view = qarep_tap_runs(count: Int64(e.count), ends: e.baseAddress!, rows: r.baseAddress!,
+                                              cols: c.baseAddress!, columns: Int64(runs.kernelW))
+                    return body(&view)
                 }
             }
         }

@@ -294,24 +294,20 @@ public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloa
                 outputOffsets.withUnsafeBufferPointer { oo in
                     let source = qarep_f32_source(source: paddedInput, tap_offsets: to.baseAddress,
                                                   taps: Int64(g.kernelH), segment: Int64(segment))
-                    // Each output value is one item's alone: workers may take items in any order.
-                    parallelDynamic(chunks * split.parts, threads: workers) { _, item in
-                        let (c, channels) = (item / split.parts, split.range(item % split.parts))
-                        let first = c * chunk, count = min(chunk, pixels - first)
-                        var epilogue = qarep_f32_epilogue(bias: bias.map { $0 + channels.lowerBound }, relu: relu ? 1 : 0,
-                                                          output: output + channels.lowerBound * channelStride,
-                                                          pixel_offsets: oo.baseAddress! + first,
-                                                          channel_stride: Int64(channelStride))
-                        var s = source
-                        // Packed weights are blocks of 16 channels by K; a part starts on a block.
-                        let conv = { (runs: UnsafePointer<qarep_f32_tap_runs>?) in
+                    BorderTapRuns.withUnsafeRuns(runs) { runs in
+                        // Each output value is one item's alone: workers may take items in any order.
+                        parallelDynamic(chunks * split.parts, threads: workers) { _, item in
+                            let (c, channels) = (item / split.parts, split.range(item % split.parts))
+                            let first = c * chunk, count = min(chunk, pixels - first)
+                            var epilogue = qarep_f32_epilogue(bias: bias.map { $0 + channels.lowerBound },
+                                                              relu: relu ? 1 : 0,
+                                                              output: output + channels.lowerBound * channelStride,
+                                                              pixel_offsets: oo.baseAddress! + first,
+                                                              channel_stride: Int64(channelStride))
+                            var s = source
+                            // Packed weights are blocks of 16 channels by K; a part starts on a block.
                             qarep_f32_conv(w.baseAddress! + channels.lowerBound * k, Int64(channels.count), &s,
                                            wo.baseAddress! + first, Int64(count), &epilogue, runs, Int64(first), isa)
-                        }
-                        guard let runs else { return conv(nil) }
-                        runs.withUnsafeRuns { count, ends, rows, cols, columns in
-                            var r = qarep_f32_tap_runs(count: count, ends: ends, rows: rows, cols: cols, columns: columns)
-                            conv(&r)
                         }
                     }
                 }

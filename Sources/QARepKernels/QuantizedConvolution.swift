@@ -152,30 +152,21 @@ private func int16Convolution(_ padded: UnsafePointer<Int16>, layout: PaddedNHWC
                 windowOffsets.withUnsafeBufferPointer { po in
                     let source = qarep_i8_source(source: padded, tap_offsets: to.baseAddress,
                                                  taps: Int64(to.count), segment: Int64(layout.segment))
-                    // One pointer to the source for every worker (an inout per call would race).
+                    // One pointer to the source and the runs for every worker (an inout per call would race).
                     withUnsafePointer(to: source) { s in
-                        PixelChunks(pixels: g.columns, paddedInputSize: layout.paddedInputSize, threads: threads)
-                            .forEach(outChannels: g.outChannels, reduction: layout.paddedInputSize, threads: threads,
-                                     weights: w.baseAddress!, blockElements: 16 * layout.paddedInputSize,
-                                     epilogue: epilogue) { w, outChannels, first, count, e in
-                                withTapRuns(runs) { runs in
+                        BorderTapRuns.withUnsafeRuns(runs) { runs in
+                            PixelChunks(pixels: g.columns, paddedInputSize: layout.paddedInputSize, threads: threads)
+                                .forEach(outChannels: g.outChannels, reduction: layout.paddedInputSize, threads: threads,
+                                         weights: w.baseAddress!, blockElements: 16 * layout.paddedInputSize,
+                                         epilogue: epilogue) { w, outChannels, first, count, e in
                                     qarep_i8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first),
                                                   Int64(count), e, runs, flag)
                                 }
-                            }
+                        }
                     }
                 }
             }
         }
-    }
-}
-
-/// `body` with the C view of `runs` (nil: whole windows).
-private func withTapRuns(_ runs: BorderTapRuns?, _ body: (UnsafePointer<qarep_i8_tap_runs>?) -> Void) {
-    guard let runs else { return body(nil) }
-    runs.withUnsafeRuns { count, ends, rows, cols, columns in
-        var r = qarep_i8_tap_runs(count: count, ends: ends, rows: rows, cols: cols, columns: columns)
-        body(&r)
     }
 }
 
@@ -324,14 +315,14 @@ public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: Quan
                                                  taps: Int64(to.count), segment: Int64(layout.nhwc.segment))
                     let k = layout.nhwc.paddedInputSize
                     withUnsafePointer(to: source) { s in
-                        PixelChunks(pixels: g.columns, paddedInputSize: k, threads: threads)
-                            .forEach(outChannels: g.outChannels, reduction: k, threads: threads, weights: w.baseAddress!,
-                                     blockElements: 16 * weights.vnniReduction, epilogue: epilogue) { w, outChannels, first, count, e in
-                                withTapRuns(runs) { runs in
+                        BorderTapRuns.withUnsafeRuns(runs) { runs in
+                            PixelChunks(pixels: g.columns, paddedInputSize: k, threads: threads)
+                                .forEach(outChannels: g.outChannels, reduction: k, threads: threads, weights: w.baseAddress!,
+                                         blockElements: 16 * weights.vnniReduction, epilogue: epilogue) { w, outChannels, first, count, e in
                                     qarep_u8s8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first),
                                                     Int64(count), e, runs, kernel)
                                 }
-                            }
+                        }
                     }
                 }
             }

@@ -18,6 +18,7 @@
 #define CQAREP_FLOAT_H
 
 #include <stdint.h>
+#include "CQARepRuns.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -69,34 +70,17 @@ typedef struct {
 /// segments shorter than a vector are better gathered into patch rows first.
 int qarep_f32_reads_short_windows(int64_t taps, int64_t segment, int isa);
 
-/// Output pixels in runs that read only part of each window: on a small
-/// map most windows overlap the zero padding, and a pixel in the top row of
-/// a 3x3 convolution, padding 1, reads nothing from tap row 0. Run i holds
-/// the pixels from ends[i - 1] (0 for the first) to ends[i], counted in the
-/// full pixel list the caller cut its call from, and reads tap rows
-/// rows[2i] ..< rows[2i + 1] and window columns cols[2i] ..< cols[2i + 1];
-/// a segment is `columns` window columns of segment / columns values each.
-/// Skipped terms are products with zero padding: the sums are those of the
-/// whole window, up to the sign of an exact zero.
-typedef struct {
-    int64_t count;
-    const int64_t *ends;
-    const int32_t *rows;
-    const int32_t *cols;
-    int64_t columns;
-} qarep_f32_tap_runs;
-
 /// Pixels of one micro-tile on `isa` (a run shorter than this leaves lanes idle).
 int qarep_f32_tile_pixels(int isa);
 
 /// All `out_channels` outputs of `pixel_count` pixels; pixel p reads
 /// source->source + pixel_offsets[p] and is stored at
 /// epilogue->pixel_offsets[p]. `isa` must be one the CPU runs. With `runs`
-/// (NULL: every pixel reads its whole window), pixel p is pixel
-/// first_pixel + p of the list `runs` counts in.
+/// (CQARepRuns.h; NULL: every pixel reads its whole window), pixel p is
+/// pixel first_pixel + p of the list `runs` counts in.
 void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_source *source,
                     const int64_t *pixel_offsets, int64_t pixel_count,
-                    const qarep_f32_epilogue *epilogue, const qarep_f32_tap_runs *runs, int64_t first_pixel,
+                    const qarep_f32_epilogue *epilogue, const qarep_tap_runs *runs, int64_t first_pixel,
                     int isa);
 
 /// NCHW floats of images first_image ..< first_image + images to a

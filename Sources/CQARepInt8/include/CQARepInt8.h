@@ -20,6 +20,7 @@
 #define CQAREP_INT8_H
 
 #include <stdint.h>
+#include "CQARepRuns.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -80,31 +81,19 @@ int qarep_i8_vnni512_available(void);
 /// granted this process the tile state (asked once, on the first call).
 int qarep_i8_amx_available(void);
 
-/// Output pixels in runs that read only part of each window (the float
-/// kernels' qarep_f32_tap_runs): run i holds pixels ends[i - 1] (0 for the
-/// first) ..< ends[i] of the list first_pixel counts in and reads tap rows
-/// rows[2i] ..< rows[2i + 1] and window columns cols[2i] ..< cols[2i + 1] of
-/// `columns`. Only for a source whose skipped elements are arithmetic zero
-/// (int16 `x - z`, or bytes whose zero code is 0): the sums are then exactly those
-/// of the whole window. The AVX2 and portable kernels skip; VNNI and AMX read
-/// the whole window, which is always right.
-typedef struct {
-    int64_t count;
-    const int64_t *ends;
-    const int32_t *rows;
-    const int32_t *cols;
-    int64_t columns;
-} qarep_i8_tap_runs;
-
 /// Accumulators of all `out_channels` for pixels first_pixel ..< first_pixel +
 /// pixel_count, pixel first_pixel + p read at `pixel_offsets[p]`, stored by
 /// the epilogue. `use_avx2` selects the AVX2 kernel (the caller checks
 /// availability) or the portable loops; both give the same bits. With
-/// `runs` (NULL: every pixel reads its whole window) pixel p is pixel
-/// first_pixel + p of the list the runs count in.
+/// `runs` (CQARepRuns.h; NULL: every pixel reads its whole window) pixel p
+/// is pixel first_pixel + p of the list the runs count in. Runs are only for
+/// a source whose skipped elements are arithmetic zero (int16 `x - z`, or
+/// bytes whose zero code is 0): the sums are then exactly those of the whole
+/// window. The AVX2 and portable kernels skip the border; VNNI and AMX read
+/// the whole window, which is always right.
 void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_source *source,
                    const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
-                   const qarep_i8_epilogue *epilogue, const qarep_i8_tap_runs *runs, int use_avx2);
+                   const qarep_i8_epilogue *epilogue, const qarep_tap_runs *runs, int use_avx2);
 
 /// Kernels of qarep_u8s8_gemm.
 #define QAREP_U8S8_VNNI 0
@@ -125,7 +114,7 @@ void qarep_i8_gemm(const int16_t *weights, int64_t out_channels, const qarep_i8_
 /// 127 (a pair sum is then at most 2 * 127 * 128), which the caller ensures.
 void qarep_u8s8_gemm(const int8_t *weights, int64_t out_channels, const qarep_u8_source *source,
                      const int64_t *pixel_offsets, int64_t first_pixel, int64_t pixel_count,
-                     const qarep_i8_epilogue *epilogue, const qarep_i8_tap_runs *runs, int kernel);
+                     const qarep_i8_epilogue *epilogue, const qarep_tap_runs *runs, int kernel);
 
 /// Requantizes `count` accumulators of one channel into 8-bit codes with the
 /// epilogue's formula (`bias` and `multiplier` are scalars here).
