@@ -287,7 +287,8 @@ public func implicitConv2d(paddedInput: UnsafePointer<Float>, layout: PaddedFloa
     let chunk = max(unit, (64 * 1024) / (k * 4) / unit * unit)
     let chunks = (pixels + chunk - 1) / chunk
     let workers = max(1, min(threads, (pixels * k * g.outChannels) >> 16))
-    let split = ChannelSplit(outChannels: g.outChannels, chunks: chunks, workers: workers)
+    let split = ChannelSplit(outChannels: g.outChannels, chunks: chunks, workers: workers,
+                             blockChannels: path == .avx512 ? 32 : 16)
     weights.storage.withUnsafeBufferPointer { w in
         tapOffsets.withUnsafeBufferPointer { to in
             windowOffsets.withUnsafeBufferPointer { wo in

@@ -321,14 +321,16 @@ struct PixelChunks {
     /// there are at least 256K multiply-adds per extra worker (a single
     /// image's late layers), the channels are split as well (`ChannelSplit`),
     /// each part with `epilogue` moved to its first channel and `weights` to
-    /// its first block (`blockElements` per 16 channels). Integer sums do not
+    /// its first block (`blockElements` per 16 channels); `pairedBlocks` for
+    /// kernels whose tile is two blocks (VNNI, AMX). Integer sums do not
     /// depend on the split.
     func forEach<Weight>(outChannels: Int, reduction k: Int, threads: Int, weights: UnsafePointer<Weight>, blockElements: Int,
-                         epilogue: qarep_i8_epilogue,
+                         pairedBlocks: Bool = false, epilogue: qarep_i8_epilogue,
                          _ body: (_ weights: UnsafePointer<Weight>, _ outChannels: Int, _ first: Int, _ count: Int,
                                   _ epilogue: UnsafePointer<qarep_i8_epilogue>) -> Void) {
         let wanted = Swift.max(1, Swift.min(threads, (pixels * k * outChannels) >> 18))
-        let split = ChannelSplit(outChannels: outChannels, chunks: chunks, workers: Swift.max(workers, wanted))
+        let split = ChannelSplit(outChannels: outChannels, chunks: chunks, workers: Swift.max(workers, wanted),
+                                 blockChannels: pairedBlocks ? 32 : 16)
         parallelDynamic(chunks * split.parts, threads: Swift.max(workers, Swift.min(wanted, chunks * split.parts))) { _, item in
             let first = item / split.parts * chunk, channels = split.range(item % split.parts)
             var part = epilogue.channels(from: channels.lowerBound)

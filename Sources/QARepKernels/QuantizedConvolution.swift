@@ -318,7 +318,8 @@ public func quantizedConv2dBytes(paddedInput: UnsafePointer<UInt8>, layout: Quan
                         BorderTapRuns.withUnsafeRuns(runs) { runs in
                             PixelChunks(pixels: g.columns, paddedInputSize: k, threads: threads)
                                 .forEach(outChannels: g.outChannels, reduction: k, threads: threads, weights: w.baseAddress!,
-                                         blockElements: 16 * weights.vnniReduction, epilogue: epilogue) { w, outChannels, first, count, e in
+                                         blockElements: 16 * weights.vnniReduction,
+                                         pairedBlocks: kernel != QAREP_U8S8_AVX2, epilogue: epilogue) { w, outChannels, first, count, e in
                                     qarep_u8s8_gemm(w, Int64(outChannels), s, po.baseAddress! + first, Int64(first),
                                                     Int64(count), e, runs, kernel)
                                 }

@@ -26,7 +26,7 @@ private let floatConvCases: [FloatConvCase] = {
                   (1, 24, 28, 1), (24, 24, 14, 1), (48, 96, 7, 2), (96, 96, 4, 1), (96, 640, 4, 2),
                   (48, 48, 28, 2), (192, 192, 4, 1), (3, 10, 5, 1), (5, 17, 6, 2), (7, 33, 9, 1),
                   // One image, 16 pixels: one pixel chunk, so the output channels are split between the
-                  // two workers, into 64 channels and a short tail of 16.
+                  // two workers in whole tiles: 48 + 32 channels on AVX2, 64 + a short tail of 16 on AVX-512.
                   (96, 80, 4, 1)]
     for (i, (c, o, size, stride)) in shapes.enumerated() {
         for kernel in [3, 1] {

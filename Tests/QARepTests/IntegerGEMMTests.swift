@@ -50,7 +50,7 @@ struct GEMMShape: Sendable, CustomTestStringConvertible {
 private let gemmShapes: [GEMMShape] = [
     (1, 1, 1), (1, 9, 1), (1, 11, 1), (1, 2, 16), (6, 16, 16), (7, 17, 17), (5, 2, 33), (13, 9, 100),
     (12, 31, 48), (2, 33, 15), (1, 11520, 1), (3, 11520, 20), (48, 432, 200), (64, 576, 47), (17, 1728, 37),
-    // 16 pixels, one chunk: with 2 threads the 80 output channels are split (64 and a tail of 16).
+    // 16 pixels, one chunk: with 2 threads the 80 output channels are split in whole blocks (48 + 32).
     (80, 900, 16),
 ].map { GEMMShape(o: $0.0, k: $0.1, n: $0.2) }
 
