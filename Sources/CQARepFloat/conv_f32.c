@@ -501,10 +501,10 @@ void qarep_f32_to_padded_nhwc(const float *input, int64_t first_image, int64_t i
 // the convolution, with x read in place from the padded NHWC input (the
 // forward pass's own buffer) and dy pixel-major with rows of `dy_stride`
 // floats (zero past out_channels, a multiple of 16). Micro-tiles: 16 or 32
-// channels of dy (the vector) by up to WG_NK reduction indices of one window
-// row (the broadcasts); the pixel loop is the reduction, accumulators stay in
-// registers across it. A tile narrower than WG_NK repeats its last index and
-// drops the copies.
+// channels of dy (the vector) by up to WG_NK (AVX-512, portable) or 6 (AVX2)
+// reduction indices of one window row (the broadcasts); the pixel loop is the
+// reduction, accumulators stay in registers across it. A narrower tile
+// repeats its last index and drops the copies.
 
 #define WG_NK 8
 
@@ -585,13 +585,17 @@ void qarep_f32_weight_gradient(const float *dy, int64_t dy_stride, const qarep_f
     // Pixels in chunks, so that a chunk's dy rows and input windows stay in
     // cache while every (channel, index) tile passes over them.
     const int64_t chunk = 256;
+    // Reduction indices per tile: AVX2's is 6 wide, and stepping it by 8
+    // left a tile of 2 that computed 6 (a third of the work wasted on
+    // segments of 3 x 24, 48 or 96 channels, all multiples of 6).
+    const int step = isa == QAREP_ISA_AVX2 ? 6 : WG_NK;
     for (int64_t p0 = 0; p0 < pixel_count; p0 += chunk) {
         const int64_t count = pixel_count - p0 < chunk ? pixel_count - p0 : chunk;
         const float *d = dy + p0 * dy_stride;
         const int64_t *win = pixel_offsets + p0;
         for (int64_t tap = 0; tap < source->taps; tap++) {
-            for (int64_t k0 = 0; k0 < source->segment; k0 += WG_NK) {
-                const int nk = source->segment - k0 < WG_NK ? (int)(source->segment - k0) : WG_NK;
+            for (int64_t k0 = 0; k0 < source->segment; k0 += step) {
+                const int nk = source->segment - k0 < step ? (int)(source->segment - k0) : step;
                 const float *x[WG_NK];
                 for (int t = 0; t < WG_NK; t++)
                     x[t] = source->source + source->tap_offsets[tap] + k0 + (t < nk ? t : nk - 1);
@@ -605,9 +609,7 @@ void qarep_f32_weight_gradient(const float *dy, int64_t dy_stride, const qarep_f
                         continue;
                     }
                     if (isa == QAREP_ISA_AVX2) {
-                        for (int k = 0; k < nk; k += 6)
-                            wg_tile_avx2(d + o0, dy_stride, x + k, win, count, nk - k < 6 ? nk - k : 6,
-                                         rows + k * dy_stride + o0, dy_stride);
+                        wg_tile_avx2(d + o0, dy_stride, x, win, count, nk, rows + o0, dy_stride);
                         o0 += 16;
                         continue;
                     }
