@@ -99,46 +99,53 @@ static void requantize_scalar(const int32_t *acc, int64_t count, int32_t bias, f
 }
 
 #if QAREP_X86
-// Four lanes, each with its own multiplier; the result is integral and inside
-// [min, max], so the conversion back to int32 is exact.
-AVX2 static inline __m128i requantize4(__m128i v, __m256d m, __m256d z, __m256d lo, __m256d hi) {
+// Four lanes of requantize1, each with its own multiplier, returning the code
+// minus the zero point. The clamp to [lo, hi] after adding z is a clamp to
+// [lo - z, hi - z] before rounding (rounding is monotone and keeps those
+// integer bounds), so the zero point is added to the narrowed codes as an
+// integer, after: five double operations instead of six, same results. The
+// rounded value is integral and inside the bounds, so the conversion is exact.
+AVX2 static inline __m128i requantize4(__m128i v, __m256d m, __m256d lo_z, __m256d hi_z) {
     __m256d d = _mm256_mul_pd(_mm256_cvtepi32_pd(v), m);
-    d = _mm256_round_pd(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    d = _mm256_add_pd(d, z);
-    d = _mm256_min_pd(_mm256_max_pd(d, lo), hi);
-    return _mm256_cvtpd_epi32(d);
+    d = _mm256_min_pd(_mm256_max_pd(d, lo_z), hi_z);
+    return _mm256_cvtpd_epi32(_mm256_round_pd(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
-// 16 biased accumulators to 16 codes as int16, channels 0-7 in w[0] and
-// 8-15 in w[1]. The codes lie in the 8-bit range, so the packs only narrow.
-AVX2 static inline void requantize16_int16(__m256i a, __m256i b, const __m256d m[4], __m256d z,
-                                           __m256d lo, __m256d hi, __m128i w[2]) {
-    __m128i r0 = requantize4(_mm256_castsi256_si128(a), m[0], z, lo, hi);
-    __m128i r1 = requantize4(_mm256_extracti128_si256(a, 1), m[1], z, lo, hi);
-    __m128i r2 = requantize4(_mm256_castsi256_si128(b), m[2], z, lo, hi);
-    __m128i r3 = requantize4(_mm256_extracti128_si256(b, 1), m[3], z, lo, hi);
+// 16 biased accumulators to 16 codes minus the zero point as int16, channels
+// 0-7 in w[0] and 8-15 in w[1]. They lie in [lo - z, hi - z], inside int16, so
+// the packs only narrow.
+AVX2 static inline void requantize16_centered(__m256i a, __m256i b, const __m256d m[4], __m256d lo_z, __m256d hi_z,
+                                              __m128i w[2]) {
+    __m128i r0 = requantize4(_mm256_castsi256_si128(a), m[0], lo_z, hi_z);
+    __m128i r1 = requantize4(_mm256_extracti128_si256(a, 1), m[1], lo_z, hi_z);
+    __m128i r2 = requantize4(_mm256_castsi256_si128(b), m[2], lo_z, hi_z);
+    __m128i r3 = requantize4(_mm256_extracti128_si256(b, 1), m[3], lo_z, hi_z);
     w[0] = _mm_packs_epi32(r0, r1);
     w[1] = _mm_packs_epi32(r2, r3);
 }
 
-// 16 biased accumulators to 16 codes, one byte each.
-AVX2 static inline __m128i requantize16(__m256i a, __m256i b, const __m256d m[4], __m256d z,
-                                        __m256d lo, __m256d hi, int out_signed) {
+// 16 biased accumulators to 16 codes, one byte each (z16: the zero point in
+// every int16 lane). Codes lie in the 8-bit range, so the packs only narrow.
+AVX2 static inline __m128i requantize16(__m256i a, __m256i b, const __m256d m[4], __m256d lo_z, __m256d hi_z,
+                                        __m128i z16, int out_signed) {
     __m128i w[2];
-    requantize16_int16(a, b, m, z, lo, hi, w);
+    requantize16_centered(a, b, m, lo_z, hi_z, w);
+    w[0] = _mm_add_epi16(w[0], z16);
+    w[1] = _mm_add_epi16(w[1], z16);
     return out_signed ? _mm_packs_epi16(w[0], w[1]) : _mm_packus_epi16(w[0], w[1]);
 }
 
 AVX2 static void requantize_avx2(const int32_t *acc, int64_t count, int32_t bias, float multiplier,
                                  int32_t zero_point, int32_t min, int32_t max, void *out, int out_signed) {
     const __m256d m1 = _mm256_set1_pd(multiplier), m[4] = {m1, m1, m1, m1};
-    const __m256d z = _mm256_set1_pd(zero_point), lo = _mm256_set1_pd(min), hi = _mm256_set1_pd(max);
+    const __m256d lo_z = _mm256_set1_pd(min - zero_point), hi_z = _mm256_set1_pd(max - zero_point);
+    const __m128i z16 = _mm_set1_epi16((short)zero_point);
     const __m256i b = _mm256_set1_epi32(bias);
     int64_t i = 0;
     for (; i + 16 <= count; i += 16) {
         __m256i a0 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(acc + i)), b);
         __m256i a1 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(acc + i + 8)), b);
-        _mm_storeu_si128((__m128i *)((uint8_t *)out + i), requantize16(a0, a1, m, z, lo, hi, out_signed));
+        _mm_storeu_si128((__m128i *)((uint8_t *)out + i), requantize16(a0, a1, m, lo_z, hi_z, z16, out_signed));
     }
     requantize_scalar(acc + i, count - i, bias, multiplier, zero_point, min, max, (uint8_t *)out + i, out_signed);
 }
@@ -458,7 +465,8 @@ AVX2 static void store_codes_avx2(const __m128i codes[NR], const block_params *b
 AVX2 static void store_tile_avx2(const int32_t t[NR][MR], const block_params *b, const tile_pixels *tp,
                                  const qarep_i8_epilogue *e) {
     if (!e->multiplier) { store_raw(t, b, tp, e); return; }
-    const __m256d z = _mm256_set1_pd(e->zero_point), lo = _mm256_set1_pd(e->min), hi = _mm256_set1_pd(e->max);
+    const __m256d lo_z = _mm256_set1_pd(e->min - e->zero_point), hi_z = _mm256_set1_pd(e->max - e->zero_point);
+    const __m128i z16 = _mm_set1_epi16((short)e->zero_point);
     __m256d m[4];
     for (int i = 0; i < 4; i++) m[i] = _mm256_loadu_pd(b->multiplier + 4 * i);
     const __m256i b0 = _mm256_loadu_si256((const __m256i *)b->bias);
@@ -466,14 +474,11 @@ AVX2 static void store_tile_avx2(const int32_t t[NR][MR], const block_params *b,
     if (e->output_int16) {
         // The next layer's int16 input: code - zero point, 16 channels in 32 bytes.
         int16_t *out = (int16_t *)e->output + b->o0;
-        const __m128i zp = _mm_set1_epi16((short)e->zero_point);
         for (int q = 0; q < tp->count; q++) {
             __m256i a0 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)t[q]), b0);
             __m256i a1 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(t[q] + 8)), b1);
             __m128i w[2];
-            requantize16_int16(a0, a1, m, z, lo, hi, w);
-            w[0] = _mm_sub_epi16(w[0], zp);
-            w[1] = _mm_sub_epi16(w[1], zp);
+            requantize16_centered(a0, a1, m, lo_z, hi_z, w);
             int16_t *dst = out + tp->base[q];
             if (b->rows == MR) {
                 _mm_storeu_si128((__m128i *)dst, w[0]);
@@ -491,7 +496,7 @@ AVX2 static void store_tile_avx2(const int32_t t[NR][MR], const block_params *b,
     for (int q = 0; q < tp->count; q++) {
         __m256i a0 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)t[q]), b0);
         __m256i a1 = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(t[q] + 8)), b1);
-        codes[q] = requantize16(a0, a1, m, z, lo, hi, e->output_signed);
+        codes[q] = requantize16(a0, a1, m, lo_z, hi_z, z16, e->output_signed);
     }
     store_codes_avx2(codes, b, tp, e);
 }
