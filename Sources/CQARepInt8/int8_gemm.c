@@ -72,8 +72,10 @@ int qarep_i8_amx_available(void) {
 #endif
 }
 
-// MARK: - Requantization. The same IEEE operations in the same order as
-// QARepKernels.requantize: the Double product, roundeven, + zero point, clamp.
+// MARK: - Requantization. requantize1 does the same IEEE operations in the
+// same order as QARepKernels.requantize: the Double product, roundeven, + zero
+// point, clamp. The vector versions clamp before rounding, which gives the
+// same codes (see requantize4).
 
 static inline int32_t wrapping_add(int32_t a, int32_t b) {
     return (int32_t)((uint32_t)a + (uint32_t)b);
