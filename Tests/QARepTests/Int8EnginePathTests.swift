@@ -29,6 +29,21 @@ struct Int8EnginePathTests {
         }
     }
 
+    /// 64 images of tiny: 64 x 128 channels x 10 classes is past the bound from
+    /// which the head (pooling and linear layer) is split between the workers.
+    @Test("one thread and two give the same logits, the head split by image on two")
+    func threadsAgree() throws {
+        var rng = SplitMix64(seed: 12)
+        let int8 = try quantizedTiny(seed: 11, qconfig: .tensorRT, rng: &rng)
+        let x = Tensor.uniform([64, 1, 14, 14], bound: 2, rng: &rng, requiresGrad: false)
+        for path in IntegerKernelPath.available {
+            let one = try Int8Engine(int8, threads: 1, path: path).logits(x).data
+            let two = try Int8Engine(int8, threads: 2, path: path).logits(x).data
+            #expect(one == two, "\(path)")
+            #expect(Set(one).count > 64, "\(path): logits differ between images")
+        }
+    }
+
     @Test("one engine reused across shapes and inputs gives a fresh engine's logits (kept buffers, their zero codes intact)",
           arguments: [QConfig.tensorRT, QConfig.unsignedActivations])
     func reusedAcrossCalls(_ qconfig: QConfig) throws {
