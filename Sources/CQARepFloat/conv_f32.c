@@ -358,6 +358,7 @@ void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_
     }
 #endif
     const int nr = qarep_f32_tile_pixels(isa);
+    const int64_t run_count = qarep_tap_run_count(runs);
     // Channel blocks in groups of about 256 KiB of weights, so a group stays
     // in L2 while the pixel tiles pass; a tile's inputs stay in L1 while the
     // group's blocks pass over them.
@@ -365,7 +366,7 @@ void qarep_f32_conv(const float *weights, int64_t out_channels, const qarep_f32_
     if (group < 1) group = 1;
     for (int64_t g0 = 0; g0 < blocks; g0 += group) {
         const int64_t g1 = g0 + group < blocks ? g0 + group : blocks;
-        for (int64_t r = 0; r < qarep_tap_run_count(runs); r++) {
+        for (int64_t r = 0; r < run_count; r++) {
             // This call's pixels in run r, and the run's part of each window.
             qarep_tap_run_slice run;
             if (!qarep_slice_tap_run(runs, r, first_pixel, pixel_count, source->taps, source->segment, &run)) continue;

@@ -666,6 +666,7 @@ static void drive(const operands *op, int64_t out_channels, const int64_t *pixel
 #endif
     // The VNNI tiles always read the whole window.
     const qarep_tap_runs *runs = kernel != KERNEL_VNNI512 ? op->runs : NULL;
+    const int64_t run_count = qarep_tap_run_count(runs);
     const int64_t w_tap = op->segment * MR;
     const char *weights = op->weights;
     // Channel blocks in groups of about 128 KiB of weights, so a group stays
@@ -675,7 +676,7 @@ static void drive(const operands *op, int64_t out_channels, const int64_t *pixel
     if (group < 1) group = 1;
     for (int64_t g0 = 0; g0 < blocks; g0 += group) {
         const int64_t g1 = g0 + group < blocks ? g0 + group : blocks;
-        for (int64_t r = 0; r < qarep_tap_run_count(runs); r++) {
+        for (int64_t r = 0; r < run_count; r++) {
             // This call's pixels in run r, and the run's part of each window.
             qarep_tap_run_slice run;
             if (!qarep_slice_tap_run(runs, r, first_pixel, pixel_count, op->taps, op->segment, &run)) continue;
