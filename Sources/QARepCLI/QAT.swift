@@ -25,7 +25,7 @@ public struct QAT: ParsableCommand {
     @OptionGroup(title: "Training (defaults: 10 epochs, 3 of warm-up, LR 0.01)") var sgd: SGDOptions
     @Option(help: "Freeze BN statistics from this epoch (0-based) on.") var freezeBnAfter: Int?
     @Option(help: "Freeze activation ranges from this epoch (0-based) on.") var freezeObserversAfter: Int?
-    @Option(help: "How scales evolve after calibration: observers (moving-average activation ranges, min-max weights) or lsq (every scale learned, Esser et al. 2020; symmetric activations only).")
+    @Option(help: "How scales evolve after calibration: observers (moving-average activation ranges, min-max weights) or lsq (every scale learned, Esser et al. 2020; with --unsigned-activations each zero point stays as calibrated).")
     var method: QATMethod?
     @Option(help: "What QAT trains: post-bn (the paper's: branches merged, QARepVGG's post-BN kept as a BN), multi-branch (rep-aware: every branch and its BN trained, merged on each step into the 3x3 kernel that is fake-quantized; RepVGG-family models only) or folded (default post-bn).")
     var form: QuantizedNet.Form?
@@ -50,9 +50,6 @@ public struct QAT: ParsableCommand {
         }
         if method == .lsq && freezeObserversAfter != nil {
             throw ValidationError("--method lsq learns its scales; --freeze-observers-after has nothing to freeze")
-        }
-        if method == .lsq && quantization.unsignedActivations {
-            throw ValidationError("--method lsq learns symmetric step sizes; drop --unsigned-activations")
         }
         for (flag, given) in [("--distill-temperature", distillTemperature != nil), ("--distill-weight", distillWeight != nil)] where given && !distill {
             throw ValidationError("\(flag) applies with --distill")

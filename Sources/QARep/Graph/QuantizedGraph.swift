@@ -280,16 +280,6 @@ public final class QuantizedGraph: Module, Layer {
                                    on: images, batchSize: batchSize)
     }
 
-    /// After calibration, for QAT with learned step sizes (LSQ, Esser et al.
-    /// 2020): every quantizer's calibrated scale becomes a trained parameter.
-    /// - Throws: `QuantizationError` for an asymmetric activation scheme.
-    public func learnScales() throws {
-        guard fakeQuantizers.allSatisfy(\.scheme.symmetric) else {
-            throw QuantizationError("LSQ learns symmetric step sizes; the activations here are asymmetric")
-        }
-        for fq in fakeQuantizers { fq.learnScale() }
-    }
-
     /// After calibration, for QAT: activation ranges follow the data by moving averages.
     public func trackActivationRanges(averagingConstant: Float = 0.01) {
         for fq in activationQuantizers {

@@ -164,34 +164,40 @@ private func channelSums(gradient g: [Float], input x: [Float], batch N: Int, ch
     return (gx, gSum)
 }
 
-/// Learned step size quantization (LSQ, Esser et al. 2020): symmetric fake
-/// quantization `y = clamp(roundHalfEven(x / s), qmin, qmax) * s` with a
-/// gradient to the step size `s` (per tensor, or per channel along axis 0):
+/// Learned step size quantization (LSQ, Esser et al. 2020): fake
+/// quantization `y = (clamp(roundHalfEven(x / s) + z, qmin, qmax) - z) * s`
+/// with a gradient to the step size `s` (per tensor, or per channel along
+/// axis 0) and the zero point `z` held fixed (0 for symmetric schemes; for
+/// unsigned activations the calibrated one, 0 after a ReLU, so real 0 stays
+/// exact while the step learns):
 ///
 ///     dy/dx = 1 inside the range, 0 where clipped (straight-through)
-///     dy/ds = roundHalfEven(x / s) - x / s inside, qmin or qmax where clipped
+///     dy/ds = roundHalfEven(x / s) - x / s inside, qmin - z or qmax - z where clipped
 ///
 /// and the step's gradient scaled by `gradScale` (the paper's
-/// `1 / sqrt(N * qmax)`, N the elements one step size serves), so that steps
+/// `1 / sqrt(N * Q_P)`, N the elements one step size serves), so that steps
 /// and weights learn at comparable rates. A step at or below 1e-8 is used as
 /// 1e-8, so a step the optimizer drove to zero cannot divide by it.
-public func learnedStepFakeQuantize(_ x: Tensor, step: Tensor, qmin: Int32, qmax: Int32, gradScale: Float) -> Tensor {
+/// `zeroPoints`: one per step, or nil for zeros.
+public func learnedStepFakeQuantize(_ x: Tensor, step: Tensor, zeroPoints: [Int32]? = nil, qmin: Int32, qmax: Int32,
+                                    gradScale: Float) -> Tensor {
     precondition(step.rank == 1 && (step.count == 1 || (x.rank >= 1 && x.shape[0] == step.count)),
                  "learnedStepFakeQuantize: \(step.count) steps for a tensor of shape \(x.shape)")
+    precondition(zeroPoints.map { $0.count == step.count } ?? true, "learnedStepFakeQuantize: one zero point per step")
     let xd = x.data, n = xd.count, channels = step.count, per = n / channels
     let steps = step.data.map { Swift.max($0, 1e-8) }
     // Per element: the gradient factor of the step, and whether x passes.
     var stepFactor = [Float](repeating: 0, count: n), inRange = [Bool](repeating: false, count: n)
     let y = [Float](unsafeUninitializedCapacity: n) { out, count in
         for c in 0..<channels {
-            let s = steps[c]
+            let s = steps[c], z = zeroPoints?[c] ?? 0
             for i in (c * per)..<((c + 1) * per) {
-                let level = unclampedLevel(xd[i], scale: s, zeroPoint: 0)
+                let level = unclampedLevel(xd[i], scale: s, zeroPoint: z)
                 guard !level.isNaN else { out[i] = .nan; continue }
                 let clamped = clampedLevel(level, min: qmin, max: qmax)
                 inRange[i] = level == clamped
-                stepFactor[i] = inRange[i] ? Float(level) - xd[i] / s : Float(clamped)
-                out[i] = dequantize(Int32(clamped), scale: s, zeroPoint: 0)
+                stepFactor[i] = inRange[i] ? Float(level - Double(z)) - xd[i] / s : Float(Int32(clamped) - z)
+                out[i] = dequantize(Int32(clamped), scale: s, zeroPoint: z)
             }
         }
         count = n

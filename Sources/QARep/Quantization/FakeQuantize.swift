@@ -60,10 +60,10 @@ public final class FakeQuantize: Module, Layer {
     /// same `scale` key. A step is kept at or above 1% of its starting value:
     /// at 8 bits a step is about 1/127 of its weights' range, and one SGD step
     /// at a QAT learning rate can drive it through zero, which would silence
-    /// its channel and leave its bias no int32 code.
-    /// - Precondition: a symmetric scheme (LSQ learns a step, not a zero point).
+    /// its channel and leave its bias no int32 code. An asymmetric scheme's
+    /// zero point stays at its calibrated value (0 after a ReLU, as the
+    /// paper's unsigned activations have it), so the step alone learns.
     public func learnScale() {
-        precondition(scheme.symmetric, "LSQ learns the step of a symmetric scheme")
         updateQParamsIfStale()
         learnsScale = true
         stepFloor = Tensor(scale.data.map { max($0 * 0.01, 1e-8) }, shape: scale.shape)
@@ -177,11 +177,14 @@ public final class FakeQuantize: Module, Layer {
             let floored = scales
             if training && floored != scale.data { scale.data = floored }
             let step = training ? scale : Tensor(floored, shape: scale.shape)
-            // The paper's gradient scale: 1 / sqrt(N * qmax), N the weights of a
-            // channel, or an activation's features per example.
+            // The paper's gradient scale: 1 / sqrt(N * Q_P), N the weights of a
+            // channel, or an activation's features per example; Q_P the levels
+            // above the zero point (qmax for symmetric and post-ReLU schemes).
             let served = tracksCurrentValues ? x.count / scale.count : x.count / max(x.shape.first ?? 1, 1)
-            return learnedStepFakeQuantize(x, step: step, qmin: scheme.qmin, qmax: scheme.qmax,
-                                           gradScale: 1 / (Float(served) * Float(scheme.qmax)).squareRoot())
+            let zeroPoints = zeroPoints, positiveLevels = max(scheme.qmax - zeroPoints[0], 1)
+            return learnedStepFakeQuantize(x, step: step, zeroPoints: scheme.symmetric ? nil : zeroPoints,
+                                           qmin: scheme.qmin, qmax: scheme.qmax,
+                                           gradScale: 1 / (Float(served) * Float(positiveLevels)).squareRoot())
         }
         return fakeQuantize(x, scales: scales, zeroPoints: zeroPoints, qmin: scheme.qmin, qmax: scheme.qmax)
     }

@@ -41,11 +41,8 @@ public struct QATOptions: Sendable, Equatable {
             if let epoch, epoch < 0 { throw QuantizationError("\(name) must be an epoch >= 0, got \(epoch)") }
         }
         try distillation?.validate()
-        if method == .lsq {
-            guard qconfig.activation.symmetric else {
-                throw QuantizationError("LSQ learns symmetric step sizes; it does not combine with unsigned asymmetric activations")
-            }
-            guard freezeObserversAfter == nil else { throw QuantizationError("LSQ learns its scales; there are no observers to freeze") }
+        if method == .lsq && freezeObserversAfter != nil {
+            throw QuantizationError("LSQ learns its scales; there are no observers to freeze")
         }
     }
 }
