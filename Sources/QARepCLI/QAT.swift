@@ -29,6 +29,8 @@ public struct QAT: ParsableCommand {
     var method: QATMethod?
     @Option(help: "What QAT trains: post-bn (the paper's: branches merged, QARepVGG's post-BN kept as a BN), multi-branch (rep-aware: every branch and its BN trained, merged on each step into the 3x3 kernel that is fake-quantized; RepVGG-family models only) or folded (default post-bn).")
     var form: QuantizedNet.Form?
+    @Flag(help: "Give RepVGG's blocks (and S2's, S3's) a BN after the merged convolution for QAT, as QARepVGG's post-BN: set to the identity of the calibration images, trained with batch statistics (fold simulated), folded into the kernel at conversion. With the post-bn or multi-branch form.")
+    var addPostBn = false
     @Flag(help: "Distill from the FP32 checkpoint: its logits teach the quantized model (KL divergence at --distill-temperature, mixed with the cross-entropy by --distill-weight).")
     var distill = false
     @Option(help: "Distillation temperature (default 4).") var distillTemperature: Float?
@@ -109,9 +111,9 @@ public struct QAT: ParsableCommand {
             run = try QATRun(from: fp32, source: from!, options: options, calibration: calibration,
                              trainImages: train.count, directory: out, dataOrigin: origin, progress: progress)
             let form = switch run.model.form {
-            case .postBN: "post-BN kept as a BN"
+            case .postBN: run.model.addedPostBN ? "post-BN added for QAT" : "post-BN kept as a BN"
             case .folded: "fully folded"
-            case .multiBranch: "multi-branch, rep-aware"
+            case .multiBranch: "multi-branch, rep-aware" + (run.model.addedPostBN ? ", post-BN added for QAT" : "")
             }
             progress.finish("QAT of \(fp32.config.name) \(fp32.config.block.rawValue) (\(form)) for \(options.epochs) epochs, calibrated on \(calibration.count) images")
         }
@@ -137,6 +139,7 @@ public struct QAT: ParsableCommand {
         options.freezeObserversAfter = freezeObserversAfter
         options.method = method ?? .observers
         options.form = form ?? .postBN
+        options.addsPostBN = addPostBn
         options.qconfig = quantization.qconfig
         options.distillation = distillation
         return options
@@ -152,6 +155,7 @@ public struct QAT: ParsableCommand {
         check.compare("--freeze-observers-after", freezeObserversAfter, options.freezeObserversAfter)
         check.compare("--method", method, options.method)
         check.compare("--form", form, options.form)
+        check.compare("--add-post-bn", addPostBn ? true : nil, options.addsPostBN)
         if distill { check.compare("--distill", distillation, options.distillation) }
         check.refuse("--config", given: model.config != nil, "the model comes from the run")
         check.refuse("--block", given: model.block != nil, "the model comes from the run")
@@ -177,8 +181,9 @@ public struct QAT: ParsableCommand {
             if model.config != nil || model.block != nil {
                 throw CommandError("--config and --block describe RepVGG-family models; \(name) holds a \(Model.family) model")
             }
-            if quantization.firstLastBits != nil {
-                throw CommandError("--first-last-bits works on RepVGG-family models; \(name) holds a \(Model.family) model")
+            if quantization.firstLastBits != nil || addPostBn {
+                let flag = addPostBn ? "--add-post-bn" : "--first-last-bits"
+                throw CommandError("\(flag) works on RepVGG-family models; \(name) holds a \(Model.family) model")
             }
             runtime.apply()
             let origin: DataOrigin

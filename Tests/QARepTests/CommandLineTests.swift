@@ -227,6 +227,8 @@ struct CommandLineTests {
         #expect(qatEngine.int8Top1 == qat.int8Top1)
         #expect { _ = try QAT.parse(["--from", last, "--form", "multi-branch", "--epochs", "1", "--warmup-epochs", "0", "--calib-images", "64",
                                      "--out", dir + "/qat-mb"] + common).execute() } throws: { "\($0)".contains("multi-branch form applies to RepVGG") }
+        #expect { _ = try QAT.parse(["--from", last, "--add-post-bn", "--epochs", "1", "--warmup-epochs", "0", "--calib-images", "64",
+                                     "--out", dir + "/qat-bn"] + common).execute() } throws: { "\($0)".contains("--add-post-bn works on RepVGG") }
 
         for (from, name) in [(dir + "/qat/last.safetensors", "qat"), (dir + "/ptq.safetensors", "ptq")] {
             try Export.parse(["--from", from, "--format", "onnx", "--out", dir + "/\(name).onnx"]).run()

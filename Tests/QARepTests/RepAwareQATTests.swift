@@ -81,6 +81,87 @@ struct RepAwareQATTests {
         #expect(Double(same) / Double(evalData.count) >= 0.99, "agreement \(same)/\(evalData.count)")
     }
 
+    @Test("a post-BN added to RepVGG starts as the identity of the calibration images, in both forms",
+          arguments: [QuantizedNet.Form.postBN, .multiBranch])
+    func addedPostBNStartsAsIdentity(form: QuantizedNet.Form) throws {
+        let (fp32, data) = try smallTrainedQARepVGG(block: .repvgg)
+        let calibration = data.subset(0..<64)
+        let plain = try QuantizedNet(from: fp32, form: form)
+        let added = try QuantizedNet(from: fp32, form: form, addingPostBN: true)
+        #expect(!plain.hasPostBN && added.hasPostBN && added.addedPostBN && added.form == form)
+        try added.initializeAddedPostBN(on: calibration)
+        for unit in added.units {
+            let bn = try #require(unit.postBN)
+            // gamma = sqrt(var + eps), beta = mean: the fold scale is 1, the shift 0.
+            for c in 0..<bn.channels {
+                #expect(abs(bn.weight.data[c] - (bn.runningVar.data[c] + bn.eps).squareRoot()) <= 1e-6 * bn.weight.data[c])
+                #expect(bn.bias.data[c] == bn.runningMean.data[c])
+            }
+            #expect(bn.runningVar.data.contains { $0 > 0 } && bn.runningMean.data.contains { $0 != 0 }, "statistics of real outputs")
+        }
+        let batch = try #require(Array(DataLoader(dataset: calibration, batchSize: 64, shuffle: false, augment: false, seed: 0).batches(epoch: 0)).first)
+        let x = Tensor(batch.images, shape: [batch.count, batch.channels, batch.height, batch.width])
+        noGrad {
+            // Quantizers bypassed (as before calibration): evaluation computes the model without the BNs.
+            plain.eval(); added.eval()
+            let reference = plain(x).data, logits = added(x).data
+            #expect(zip(reference, logits).allSatisfy { abs($0 - $1) <= 1e-4 * max(1, abs($0)) })
+            // Training normalizes with the batch's own statistics, here the
+            // calibration images' (the variance unbiased in the running copy
+            // only): still the same logits, to rounding.
+            added.train()
+            let trained = added(x).data
+            #expect(zip(reference, trained).allSatisfy { abs($0 - $1) <= 1e-3 * max(1, abs($0)) })
+        }
+    }
+
+    @Test("QAT with a post-BN added to RepVGG trains it with batch statistics, converts it folded, and resumes bit for bit")
+    func addedPostBNRun() throws {
+        let (fp32, data) = try smallTrainedQARepVGG(block: .repvgg)
+        var options = QATOptions()
+        options.epochs = 2; options.warmupEpochs = 0; options.batchSize = 32; options.calibrationImages = 64
+        options.form = .multiBranch; options.addsPostBN = true
+        let quiet = ProgressReporter(enabled: false)
+        let dirA = temporaryDirectory("added-bn-a"), dirB = temporaryDirectory("added-bn-b")
+        defer { try? FileManager.default.removeItem(atPath: dirA); try? FileManager.default.removeItem(atPath: dirB) }
+        let straight = try QATRun(from: fp32, source: "t", options: options, calibration: data.subset(0..<64),
+                                  trainImages: data.count, directory: dirA, progress: quiet)
+        let initial = straight.model.units.map { $0.postBN!.runningMean.data }
+        try straight.run(train: data, test: nil)
+        #expect(zip(initial, straight.model.units.map { $0.postBN!.runningMean.data }).allSatisfy { $0 != $1 },
+                "every added BN tracked batch statistics")
+        // The file is the multi-branch form with a BN per unit, folded at conversion.
+        let saved = try QATRun.loadModel(from: dirA + "/last.safetensors")
+        #expect(saved.addedPostBN && saved.form == .multiBranch)
+        let int8 = try Int8Model.read(from: dirA + "/int8.safetensors")
+        expectSameCodes(saved, int8)
+        let test = syntheticBands(count: 200, seed: 23)
+        let fake = evaluate(saved, on: test), engine = evaluate(int8, on: test)
+        #expect(zip(fake.predictions, engine.predictions).filter { $0 == $1 }.count >= 198)
+        // It keeps what the FP32 model knows of the bands (two epochs at LR 0.01 on 256 images).
+        let reference = evaluate(fp32, on: test).top1
+        #expect(fake.top1 >= reference - 0.05, "QAT \(fake.top1), FP32 \(reference) on the bands")
+
+        let first = try QATRun(from: fp32, source: "t", options: options, calibration: data.subset(0..<64),
+                               trainImages: data.count, directory: dirB, progress: quiet)
+        try first.run(train: data, test: nil, until: 1)
+        let resumed = try QATRun.resume(from: dirB, progress: quiet)
+        try resumed.run(train: data, test: nil)
+        for (a, b) in zip(straight.model.stateDict(), resumed.model.stateDict()) {
+            #expect(a.key == b.key && a.tensor.data == b.tensor.data, "\(a.key) differs after resume")
+        }
+    }
+
+    @Test("a post-BN is added only where there is none, and not to the folded form")
+    func addedPostBNRefusals() throws {
+        let (repvgg, _) = try smallTrainedQARepVGG(block: .repvgg)
+        #expect { _ = try QuantizedNet(from: repvgg, form: .folded, addingPostBN: true) } throws: { "\($0)".contains("folded form") }
+        let (qarepvgg, data) = try smallTrainedQARepVGG(block: .qarepvgg)
+        #expect { _ = try QuantizedNet(from: qarepvgg, form: .postBN, addingPostBN: true) } throws: { "\($0)".contains("post-BN already") }
+        let own = try QuantizedNet(from: qarepvgg, form: .postBN)
+        #expect { try own.initializeAddedPostBN(on: data) } throws: { "\($0)".contains("not added") }
+    }
+
     @Test("a deployed model has no branches to keep, and PTQ's tools refuse the multi-branch form")
     func refusals() throws {
         let (fp32, data) = try smallTrainedQARepVGG(block: .repvgg)

@@ -25,6 +25,10 @@ public struct QATOptions: Sendable, Equatable {
     /// QARepVGG's post-BN kept), `.multiBranch` (rep-aware: every branch
     /// trained through the kernel it folds into) or `.folded`.
     public var form = QuantizedNet.Form.postBN
+    /// Give blocks without a post-BN (RepVGG, S2, S3) one for QAT, set to
+    /// the identity of the calibration images and folded in at conversion
+    /// (`QuantizedNet.init(from:form:qconfig:addingPostBN:)`).
+    public var addsPostBN = false
 
     public init() {}
 
@@ -88,7 +92,7 @@ public enum QATMethod: String, Codable, Sendable, CaseIterable {
 }
 
 extension QATOptions: Codable {
-    private enum CodingKeys: String, CodingKey { case qconfig, calibrationImages, freezeBNAfter, freezeObserversAfter, method, distillation, form }
+    private enum CodingKeys: String, CodingKey { case qconfig, calibrationImages, freezeBNAfter, freezeObserversAfter, method, distillation, form, addsPostBN }
 
     /// One flat object: the training settings' keys beside the quantization's.
     public init(from decoder: any Decoder) throws {
@@ -101,6 +105,7 @@ extension QATOptions: Codable {
         method = try c.decodeIfPresent(QATMethod.self, forKey: .method) ?? .observers
         distillation = try c.decodeIfPresent(DistillationSettings.self, forKey: .distillation)
         form = try c.decodeIfPresent(QuantizedNet.Form.self, forKey: .form) ?? .postBN
+        addsPostBN = try c.decodeIfPresent(Bool.self, forKey: .addsPostBN) ?? false
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -113,6 +118,7 @@ extension QATOptions: Codable {
         try c.encode(method, forKey: .method)
         try c.encodeIfPresent(distillation, forKey: .distillation)
         try c.encode(form, forKey: .form)
+        if addsPostBN { try c.encode(addsPostBN, forKey: .addsPostBN) }
     }
 }
 
@@ -175,7 +181,8 @@ public final class QATRun {
         try options.validate()
         let training = try options.settings.trainingConfig(trainImages: trainImages)
         try CheckpointedRun<QuantizedNet>.prepare(directory)
-        let model = try QuantizedNet(from: fp32, form: options.form, qconfig: options.qconfig)
+        let model = try QuantizedNet(from: fp32, form: options.form, qconfig: options.qconfig, addingPostBN: options.addsPostBN)
+        if options.addsPostBN { try model.initializeAddedPostBN(on: calibration) }
         try model.calibrate(on: calibration)
         options.method.start(model.fakeQuantizers)
         let state = QATState(options: options, training: training, form: model.form, source: source,
@@ -245,7 +252,8 @@ public final class QATRun {
         try Checkpoint.checkFits(config, file, name: name)
         // The structure from a fresh model; every value comes from the file.
         let model = try QuantizedNet(from: RepVGGNet(config: config), form: state.form,
-                                     qconfig: state.options.qconfig.with(calibrator: .movingAverage()))
+                                     qconfig: state.options.qconfig.with(calibrator: .movingAverage()),
+                                     addingPostBN: state.options.addsPostBN)
         guard model.form == state.form else {
             throw CheckpointError("\(name): the checkpoint's form \(state.form.rawValue) does not fit block kind \(config.block.rawValue)")
         }

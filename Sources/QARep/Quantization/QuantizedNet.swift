@@ -33,9 +33,15 @@ public final class QuantizedNet: Module, Layer {
     ///   - form: `.postBN` keeps QARepVGG's post-BN (ignored for kinds
     ///     without one); `.multiBranch` needs the training form.
     ///   - qconfig: schemes, and the activation observers' calibrator.
-    /// - Throws: `QuantizationError` for an invalid qconfig, or the
-    ///   multi-branch form of a deployed model.
-    public init(from model: RepVGGNet, form: Form, qconfig: QConfig = .tensorRT) throws {
+    ///   - addingPostBN: give every unit of a model without a post-BN
+    ///     (RepVGG, S2, S3) a BN after its convolution for QAT, as QARepVGG
+    ///     has one: trained with batch statistics, its fold simulated, folded
+    ///     into the kernel at conversion. It starts as `BatchNorm2d(channels)`;
+    ///     `initializeAddedPostBN(on:)` makes it the identity of the data.
+    /// - Throws: `QuantizationError` for an invalid qconfig, the multi-branch
+    ///   form of a deployed model, or a post-BN added to the folded form or
+    ///   to a model that has one.
+    public init(from model: RepVGGNet, form: Form, qconfig: QConfig = .tensorRT, addingPostBN: Bool = false) throws {
         try qconfig.validate()
         config = model.config
         self.qconfig = qconfig
@@ -43,16 +49,23 @@ public final class QuantizedNet: Module, Layer {
         if form == .multiBranch && !blocks.allSatisfy({ $0 is RepVGGBlock }) {
             throw QuantizationError("the multi-branch form needs the training-form model; this one is deployed (folded blocks)")
         }
-        let keepsBN = form != .folded && blocks.contains { ($0 as? RepVGGBlock)?.postBN != nil }
+        let hasPostBN = blocks.contains { ($0 as? RepVGGBlock)?.postBN != nil }
+        if addingPostBN && form == .folded { throw QuantizationError("the folded form has no BN; a post-BN is added to the post-bn or multi-branch form") }
+        if addingPostBN && hasPostBN {
+            throw QuantizationError("\(model.config.block.rawValue) blocks have a post-BN already; adding one is for kinds without (repvgg, s2, s3)")
+        }
+        let keepsBN = form != .folded && (hasPostBN || addingPostBN)
         self.form = form == .multiBranch ? .multiBranch : keepsBN ? .postBN : .folded
+        addedPostBN = addingPostBN
         let units: [[QuantConvUnit]] = model.stages.enumerated().map { s, stage in
             // stage0 is the first layer; `firstLastBits` may keep it wider.
             let qconfig = s == 0 ? qconfig.forFirstAndLastLayers : qconfig
             return stage.map { layer in
                 guard let block = layer as? RepVGGBlock else {
-                    return QuantConvUnit(source: (layer as! ReparamBlock).conv.copy(), postBN: nil, qconfig: qconfig)
+                    let conv = (layer as! ReparamBlock).conv
+                    return QuantConvUnit(source: conv.copy(), postBN: addingPostBN ? BatchNorm2d(conv.outChannels) : nil, qconfig: qconfig)
                 }
-                let postBN = keepsBN ? block.postBN?.copy() : nil
+                let postBN = keepsBN ? block.postBN?.copy() ?? BatchNorm2d(block.outChannels) : nil
                 if form == .multiBranch {
                     return QuantConvUnit(source: MergedBranches(of: block, copying: true), postBN: postBN, qconfig: qconfig)
                 }
@@ -72,6 +85,59 @@ public final class QuantizedNet: Module, Layer {
 
     /// Units in order, stage 0 first.
     public var units: [QuantConvUnit] { [stage0] + stage1 + stage2 + stage3 + stage4 }
+
+    /// Whether every unit's post-BN was added for QAT (`addingPostBN`)
+    /// rather than copied from QARepVGG's blocks.
+    public let addedPostBN: Bool
+
+    /// Makes each added post-BN the identity of `images`' statistics, before
+    /// calibration: running mean and (biased) variance those of its input,
+    /// the convolution's output over the images (every earlier BN already
+    /// the identity, every quantizer bypassed), `gamma = sqrt(var + eps)` and
+    /// `beta = mean`. Evaluation then computes the model without the BNs (to
+    /// rounding), and a training batch like the images is barely changed;
+    /// from there QAT trains them with batch statistics.
+    /// - Throws: `QuantizationError` for no images, or a model without added BNs.
+    public func initializeAddedPostBN(on images: any Dataset, batchSize: Int = 128) throws {
+        guard addedPostBN else { throw QuantizationError("this model's post-BN is QARepVGG's own, not added for QAT") }
+        guard images.count > 0 else { throw QuantizationError("the added post-BN needs at least one image, got 0") }
+        let units = self.units
+        var sums = units.map { [Double](repeating: 0, count: $0.source.outChannels) }, squares = sums
+        var pixels = [Double](repeating: 0, count: units.count)
+        let loader = DataLoader(dataset: images, batchSize: batchSize, shuffle: false, augment: false, seed: 0)
+        noGrad {
+            for batch in loader.batches(epoch: 0) {
+                var x = Tensor(batch.images, shape: [batch.count, batch.channels, batch.height, batch.width])
+                for (u, unit) in units.enumerated() {
+                    let (w, b) = unit.source.kernelAndBias()
+                    let y = conv2d(x, weight: w, bias: b, stride: unit.source.stride, padding: unit.source.padding)
+                    let channels = y.shape[1], plane = y.shape[2] * y.shape[3]
+                    y.data.withUnsafeBufferPointer { v in
+                        for n in 0..<y.shape[0] {
+                            for c in 0..<channels {
+                                var s = 0.0, q = 0.0
+                                for i in ((n * channels + c) * plane)..<((n * channels + c + 1) * plane) {
+                                    let d = Double(v[i]); s += d; q += d * d
+                                }
+                                sums[u][c] += s; squares[u][c] += q
+                            }
+                        }
+                    }
+                    pixels[u] += Double(y.shape[0] * plane)
+                    x = y.relu()
+                }
+            }
+        }
+        for (u, unit) in units.enumerated() {
+            guard let bn = unit.postBN else { continue }
+            let mean = sums[u].map { $0 / pixels[u] }
+            let variance = zip(squares[u], mean).map { max($0 / pixels[u] - $1 * $1, 0) }
+            bn.runningMean.assign(mean.map(Float.init))
+            bn.runningVar.assign(variance.map(Float.init))
+            bn.weight.assign(variance.map { Float(($0 + Double(bn.eps)).squareRoot()) })
+            bn.bias.assign(mean.map(Float.init))
+        }
+    }
 
     /// Every fake-quantizer, inputs and weights.
     public var fakeQuantizers: [FakeQuantize] {
