@@ -20,11 +20,13 @@ public final class QuantizedNet: Module, Layer {
     public enum Form: String, Codable, Sendable, CaseIterable {
         /// Every block folded completely: what PTQ quantizes.
         case folded
-        /// Branches merged, QARepVGG's post-BN kept as a BN: what QAT trains.
+        /// Branches merged, QARepVGG's post-BN kept as a BN (or one added to
+        /// RepVGG, `addingPostBN`): what QAT trains.
         case postBN = "post-bn"
         /// Every branch kept and trained, merged (each branch BN with its
         /// running statistics) into the kernel that is fake-quantized on
-        /// every step; QARepVGG's post-BN kept as a BN: rep-aware QAT.
+        /// every step; QARepVGG's post-BN (or an added one) kept as a BN:
+        /// rep-aware QAT.
         case multiBranch = "multi-branch"
     }
 
