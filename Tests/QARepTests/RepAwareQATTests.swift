@@ -106,9 +106,9 @@ struct RepAwareQATTests {
             plain.eval(); added.eval()
             let reference = plain(x).data, logits = added(x).data
             #expect(zip(reference, logits).allSatisfy { abs($0 - $1) <= 1e-4 * max(1, abs($0)) })
-            // Training normalizes with the batch's own statistics, here the
-            // calibration images' (the variance unbiased in the running copy
-            // only): still the same logits, to rounding.
+            // Training normalizes with the batch's own statistics, here exactly
+            // the calibration images' (biased variance, as the running copy
+            // was set): still the same logits, to rounding.
             added.train()
             let trained = added(x).data
             #expect(zip(reference, trained).allSatisfy { abs($0 - $1) <= 1e-3 * max(1, abs($0)) })
